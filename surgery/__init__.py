@@ -1,0 +1,55 @@
+"""tost-surgery: train sparse networks better, on any architecture, verified.
+
+    gm      = surgery.trace(model, leaf_modules=())
+    ghosted = surgery.compile(model, example_inputs, recipe)
+    surgery.set_ghost_strength(ghosted, alpha=..., beta=...)
+    clean   = surgery.deghost(ghosted)
+    report  = surgery.verify(model, clean, example_inputs)
+    info    = surgery.export_onnx(clean, example_inputs, "m.onnx", sparse=True)
+"""
+
+from surgery.compiler import compile
+from surgery.errors import (
+    ExportError,
+    GhostsRemainError,
+    MaskError,
+    NoTargetsError,
+    RecipeError,
+    SurgeryError,
+    TraceError,
+    UnknownModelError,
+    VerificationError,
+)
+from surgery.export import ExportInfo, export_onnx
+from surgery.ghosts import ghost_parameters, set_ghost_strength
+from surgery.manifest import Manifest, manifest_of
+from surgery.passes.deghost import deghost
+from surgery.recipe import Recipe
+from surgery.tracing import trace
+from surgery.verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExportError",
+    "ExportInfo",
+    "GhostsRemainError",
+    "Manifest",
+    "MaskError",
+    "NoTargetsError",
+    "Recipe",
+    "RecipeError",
+    "SurgeryError",
+    "TraceError",
+    "UnknownModelError",
+    "VerificationError",
+    "VerifyReport",
+    "compile",
+    "deghost",
+    "export_onnx",
+    "ghost_parameters",
+    "manifest_of",
+    "set_ghost_strength",
+    "trace",
+    "verify",
+]

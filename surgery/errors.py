@@ -1,0 +1,50 @@
+"""Every error a user can cause. Each message names the offending thing and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SurgeryError(Exception):
+    """Base class of every error tost-surgery raises for a user's input."""
+
+
+class TraceError(SurgeryError):
+    """torch.fx could not trace the model (or a module inside it)."""
+
+
+class RecipeError(SurgeryError):
+    """A recipe names an unknown pass or option, or gives an option a bad value."""
+
+
+class MaskError(SurgeryError):
+    """A mask does not fit the model: unknown name, wrong shape, or values other than 0/1."""
+
+
+class NoTargetsError(SurgeryError):
+    """A pass found nothing to act on (e.g. the skip pass in a model without convs)."""
+
+
+class GhostsRemainError(SurgeryError):
+    """An operation that needs a clean model got one that still holds ghosts or masks."""
+
+
+class UnknownModelError(SurgeryError):
+    """A `torchvision:NAME`, `timm:NAME` or `file.py:factory` model spec that resolves to nothing."""
+
+
+class VerificationError(SurgeryError):
+    """The de-ghosted model differs from the original: graph, state_dict or outputs."""
+
+
+class ExportError(SurgeryError):
+    """ONNX export failed its checker or its onnxruntime parity check."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """A ' Did you mean ...?' suffix listing close matches, or '' when none are close."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"

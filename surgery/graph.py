@@ -1,0 +1,118 @@
+"""Small helpers the graph passes share: module lookup, ghost naming, shapes, inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
+
+from surgery.ghosts import GHOSTS_ROOT, Ghost
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The module a ``call_module`` node calls, else None."""
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(node.target)
+
+
+def is_ghost_node(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(module_of(gm, node), Ghost)
+
+
+def add_ghost(gm: fx.GraphModule, group: str, site: str, ghost: Ghost) -> str:
+    """Register ``ghost`` as ``_ghosts.<group>.<name>`` (name unique, derived from ``site``)."""
+    if not hasattr(gm, GHOSTS_ROOT):
+        gm.add_module(GHOSTS_ROOT, nn.Module())
+    root = getattr(gm, GHOSTS_ROOT)
+    if not hasattr(root, group):
+        root.add_module(group, nn.Module())
+    container = getattr(root, group)
+    base = re.sub(r"\W", "_", site) or "root"
+    name, i = base, 1
+    while hasattr(container, name):
+        name, i = f"{base}_{i}", i + 1
+    container.add_module(name, ghost)
+    return f"{GHOSTS_ROOT}.{group}.{name}"
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The output shape shape-propagation recorded for ``node`` (None if not a single tensor)."""
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def first_input(node: fx.Node) -> Any:
+    """The first (data) argument of a call node: ``args[0]`` or ``kwargs['input']``."""
+    if node.args:
+        return node.args[0]
+    return node.kwargs.get("input")
+
+
+def as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def inputs_on(device: torch.device, inputs: Sequence[Any]) -> tuple:
+    """Move example tensors to the model's device (meta models get meta inputs)."""
+    return tuple(x.to(device) if torch.is_tensor(x) else x for x in inputs)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily put modules in eval mode, restoring each submodule's own flag afterwards."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+@torch.no_grad()
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Record every node's output shape in ``node.meta['tensor_meta']``.
+
+    Runs in eval mode without grad so BatchNorm statistics are not touched.
+    """
+    with eval_mode(gm):
+        ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+
+
+def deepcopy_module(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also gives each parametrized submodule a class of its own.
+
+    ``torch.nn.utils.parametrize`` makes one class per module and deepcopy shares it;
+    removing a parametrization from the copy would delete the property from the
+    original's class too.
+    """
+    clone = copy.deepcopy(module)
+    for sub in clone.modules():
+        if parametrize.is_parametrized(sub):
+            cls = type(sub)
+            members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            sub.__class__ = type(cls.__name__, cls.__bases__, members)
+    return clone

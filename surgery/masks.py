@@ -1,0 +1,267 @@
+"""Binary weight masks: parametrization, validation, files, and imports from other formats.
+
+A mask is a bool tensor keyed by parameter name (``layer1.0.conv1.weight``). It is
+attached with ``torch.nn.utils.parametrize`` so the effective weight is ``w * mask``
+in every forward; the stored weight is also zeroed where the mask is 0, so pruned
+weights stay exactly zero under any optimizer (weight decay, momentum, Adam).
+Removing the parametrization with ``leave_parametrized=True`` bakes the mask in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from surgery.errors import MaskError, did_you_mean
+
+PRUNABLE_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    "linear": (nn.Linear,),
+}
+PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a persistent bool ``mask`` buffer."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+# ------------------------------------------------------------------ which weights
+
+
+def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of every prunable weight; ``all`` means every parameter with 2+ dims.
+
+    Parameters of ghost modules are never prunable: they leave with the ghosts.
+    """
+    from surgery.ghosts import GHOSTS_ROOT
+
+    kinds = tuple(kinds)
+    types = tuple(t for k in kinds if k != "all" for t in PRUNABLE_KINDS[k])
+    found: dict[str, nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        parts = module_name.split(".")
+        if parts[0] == GHOSTS_ROOT or "parametrizations" in parts:
+            continue
+        if "all" in kinds:
+            chosen = _direct_params(module, lambda name, p: p.dim() >= 2)
+        elif isinstance(module, types):
+            chosen = _direct_params(module, lambda name, p: name == "weight")
+        else:
+            continue
+        for name, param in chosen:
+            found[f"{module_name}.{name}" if module_name else name] = param
+    return found
+
+
+def _direct_params(module: nn.Module, keep):
+    """The module's own parameters that ``keep(name, param)``, seen through parametrizations."""
+    params = dict(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        params.update({name: plist.original for name, plist in module.parametrizations.items()})
+    return [(name, p) for name, p in params.items() if keep(name, p)]
+
+
+# ------------------------------------------------------------------- validation
+
+
+def validate_masks(
+    masks: Mapping[str, torch.Tensor], model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
+) -> dict[str, torch.Tensor]:
+    """Check names, shapes and values; return the masks as bool tensors on each weight's device."""
+    weights = prunable_weights(model, kinds)
+    all_params = dict(model.named_parameters())
+    checked: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        if name not in weights:
+            if name in all_params or _unparametrized(name) in weights:
+                raise MaskError(
+                    f"mask '{name}' names a parameter that is not prunable with prunable={list(kinds)}; "
+                    "drop it from the mask or widen prunable (e.g. prunable: [conv, linear] or [all])."
+                )
+            raise MaskError(
+                f"mask '{name}' matches no parameter of {type(model).__name__}."
+                + did_you_mean(name, weights)
+                + " Mask keys are parameter names as in model.state_dict() (e.g. 'layer1.0.conv1.weight')."
+            )
+        weight = weights[name]
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise MaskError(
+                f"mask '{name}' has shape {tuple(mask.shape)} but the parameter has shape "
+                f"{tuple(weight.shape)}; was the mask made for another model or num_classes?"
+            )
+        checked[name] = _as_binary(name, mask).to(weight.device)
+    return checked
+
+
+def _unparametrized(name: str) -> str:
+    return name.replace(".parametrizations.", ".").removesuffix(".original")
+
+
+def _as_binary(name: str, mask: torch.Tensor) -> torch.Tensor:
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_meta:
+        return mask.to(torch.bool)
+    bad = mask[(mask != 0) & (mask != 1)]
+    if bad.numel():
+        examples = ", ".join(f"{v:g}" for v in bad.flatten()[:3].tolist())
+        raise MaskError(
+            f"mask '{name}' holds values other than 0 and 1 ({examples}, ...); masks are binary: "
+            "threshold scores first, e.g. mask = scores > t."
+        )
+    return mask.to(torch.bool)
+
+
+# --------------------------------------------------------------------- attaching
+
+
+def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), attr
+
+
+@torch.no_grad()
+def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
+    """Parametrize parameter ``name`` as ``w * mask`` and zero its stored pruned entries."""
+    module, attr = owner_of(model, name)
+    if parametrize.is_parametrized(module, attr):
+        existing = module.parametrizations[attr]
+        for p in existing:
+            if isinstance(p, Mask):
+                p.mask.copy_(mask)
+                existing.original.mul_(mask)
+                return
+    parametrize.register_parametrization(module, attr, Mask(mask))
+    module.parametrizations[attr].original.mul_(mask)
+
+
+def masked_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{param_name: mask}`` for every parameter currently masked in ``model``."""
+    masks: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, Mask):
+                    masks[f"{module_name}.{attr}" if module_name else attr] = p.mask
+    return masks
+
+
+@torch.no_grad()
+def bake_masks(model: nn.Module) -> int:
+    """Remove every Mask parametrization, leaving ``w * mask`` as a plain parameter.
+
+    The parameter object keeps its identity (``remove_parametrizations`` uses ``set_``),
+    so an optimizer holding it keeps its state. Returns how many weights were baked.
+    """
+    baked = 0
+    for module_name, module in list(model.named_modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr in list(module.parametrizations.keys()):
+            plist = module.parametrizations[attr]
+            if not any(isinstance(p, Mask) for p in plist):
+                continue
+            if not all(isinstance(p, Mask) for p in plist):
+                raise MaskError(
+                    f"'{module_name}.{attr}' carries other parametrizations besides its mask "
+                    f"({[type(p).__name__ for p in plist]}); remove those before de-ghosting."
+                )
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            baked += 1
+    return baked
+
+
+# ------------------------------------------------------------------------ files
+
+
+def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: object) -> Path:
+    """Write masks as safetensors (bool tensors) with string metadata (method, sparsity, model, seed...)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {name: torch.as_tensor(m).to(torch.bool).contiguous().cpu() for name, m in masks.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    meta.setdefault("format", "tost-surgery-mask")
+    meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a mask file: ``(masks, metadata)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"mask file '{path}' does not exist; write one with surgery.masks.save_masks(...).")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            masks = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as error:
+        raise MaskError(f"'{path}' is not a readable safetensors mask file: {error}") from error
+    return masks, metadata
+
+
+# ---------------------------------------------------------------------- imports
+
+
+def masks_from_prune(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Masks from ``torch.nn.utils.prune``'s ``<name>_mask`` buffers (``weight_mask`` ...)."""
+    masks: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        for buffer_name, buffer in module.named_buffers(recurse=False):
+            if buffer_name.endswith("_mask") and hasattr(module, buffer_name[: -len("_mask")] + "_orig"):
+                param = buffer_name[: -len("_mask")]
+                masks[f"{module_name}.{param}" if module_name else param] = buffer.to(torch.bool)
+    return masks
+
+
+def remove_prune_reparametrization(model: nn.Module) -> int:
+    """Undo ``torch.nn.utils.prune`` on every module (weights become plain parameters)."""
+    from torch.nn.utils import prune
+
+    removed = 0
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+                removed += 1
+    return removed
+
+
+def masks_from_zeros(
+    state: nn.Module | Mapping[str, torch.Tensor], kinds: Iterable[str] = ("conv", "linear")
+) -> dict[str, torch.Tensor]:
+    """Masks from weights whose exact zeros mark pruned entries (only weights holding a zero).
+
+    ``state`` is a model (its prunable weights are read) or a state_dict (every tensor
+    with 2+ dims is read).
+    """
+    if isinstance(state, nn.Module):
+        tensors = {n: p.detach() for n, p in prunable_weights(state, kinds).items()}
+    else:
+        tensors = {n: t for n, t in state.items() if torch.is_tensor(t) and t.dim() >= 2}
+    return {n: t != 0 for n, t in tensors.items() if not t.is_meta and bool((t == 0).any())}
+
+
+def overall_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.count_nonzero()) for m in masks.values())
+    return 1.0 - kept / total if total else 0.0

@@ -1,0 +1,35 @@
+"""Validation helpers for pass options: every bad value becomes a RecipeError naming pass and option."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from surgery.errors import RecipeError, did_you_mean
+
+
+def check_choice(pass_name: str, option: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise RecipeError(
+            f"{pass_name}.{option} = {value!r} is not one of {list(choices)}."
+            + did_you_mean(str(value), choices)
+        )
+
+
+def check_subset(pass_name: str, option: str, values: Any, choices: Iterable[str]) -> tuple[str, ...]:
+    """``values`` (a name or a list of names) as a tuple, each checked against ``choices``."""
+    items = (values,) if isinstance(values, str) else tuple(values)
+    if not items:
+        raise RecipeError(f"{pass_name}.{option} is empty; give at least one of {list(choices)}.")
+    for item in items:
+        check_choice(pass_name, option, item, choices)
+    return items
+
+
+def check_number(pass_name: str, option: str, value: Any, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecipeError(f"{pass_name}.{option} = {value!r} must be a number.")
+    if minimum is not None and value < minimum:
+        raise RecipeError(f"{pass_name}.{option} = {value!r} must be >= {minimum}.")
+    return float(value)

@@ -1,0 +1,55 @@
+"""De-ghost: the one generic pass that strips every training-only tweak.
+
+Each ghost node is replaced by what its module's ``strip(node)`` returns (GhostSkip:
+its main input; a soft activation: the exact original activation node); ghost
+modules, parameters and buffers disappear; masks are baked into the weights. The
+result's state_dict keys equal the original model's. ``inplace=True`` edits a
+model being trained (its non-ghost parameters keep their identity, so an
+optimizer's state for them survives).
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+from torch import nn
+
+from surgery.ghosts import GHOSTS_ROOT, Ghost
+from surgery.graph import deepcopy_module, module_of
+from surgery.manifest import ensure_manifest
+from surgery.masks import bake_masks
+
+
+def deghost(gm: fx.GraphModule, *, inplace: bool = False, keep_masks: bool = False) -> fx.GraphModule:
+    """Return ``gm`` without ghosts and (unless ``keep_masks``) with masks baked into weights."""
+    if not inplace:
+        gm = deepcopy_module(gm)
+    strip_ghosts(gm)
+    if not keep_masks:
+        bake_masks(gm)
+    ensure_manifest(gm).deghosted = True
+    return gm
+
+
+def strip_ghosts(gm: fx.GraphModule, kind: type[Ghost] = Ghost) -> int:
+    """Replace every ghost node of type ``kind`` by its ``strip`` result; returns how many."""
+    graph = gm.graph
+    stripped = 0
+    for node in list(graph.nodes):
+        ghost = module_of(gm, node)
+        if not isinstance(ghost, kind):
+            continue
+        replacement = ghost.strip(node)
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        gm.delete_submodule(node.target)
+        stripped += 1
+    _drop_empty_ghost_root(gm)
+    graph.lint()
+    gm.recompile()
+    return stripped
+
+
+def _drop_empty_ghost_root(gm: fx.GraphModule) -> None:
+    root = getattr(gm, GHOSTS_ROOT, None)
+    if isinstance(root, nn.Module) and not any(isinstance(m, Ghost) for m in root.modules()):
+        delattr(gm, GHOSTS_ROOT)

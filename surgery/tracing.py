@@ -1,0 +1,206 @@
+"""Leaf-aware torch.fx tracing with errors that say which module broke and how to fix it.
+
+Leaves (modules kept as one opaque ``call_module`` node) are decided in one place,
+``SurgeryTracer.is_leaf_module``:
+
+* torch.nn's own modules (fx's default rule);
+* every subclass of ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (timm's ``StdConv2d``,
+  ``Conv2dSame`` ...), so each conv stays one node that passes can find;
+* modules whose behaviour switches on ``self.training`` inside Python code
+  (stochastic depth): traced through, that branch would be frozen into the graph;
+* timm's own notrace registry (``timm.layers.get_notrace_modules``) and functions;
+* whatever the user names, by class, class name or qualified module path.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from surgery.errors import TraceError
+
+# Always one node: passes look these up by type.
+STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _mode_dependent_leaves() -> tuple[type[nn.Module], ...]:
+    """Modules that read ``self.training`` in Python; as leaves they keep obeying ``.train()``."""
+    leaves: list[type[nn.Module]] = []
+    try:
+        from torchvision.ops import StochasticDepth
+
+        leaves.append(StochasticDepth)
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    try:
+        from timm.layers import DropBlock2d, DropPath
+
+        leaves += [DropPath, DropBlock2d]
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    return tuple(leaves)
+
+
+def _timm_notrace() -> tuple[tuple[type[nn.Module], ...], tuple[Any, ...]]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(f for f in get_notrace_functions() if callable(f))
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """How a model was traced; kept in the manifest so ``verify`` can trace the original the same way."""
+
+    leaf_modules: tuple[Any, ...] = ()
+    concrete_args: dict[str, Any] | None = None
+    autowrap_functions: tuple[Any, ...] = field(default=())
+
+
+class SurgeryTracer(fx.Tracer):
+    """An ``fx.Tracer`` that decides leaves in one place and reports failures per module."""
+
+    def __init__(self, leaf_modules: Iterable[Any] = (), autowrap_functions: Iterable[Any] = ()):
+        timm_modules, timm_functions = _timm_notrace()
+        user = list(leaf_modules)
+        self.leaf_types = (
+            STRUCTURAL_LEAVES
+            + _mode_dependent_leaves()
+            + timm_modules
+            + tuple(x for x in user if isinstance(x, type))
+        )
+        self.leaf_names = {x for x in user if isinstance(x, str)}
+        super().__init__(autowrap_functions=tuple(timm_functions) + tuple(autowrap_functions))
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names:
+            return True
+        cls = type(m)
+        if cls.__name__ in self.leaf_names or f"{cls.__module__}.{cls.__qualname__}" in self.leaf_names:
+            return True
+        if isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except TraceError:
+            raise  # already explained by the innermost module
+        except Exception as error:
+            raise _explain(error, self._qualname(m), m) from error
+
+    def _qualname(self, m: nn.Module) -> str:
+        try:
+            return self.path_of_module(m)
+        except NameError:
+            return "<a module created inside forward>"
+
+
+def trace(
+    model: nn.Module,
+    leaf_modules: Sequence[Any] = (),
+    concrete_args: dict[str, Any] | None = None,
+    autowrap_functions: Sequence[Any] = (),
+) -> fx.GraphModule:
+    """Trace ``model`` into an ``fx.GraphModule`` whose state_dict keys equal the model's.
+
+    ``leaf_modules`` are module classes, class names or qualified module paths to keep
+    opaque; ``concrete_args`` fixes forward arguments that drive Python control flow.
+    Works for models on any device, the meta device included (tracing runs no kernels).
+    Raises ``TraceError`` naming the module and source line where tracing broke.
+    """
+    tracer = SurgeryTracer(leaf_modules, autowrap_functions)
+    try:
+        graph = tracer.trace(model, concrete_args)
+    except TraceError:
+        raise
+    except Exception as error:
+        raise _explain(error, "", model) from error
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _adopt_unreferenced_state(gm, model)
+    gm.meta["surgery.trace_options"] = TraceOptions(
+        tuple(leaf_modules), concrete_args, tuple(autowrap_functions)
+    )
+    return gm
+
+
+def trace_options_of(gm: fx.GraphModule) -> TraceOptions:
+    return gm.meta.get("surgery.trace_options", TraceOptions())
+
+
+def _adopt_unreferenced_state(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Give ``gm`` the modules, parameters and buffers its graph never touches.
+
+    fx copies only what the graph references; an unused head or buffer would then be
+    missing from the state_dict and a strict load into the original class would fail.
+    """
+    for path, module in model.named_modules(remove_duplicate=False):
+        parent_path, _, name = path.rpartition(".")
+        target = _lookup(gm, path) if path else gm
+        if target is None:
+            setattr(_lookup(gm, parent_path) if parent_path else gm, name, module)
+        elif target is not module:  # a container fx made up, or the root
+            _copy_direct_state(module, target)
+
+
+def _lookup(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _copy_direct_state(source: nn.Module, target: nn.Module) -> None:
+    for name, param in source.named_parameters(recurse=False):
+        if name not in target._parameters:
+            target.register_parameter(name, param)
+    for name, buf in source.named_buffers(recurse=False):
+        if name not in target._buffers:
+            persistent = name not in source._non_persistent_buffers_set
+            target.register_buffer(name, buf, persistent=persistent)
+
+
+def _explain(error: Exception, qualname: str, module: nn.Module) -> TraceError:
+    cls = type(module)
+    where = _user_source_line(error)
+    if qualname:
+        subject = f"module `{qualname}` ({cls.__module__}.{cls.__qualname__})"
+        fix = (
+            f"Fix: keep it opaque as a leaf: surgery.trace(model, leaf_modules=[\"{qualname}\"]) "
+            f"or leaf_modules=[{cls.__qualname__}] (CLI: --leaf {qualname}); skips and soft "
+            "activations then cannot reach inside it. If the branch depends on a forward "
+            "argument, fix that argument with concrete_args={...}."
+        )
+    else:
+        subject = f"the model's own forward ({cls.__module__}.{cls.__qualname__})"
+        fix = (
+            "Fix: the top-level forward cannot be a leaf; fix the forward argument that drives "
+            "the branch with concrete_args={...}, or move the untraceable code into a submodule "
+            "and mark that submodule a leaf (leaf_modules=[...], CLI: --leaf)."
+        )
+    message = f"torch.fx could not trace {subject}"
+    if where:
+        message += f" at {where}"
+    message += f":\n  {type(error).__name__}: {error}\n{fix}"
+    return TraceError(message)
+
+
+def _user_source_line(error: Exception) -> str:
+    """'file.py:42: `code`' for the innermost frame outside torch itself, or ''."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    code = f": `{frame.line.strip()}`" if frame.line else ""
+    return f"{frame.filename}:{frame.lineno}{code}"

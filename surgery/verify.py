@@ -1,0 +1,299 @@
+"""The original is the oracle: check a de-ghosted module against the model it came from.
+
+(a) labelled-graph isomorphism (networkx) between a fresh trace of the original and
+    the de-ghosted graph; labels carry op, module path and class (with its
+    ``extra_repr``, e.g. ``inplace=True``) or function, and the constant arguments;
+    edges carry the argument slot;
+(b) ``load_state_dict(clean.state_dict(), strict=True)`` into an instance of the
+    user's own class;
+(c) equal outputs of that instance and the de-ghosted module (eval mode);
+(d) given the ghosted module: with alpha = 0 and its activations restored, its
+    outputs equal the de-ghosted module's.
+Each check is also a function of its own; ``verify`` runs them in order and raises
+``VerificationError`` with the differences in plain words.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from surgery.errors import VerificationError
+from surgery.ghosts import SoftActivation, ghosts, set_ghost_strength
+from surgery.graph import as_tuple, deepcopy_module, device_of, eval_mode, inputs_on
+from surgery.masks import masked_parameters
+from surgery.passes.deghost import strip_ghosts
+from surgery.tracing import trace, trace_options_of
+
+ATOL = 1e-5
+
+
+@dataclass
+class VerifyReport:
+    nodes: int
+    isomorphic: bool
+    strict_load: bool
+    outputs_max_abs_diff: float | None = None  # None: not checked (meta device or no inputs)
+    ghost_parity_max_abs_diff: float | None = None  # None: no ghosted model given
+    atol: float = ATOL
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"(a) graph isomorphic to the original trace ({self.nodes} nodes)",
+            "(b) state_dict loads strictly into the original class",
+        ]
+        if self.outputs_max_abs_diff is not None:
+            lines.append(f"(c) outputs equal: max |diff| = {self.outputs_max_abs_diff:.3g} <= {self.atol:g}")
+        if self.ghost_parity_max_abs_diff is not None:
+            lines.append(
+                f"(d) ghosted at alpha=0 with activations restored equals it: max |diff| = "
+                f"{self.ghost_parity_max_abs_diff:.3g}"
+            )
+        return "\n".join(lines)
+
+
+def verify(
+    model: nn.Module,
+    clean: fx.GraphModule,
+    example_inputs: Any = None,
+    *,
+    ghosted: fx.GraphModule | None = None,
+    atol: float = ATOL,
+    leaf_modules: Sequence[Any] | None = None,
+    concrete_args: dict[str, Any] | None = None,
+) -> VerifyReport:
+    """Check ``clean`` against ``model``; returns a report or raises ``VerificationError``.
+
+    The original is traced with the options ``clean`` was compiled with (override with
+    ``leaf_modules`` / ``concrete_args``). Numeric checks need ``example_inputs`` and a
+    model that is not on the meta device.
+    """
+    require_clean(clean)
+    options = trace_options_of(clean)
+    reference = trace(
+        model,
+        options.leaf_modules if leaf_modules is None else leaf_modules,
+        options.concrete_args if concrete_args is None else concrete_args,
+        options.autowrap_functions,
+    )
+    nodes = check_graph(reference, clean)
+    fresh = load_into_original(model, clean)
+    report = VerifyReport(nodes=nodes, isomorphic=True, strict_load=True, atol=atol)
+    if example_inputs is None or device_of(clean).type == "meta":
+        return report
+    inputs = as_tuple(example_inputs)
+    report.outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, "the original class", "the de-ghosted module")
+    if ghosted is not None:
+        report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
+    return report
+
+
+def require_clean(clean: nn.Module) -> None:
+    held, masked = ghosts(clean), masked_parameters(clean)
+    if held or masked:
+        raise VerificationError(
+            f"the module to verify still holds {len(held)} ghosts and {len(masked)} masks "
+            f"(e.g. {[n for n, _ in held[:2]] + list(masked)[:2]}); call surgery.deghost(ghosted) first."
+        )
+
+
+# ----------------------------------------------------------------- (a) the graph
+
+
+def check_graph(reference: fx.GraphModule, clean: fx.GraphModule) -> int:
+    """Raise unless the two graphs are isomorphic as labelled graphs; returns the node count."""
+    a, b = to_networkx(reference), to_networkx(clean)
+    same_labels = Counter(nx.get_node_attributes(a, "label").values()) == Counter(
+        nx.get_node_attributes(b, "label").values()
+    )
+    if same_labels and a.number_of_edges() == b.number_of_edges() and nx.is_isomorphic(
+        a, b, node_match=lambda x, y: x["label"] == y["label"], edge_match=lambda x, y: x["slot"] == y["slot"]
+    ):
+        return a.number_of_nodes()
+    raise VerificationError("the de-ghosted graph differs from the original:\n" + explain_difference(a, b))
+
+
+def to_networkx(gm: fx.GraphModule) -> nx.DiGraph:
+    """Nodes labelled by what they compute; edges by the argument slot they feed."""
+    graph = nx.DiGraph()
+    for node in gm.graph.nodes:
+        graph.add_node(node.name, label=node_label(gm, node))
+    for node in gm.graph.nodes:
+        for slot, source in enumerate(node.all_input_nodes):
+            graph.add_edge(source.name, node.name, slot=slot)
+    return graph
+
+
+def node_label(gm: fx.GraphModule, node: fx.Node) -> tuple:
+    constants = repr(fx.node.map_arg((node.args, node.kwargs), lambda _: _NODE))
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return (node.op, node.target, type(module).__qualname__, module.extra_repr(), constants)
+    if node.op == "call_function":
+        return (node.op, _function_name(node.target), constants)
+    if node.op in ("call_method", "get_attr", "placeholder"):
+        return (node.op, node.target, constants)
+    return (node.op, constants)
+
+
+class _NodeMarker:
+    def __repr__(self) -> str:
+        return "%"
+
+
+_NODE = _NodeMarker()
+
+
+def _function_name(fn: Any) -> str:
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    return f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
+
+
+def explain_difference(original: nx.DiGraph, clean: nx.DiGraph, limit: int = 12) -> str:
+    """Plain-words list of nodes present on one side only, or wired differently."""
+    lines: list[str] = []
+    ref, cln = _labels(original), _labels(clean)
+    for label, count in (ref - cln).items():
+        lines.append(f"  - missing after de-ghosting: {describe(label)}" + (f" (x{count})" if count > 1 else ""))
+    for label, count in (cln - ref).items():
+        lines.append(f"  + only in the de-ghosted graph: {describe(label)}" + (f" (x{count})" if count > 1 else ""))
+    if not lines:
+        ref_sig, cln_sig = _signatures(original), _signatures(clean)
+        for (label, inputs), _ in (ref_sig - cln_sig).items():
+            lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] in the original")
+        for (label, inputs), _ in (cln_sig - ref_sig).items():
+            lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] after de-ghosting")
+    if not lines:
+        lines.append("  the graphs hold the same nodes and wiring locally but are not isomorphic as a whole")
+    extra = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "\n".join(lines[:limit]) + extra
+
+
+def _labels(graph: nx.DiGraph) -> Counter:
+    return Counter(label for _, label in graph.nodes(data="label"))
+
+
+def _signatures(graph: nx.DiGraph) -> Counter:
+    def inputs(n):
+        edges = sorted(graph.in_edges(n, data="slot"), key=lambda e: e[2])
+        return tuple(_short(graph.nodes[src]["label"]) for src, _, _ in edges)
+
+    return Counter((label, inputs(n)) for n, label in graph.nodes(data="label"))
+
+
+def describe(label: tuple) -> str:
+    op = label[0]
+    if op == "call_module":
+        _, target, cls, extra, _ = label
+        return f"module `{target}` ({cls}{'(' + extra + ')' if extra else ''})"
+    if op == "call_function":
+        return f"call {label[1]}{label[2]}"
+    if op == "call_method":
+        return f"method .{label[1]}{label[2]}"
+    if op == "get_attr":
+        return f"attribute `{label[1]}`"
+    if op == "placeholder":
+        return f"input `{label[1]}`"
+    return "the output " + label[-1]
+
+
+def _short(label: tuple) -> str:
+    return label[1] if len(label) > 2 else label[0]
+
+
+# ------------------------------------------------------- (b) strict state_dict load
+
+
+def load_into_original(model: nn.Module, clean: nn.Module) -> nn.Module:
+    """An instance of ``model``'s own class holding ``clean``'s weights, loaded with strict=True.
+
+    The instance is a structural copy of ``model`` whose tensors are then assigned from
+    ``clean`` (no weight is copied twice, the user's model is untouched).
+    """
+    fresh = _structural_copy(model)
+    try:
+        fresh.load_state_dict(clean.state_dict(), strict=True, assign=True)
+    except RuntimeError as error:
+        raise VerificationError(
+            f"the de-ghosted state_dict does not load strictly into {type(model).__qualname__}:\n{error}"
+        ) from error
+    return fresh
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """deepcopy with every state_dict tensor replaced by an empty meta tensor of its shape."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None and id(param) not in memo:
+                memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), param.requires_grad)
+        for name, buf in module._buffers.items():
+            if buf is not None and id(buf) not in memo:
+                persistent = name not in module._non_persistent_buffers_set
+                memo[id(buf)] = torch.empty_like(buf, device="meta") if persistent else buf
+    return copy.deepcopy(model, memo)
+
+
+# ------------------------------------------------------------- (c), (d) numerics
+
+
+@torch.no_grad()
+def check_outputs(a: nn.Module, b: nn.Module, inputs: Sequence[Any], atol: float = ATOL, a_name="a", b_name="b") -> float:
+    """Max |a(x) - b(x)| in eval mode over every output tensor; raises beyond ``atol``."""
+    x = inputs_on(device_of(b), inputs)
+    with eval_mode(a, b):
+        out_a, out_b = _tensors(a(*x)), _tensors(b(*x))
+    if [p for p, _ in out_a] != [p for p, _ in out_b]:
+        raise VerificationError(
+            f"{a_name} and {b_name} return differently structured outputs: "
+            f"{[p for p, _ in out_a]} vs {[p for p, _ in out_b]}"
+        )
+    worst = 0.0
+    for (path, ta), (_, tb) in zip(out_a, out_b):
+        if ta.shape != tb.shape:
+            raise VerificationError(f"output{path}: shape {tuple(ta.shape)} from {a_name}, {tuple(tb.shape)} from {b_name}")
+        diff = _max_abs_diff(ta, tb)
+        if not diff <= atol:  # NaN fails too
+            raise VerificationError(
+                f"output{path} of {a_name} and {b_name} differ: max |diff| = {diff:.3g} > {atol:g}"
+            )
+        worst = max(worst, diff)
+    return worst
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b|, where equal non-finite values (same NaN / inf positions) count as equal."""
+    a, b = a.double(), b.double()
+    same = (a == b) | (a.isnan() & b.isnan())
+    if bool(same.all()):
+        return 0.0
+    return (a - b).abs().masked_fill(same, 0).max().item()
+
+
+def _tensors(output: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    if torch.is_tensor(output):
+        return [(path, output)]
+    if isinstance(output, dict):
+        return [t for k in output for t in _tensors(output[k], f"{path}[{k!r}]")]
+    if isinstance(output, (tuple, list)):
+        return [t for i, o in enumerate(output) for t in _tensors(o, f"{path}[{i}]")]
+    return []
+
+
+def check_ghost_parity(ghosted: fx.GraphModule, clean: nn.Module, inputs: Sequence[Any], atol: float = ATOL) -> float:
+    """(d): a copy of ``ghosted`` at alpha = 0 with activations restored must equal ``clean``."""
+    probe = deepcopy_module(ghosted)
+    set_ghost_strength(probe, alpha=0.0)
+    strip_ghosts(probe, SoftActivation)
+    return check_outputs(probe, clean, inputs, atol, "the ghosted module (alpha=0, activations restored)", "the de-ghosted module")
