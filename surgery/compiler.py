@@ -42,12 +42,13 @@ def compile(
     """
     recipe = Recipe.coerce(recipe)
     leaves = tuple(recipe.leaf_modules) + tuple(leaf_modules)
-    gm = deepcopy_module(trace(model, leaves, concrete_args))
+    inputs = as_tuple(example_inputs)
+    gm = deepcopy_module(trace(model, leaves, concrete_args, num_inputs=len(inputs)))
     cls = type(model)
     manifest = Manifest(model=f"{cls.__module__}.{cls.__qualname__}")
     manifest.unreached = out_of_reach(gm)
     gm.meta[MANIFEST_KEY] = manifest
-    propagate_shapes(gm, as_tuple(example_inputs))
+    propagate_shapes(gm, inputs)
     for name, options in recipe.passes:
         run_pass, _ = REGISTRY[name]
         gm = run_pass(gm, options)

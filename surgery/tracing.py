@@ -14,6 +14,8 @@ Leaves (modules kept as one opaque ``call_module`` node) are decided in one plac
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import traceback
 from collections.abc import Iterable, Sequence
@@ -65,6 +67,7 @@ class TraceOptions:
     leaf_modules: tuple[Any, ...] = ()
     concrete_args: dict[str, Any] | None = None
     autowrap_functions: tuple[Any, ...] = field(default=())
+    num_inputs: int | None = None
 
 
 class SurgeryTracer(fx.Tracer):
@@ -112,46 +115,84 @@ def trace(
     leaf_modules: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
     autowrap_functions: Sequence[Any] = (),
+    num_inputs: int | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` into an ``fx.GraphModule`` whose state_dict keys equal the model's.
 
     ``leaf_modules`` are module classes, class names or qualified module paths to keep
     opaque; ``concrete_args`` fixes forward arguments that drive Python control flow.
-    Works for models on any device, the meta device included (tracing runs no kernels).
-    Raises ``TraceError`` naming the module and source line where tracing broke.
+    The graph is the model as called with ``num_inputs`` positional tensors: forward
+    parameters after those that have defaults (``mask=None`` ...) are fixed to them
+    (default: every parameter with a default). Works for models on any device, the
+    meta device included (tracing runs no kernels). Raises ``TraceError`` naming the
+    module and source line where tracing broke.
     """
+    concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = SurgeryTracer(leaf_modules, autowrap_functions)
+    attributes_before = set(vars(model))
     try:
         graph = tracer.trace(model, concrete_args)
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except TraceError:
         raise
     except Exception as error:
         raise _explain(error, "", model) from error
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    _adopt_unreferenced_state(gm, model)
+    finally:  # fx parks tensor constants on the traced model itself; leave the user's model as it was
+        constants = set(vars(model)) - attributes_before
+        for name in constants:
+            delattr(model, name)
+    gm._non_persistent_buffers_set.update(constants)  # trace-time constants, not state
+    _mirror_module_tree(gm, model)
     gm.meta["surgery.trace_options"] = TraceOptions(
-        tuple(leaf_modules), concrete_args, tuple(autowrap_functions)
+        tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs
     )
     return gm
+
+
+def _defaults_beyond(model: nn.Module, num_inputs: int | None) -> dict[str, Any]:
+    """Defaults of the forward parameters a call with ``num_inputs`` positional inputs leaves out."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {
+        p.name: p.default
+        for i, p in enumerate(named)
+        if p.default is not p.empty and (num_inputs is None or i >= num_inputs or p.kind is p.KEYWORD_ONLY)
+    }
 
 
 def trace_options_of(gm: fx.GraphModule) -> TraceOptions:
     return gm.meta.get("surgery.trace_options", TraceOptions())
 
 
-def _adopt_unreferenced_state(gm: fx.GraphModule, model: nn.Module) -> None:
-    """Give ``gm`` the modules, parameters and buffers its graph never touches.
+def _mirror_module_tree(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Make ``gm``'s module tree the model's own, including what the graph never touches.
 
-    fx copies only what the graph references; an unused head or buffer would then be
-    missing from the state_dict and a strict load into the original class would fail.
+    fx copies only the modules and tensors the graph references and makes up plain
+    containers for the paths in between. Those containers are swapped for the
+    original modules (same objects, so the same tensors), and unreferenced modules,
+    parameters and buffers are adopted: the state_dict keys, shapes and version
+    metadata then equal the original's, and a Linear read only through
+    ``get_attr`` (e.g. ``attn.qkv.weight``) is still a Linear that masks can find.
     """
     for path, module in model.named_modules(remove_duplicate=False):
+        if not path:
+            continue
         parent_path, _, name = path.rpartition(".")
-        target = _lookup(gm, path) if path else gm
-        if target is None:
+        if _lookup(gm, path) is not module:
             setattr(_lookup(gm, parent_path) if parent_path else gm, name, module)
-        elif target is not module:  # a container fx made up, or the root
-            _copy_direct_state(module, target)
+    _copy_direct_state(model, gm)
+    for name in model._modules:  # the model's own order: it decides the names of shared parameters
+        gm._modules[name] = gm._modules.pop(name)
+    # state_dict() records the root's _version, and a class's _load_from_state_dict may read it
+    # (MNASNet does): report the original class's. State-dict hooks survive GraphModule deepcopy.
+    gm.register_state_dict_post_hook(functools.partial(_report_version, model._version))
+
+
+def _report_version(version: int, module, state_dict, prefix, local_metadata) -> None:
+    local_metadata["version"] = version
 
 
 def _lookup(root: nn.Module, path: str) -> nn.Module | None:
