@@ -1,0 +1,243 @@
+"""Model specs: "torchvision:resnet18", "timm:convnext_tiny", "path/to/file.py:factory".
+
+Every model is built with random weights: nothing downloads. A spec that resolves
+to nothing is an ``UnknownModelError`` naming it, suggesting close matches and
+listing the accepted forms. A new family of models (CIFAR variants, say) is one
+builder function plus one entry in ``SOURCES``. Also here: the input size a model
+expects, and strict loading of a state_dict file into a built model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
+
+FORMS = "torchvision:NAME, timm:NAME or path/to/file.py:factory"
+DEFAULT_INPUT_SIZE = 224
+TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
+
+
+def build_model(spec: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build the model ``spec`` names, with random weights; ``kwargs`` go to its constructor.
+
+    ``num_classes=None`` keeps the model's own default head. Build inside
+    ``with torch.device("meta"):`` to get a weightless model for fast inspection.
+    """
+    source, _, name = spec.partition(":")
+    if source in SOURCES and name:
+        return SOURCES[source](name, num_classes, **kwargs)
+    file_spec = _split_file_spec(spec)
+    if file_spec:
+        path, factory = file_spec
+        return build_from_file(Path(path), factory, num_classes, **kwargs)
+    raise UnknownModelError(_bad_form_message(spec))
+
+
+def build_torchvision(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """A torchvision classification model (``weights=None``: random init, no download)."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise UnknownModelError(_unknown_torchvision_message(name, known, torchvision.models.list_models()))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """A timm model (``pretrained=False``: random init, no download). A pretrained tag is allowed."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UnknownModelError(
+            f"timm has no model '{name}'." + did_you_mean(name, timm.list_models())
+            + " List them with timm.list_models('*pattern*')."
+        )
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def build_from_file(path: Path, factory: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Import ``path`` and call ``factory``; ``num_classes`` is passed only if given and accepted."""
+    module = import_file(path)
+    fn = getattr(module, factory, None) if factory else None
+    if not callable(fn):
+        choices = factories_in(module)
+        what = f"has no factory '{factory}'" if factory else "was given without a factory"
+        raise UnknownModelError(
+            f"'{path}' {what}." + did_you_mean(factory, choices)
+            + f" Callables it defines: {choices or 'none'}. Spec form: {path}:factory."
+        )
+    if num_classes is not None and _accepts(fn, "num_classes"):
+        kwargs["num_classes"] = num_classes
+    elif num_classes is not None:
+        warnings.warn(f"'{path}:{factory}' takes no num_classes argument; ignoring num_classes={num_classes}.")
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise UnknownModelError(
+            f"'{path}:{factory}' returned {type(model).__name__}, not a torch.nn.Module; "
+            "name a model class or a function that returns a model."
+        )
+    return model
+
+
+SOURCES: dict[str, Callable[..., nn.Module]] = {
+    "torchvision": build_torchvision,
+    "timm": build_timm,
+}
+
+
+# ---------------------------------------------------------------- model files
+
+
+def import_file(path: Path):
+    """Import a Python file by path as a module (registered in sys.modules, so its classes pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnknownModelError(f"model file '{path}' does not exist. Spec forms: {FORMS}.")
+    resolved = path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    name = f"surgery_user_model_{resolved.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def factories_in(module) -> list[str]:
+    """Public functions and classes the module itself defines (not the ones it imports)."""
+    return sorted(
+        name
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(obj) or inspect.isclass(obj))
+        and getattr(obj, "__module__", None) == module.__name__
+    )
+
+
+def _accepts(fn: Callable, argument: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True  # builtins and C callables: let the call decide
+    return any(p.name == argument or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _split_file_spec(spec: str) -> tuple[str, str] | None:
+    """``(path, factory)`` of a ``file.py:factory`` spec (factory '' when left out), else None."""
+    if spec.endswith(".py"):
+        return spec, ""
+    path, sep, factory = spec.rpartition(":")
+    return (path, factory) if sep and path.endswith(".py") else None
+
+
+# ------------------------------------------------------------------ messages
+
+
+def _bad_form_message(spec: str) -> str:
+    source, sep, name = spec.partition(":")
+    if sep and not name and source in SOURCES:
+        return f"model spec '{spec}' names no model after '{source}:'. Spec forms: {FORMS}."
+    if sep and name:
+        return (
+            f"model spec '{spec}': unknown source '{source}'." + did_you_mean(source, SOURCES)
+            + f" Spec forms: {FORMS}."
+        )
+    return f"model spec '{spec}' is not one of the accepted forms: {FORMS}." + _bare_name_hint(spec)
+
+
+def _bare_name_hint(name: str) -> str:
+    """Suggest the prefixed spec when a bare name is a torchvision or timm model."""
+    import timm
+    import torchvision
+
+    hits = [f"torchvision:{name}"] if name in torchvision.models.list_models(module=torchvision.models) else []
+    if timm.is_model(name):
+        hits.append(f"timm:{name}")
+    return (" Did you mean " + " or ".join(f"'{h}'" for h in hits) + "?") if hits else ""
+
+
+def _unknown_torchvision_message(name: str, classifiers: list[str], everything: list[str]) -> str:
+    if name in everything:
+        return (
+            f"torchvision model '{name}' is not a classification model (torchvision.models); "
+            "surgery builds classification models only."
+        )
+    return (
+        f"torchvision has no classification model '{name}'." + did_you_mean(name, classifiers)
+        + " List them with torchvision.models.list_models(module=torchvision.models)."
+    )
+
+
+# ---------------------------------------------------------------- input size
+
+
+def default_input_size(model: nn.Module, spec: str = "") -> int:
+    """The side of the square image the model expects: timm's pretrained_cfg, else torchvision's, else 224."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    source, _, name = spec.partition(":")
+    if source == "torchvision":
+        return TORCHVISION_INPUT_SIZES.get(name, DEFAULT_INPUT_SIZE)
+    return DEFAULT_INPUT_SIZE
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """In-channels of the model's first conv (1 for a grayscale model), else ``default``."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return module.in_channels
+    return default
+
+
+# ------------------------------------------------------------------- weights
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a state_dict file (.safetensors, or .pt / .pth via ``torch.load(weights_only=True)``) strictly."""
+    state = read_state_dict(Path(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise SurgeryError(
+            f"weights '{path}' do not fit {type(model).__qualname__}: {error}\n"
+            "Check the model spec and --num-classes; weights saved from a ghosted model "
+            "must be de-ghosted first (surgery.deghost), which bakes masks into plain weights."
+        ) from error
+    return model
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SurgeryError(f"weights file '{path}' does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix not in (".pt", ".pth", ".bin"):
+        raise SurgeryError(f"weights file '{path}' is neither .safetensors nor .pt/.pth (a torch.save-d state_dict).")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint
+    if not isinstance(state, dict):
+        raise SurgeryError(f"weights file '{path}' holds a {type(state).__name__}, not a state_dict.")
+    return state

@@ -1,0 +1,254 @@
+"""The `surgery` command, driven through surgery.cli.main([...]) and once as the installed script."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import surgery
+from surgery.cli import main
+from surgery.masks import load_masks, save_masks
+from surgery.models import build_model
+from surgery.pruning import random_masks
+
+NETS = textwrap.dedent(
+    """
+    from torch import nn
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    class TinyNet(nn.Module):
+        def __init__(self, num_classes=10, gated=True):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.act = nn.ReLU()
+            self.gate = Gate() if gated else nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            x = self.gate(self.act(self.bn(self.stem(x))))
+            return self.head(x.mean((2, 3)))
+
+    def gated(num_classes=10):
+        return TinyNet(num_classes)
+
+    def plain(num_classes=10):
+        return TinyNet(num_classes, gated=False)
+
+    def broken():
+        raise RuntimeError("a bug in the user's factory")
+    """
+)
+
+
+@pytest.fixture
+def nets(tmp_path) -> Path:
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ basics
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and surgery.__version__ in out
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "export", "demo"])
+def test_each_command_has_help_with_an_example(capsys, command):
+    code, out, _ = run(capsys, command, "-h")
+    assert code == 0 and "example:" in out and f"surgery {command}" in out
+
+
+def test_usage_error_exits_2(capsys):
+    code, _, err = run(capsys, "inspect")
+    assert code == 2 and "MODEL" in err
+
+
+def test_installed_console_script():
+    script = shutil.which("surgery", path=str(Path(sys.executable).parent)) or shutil.which("surgery")
+    assert script, "the `surgery` console script is not installed (pip install -e .)"
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and surgery.__version__ in version.stdout
+    inspect = subprocess.run(
+        [script, "inspect", "torchvision:resnet18"], capture_output=True, text=True, timeout=120
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert "20 of 20 found" in inspect.stdout
+
+
+# ----------------------------------------------------------------- inspect
+
+
+def test_inspect_table(capsys):
+    code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--num-classes", "10")
+    assert code == 0
+    for text in ["20 of 20 found", "7 conv1x1, 13 identity", "17 (17 x nn.ReLU(inplace=True))", "on meta"]:
+        assert text in out
+
+
+def test_inspect_json(capsys):
+    code, out, _ = run(capsys, "inspect", "timm:resnet18", "--input-size", "64", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["convs_found"] == report["convs_covered"] == 20
+    assert report["activations_swapped"] == 17
+    assert report["maskable_weights"] == 21
+    assert report["input_shape"] == [2, 3, 64, 64]
+    assert report["device"] == "meta"
+    assert report["parameters"] == sum(p.numel() for p in build_model("timm:resnet18").parameters())
+
+
+def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets):
+    code, out, _ = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert [leaf["module"] for leaf in report["leaf_modules"]] == ["gate"]
+    assert report["unreached"] == [{"module": "gate.conv", "class": "Conv2d", "inside": "gate", "what": "conv"}]
+    assert report["convs_found"] == 2 and report["convs_covered"] == 1
+
+
+def test_inspect_recipe_file(capsys, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("ghost_skip: {projection: parameter_free}\nsoft_activation: {kind: mish}\n")
+    code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--recipe", recipe, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["projections"] == {"parameter_free": 7, "identity": 13}
+    assert report["ghost_parameters"] == 0
+
+
+# ------------------------------------------------------------ user errors
+
+
+def test_untraceable_model_names_module_and_line(capsys, nets):
+    code, out, err = run(capsys, "inspect", f"{nets}:gated", "--input-size", "16")
+    assert code == 2 and out == ""
+    assert "module `gate`" in err and "if x.sum() > 0:" in err and "--leaf gate" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_pass_in_recipe(capsys, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("ghost_skp: {projection: conv1x1}\n")
+    code, _, err = run(capsys, "inspect", "torchvision:resnet18", "--recipe", recipe)
+    assert code == 2
+    assert "unknown pass 'ghost_skp'" in err and "Did you mean 'ghost_skip'" in err
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("torchvision:resnet81", "Did you mean 'resnet18'"),
+        ("timm:resnt18", "Did you mean 'resnet18'"),
+        ("resnet18", "torchvision:NAME, timm:NAME or path/to/file.py:factory"),
+        ("no/such/file.py:net", "model file 'no/such/file.py' does not exist"),
+    ],
+)
+def test_bad_model_specs(capsys, spec, expected):
+    code, _, err = run(capsys, "inspect", spec)
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_file_without_the_factory(capsys, nets):
+    code, _, err = run(capsys, "verify", f"{nets}:gatd")
+    assert code == 2 and "has no factory 'gatd'. Did you mean 'gated'" in err
+
+
+def test_unexpected_errors_keep_their_traceback(nets):
+    with pytest.raises(RuntimeError, match="a bug in the user's factory"):
+        main(["inspect", f"{nets}:broken"])
+
+
+def test_bad_sparsity(capsys, nets):
+    code, _, err = run(capsys, "verify", f"{nets}:plain", "--sparsity", "1.5")
+    assert code == 2 and "sparsity 1.5 is outside [0, 1)" in err
+
+
+# ------------------------------------------------------------------ verify
+
+
+def test_verify_on_cpu_with_random_masks(capsys):
+    argv = ["verify", "torchvision:resnet18", "--num-classes", "10", "--input-size", "32", "--sparsity", "0.8"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    for text in ["20/20 convs covered", "21 weights masked", "(a) graph", "(c) outputs", "(d) ghosted", "80.0%"]:
+        assert text in out
+
+
+def test_verify_on_meta_checks_structure_only(capsys):
+    code, out, _ = run(capsys, "verify", "torchvision:resnet18", "--device", "meta")
+    assert code == 0
+    assert "(b) state_dict loads strictly" in out and "(c)" not in out and "skipped on the meta device" in out
+
+
+def test_verify_with_a_mask_file_and_leaf(capsys, nets, tmp_path):
+    masks = random_masks(build_model(f"{nets}:gated"), 0.5, seed=1)
+    path = save_masks(masks, tmp_path / "masks.safetensors")
+    code, out, _ = run(capsys, "verify", f"{nets}:gated", "--leaf", "gate", "--masks", path, "--input-size", "16")
+    assert code == 0 and "1/2 convs covered" in out and "3 weights masked" in out and "(d) ghosted" in out
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_with_random_masks_is_sparse(capsys, nets, tmp_path):
+    out_path = tmp_path / "tiny.onnx"
+    code, out, err = run(capsys, "export", f"{nets}:plain", "--sparsity", "0.9", "--input-size", "16", "-o", out_path)
+    assert code == 0, err
+    sidecar = json.loads(Path(f"{out_path}.json").read_text())
+    assert out_path.is_file() and "onnxruntime parity" in out
+    assert sidecar["totals"]["stored_sparse"] >= 1
+    assert sidecar["max_rel_error"] <= sidecar["rtol"]
+
+
+def test_export_loads_weights_strictly(capsys, nets, tmp_path):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "w.safetensors"
+    model = build_model(f"{nets}:plain", num_classes=3)
+    with torch.no_grad():
+        model.head.weight.zero_()
+    save_file(model.state_dict(), str(weights))
+    out_path = tmp_path / "w.onnx"
+    argv = ["export", f"{nets}:plain", "--num-classes", 3, "--weights", weights, "--sparse", "--input-size", 16]
+    code, _, err = run(capsys, *argv, "-o", out_path)
+    assert code == 0, err
+    layers = {row["name"]: row for row in json.loads(Path(f"{out_path}.json").read_text())["layers"]}
+    assert layers["head.weight"]["nonzeros"] == 0
+
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "-o", tmp_path / "x.onnx")
+    assert code == 2 and "do not fit TinyNet" in err
+
+
+# -------------------------------------------------------------------- demo
+
+
+def test_demo_writes_masks_onnx_and_sidecar(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--steps", "2")
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} >= {"masks.safetensors", "model.onnx", "model.onnx.json"}
+    masks, metadata = load_masks(tmp_path / "masks.safetensors")
+    assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
+    assert "(d) ghosted at alpha=0" in out and "training loss" in out and "90.0% of conv/linear weights" in out
