@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from surgery.errors import TraceError
@@ -143,10 +144,48 @@ def trace(
             delattr(model, name)
     gm._non_persistent_buffers_set.update(constants)  # trace-time constants, not state
     _mirror_module_tree(gm, model)
+    _functional_dropout_to_modules(gm, model.training)
     gm.meta["surgery.trace_options"] = TraceOptions(
         tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs
     )
     return gm
+
+
+# F.dropout(x, p, training=self.training) freezes the mode it was traced in; these follow .train().
+_DROPOUT_MODULES = {
+    F.dropout: nn.Dropout,
+    F.dropout1d: nn.Dropout1d,
+    F.dropout2d: nn.Dropout2d,
+    F.dropout3d: nn.Dropout3d,
+    F.alpha_dropout: nn.AlphaDropout,
+    F.feature_alpha_dropout: nn.FeatureAlphaDropout,
+}
+FUNCTIONAL_MODULES_ROOT = "_functional"
+
+
+def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) -> None:
+    """Replace functional dropouts whose ``training`` was the traced mode by torch.nn's modules.
+
+    Without this, a model traced in train mode keeps dropping out in eval. The modules
+    hold no state, so the state_dict is unchanged.
+    """
+    for node in list(gm.graph.nodes):
+        module_class = _DROPOUT_MODULES.get(node.target) if node.op == "call_function" else None
+        if module_class is None:
+            continue
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        bound.apply_defaults()
+        options = bound.arguments
+        if options["training"] is not traced_training or not isinstance(options["p"], (int, float)):
+            continue
+        if not hasattr(gm, FUNCTIONAL_MODULES_ROOT):
+            gm.add_module(FUNCTIONAL_MODULES_ROOT, nn.Module())
+        getattr(gm, FUNCTIONAL_MODULES_ROOT).add_module(node.name, module_class(options["p"], bool(options["inplace"])))
+        with gm.graph.inserting_before(node):
+            replacement = gm.graph.call_module(f"{FUNCTIONAL_MODULES_ROOT}.{node.name}", (options["input"],))
+        node.replace_all_uses_with(replacement)
+        gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def _defaults_beyond(model: nn.Module, num_inputs: int | None) -> dict[str, Any]:
