@@ -28,11 +28,16 @@ PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
 
 
 class Mask(nn.Module):
-    """Parametrization ``w -> w * mask`` with a persistent bool ``mask`` buffer."""
+    """Parametrization ``w -> w * mask`` with a persistent bool ``mask`` buffer.
 
-    def __init__(self, mask: torch.Tensor):
+    ``order`` is the owner's parameter order when the mask was attached: baking
+    puts the weight back in its place, so state_dict keys keep the original order.
+    """
+
+    def __init__(self, mask: torch.Tensor, order: tuple[str, ...] = ()):
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        self.order = tuple(order)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask
@@ -145,8 +150,18 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
                 p.mask.copy_(mask)
                 existing.original.mul_(mask)
                 return
-    parametrize.register_parametrization(module, attr, Mask(mask))
+    parametrize.register_parametrization(module, attr, Mask(mask, _parameter_order(module)))
     module.parametrizations[attr].original.mul_(mask)
+
+
+def _parameter_order(module: nn.Module) -> tuple[str, ...]:
+    """The module's parameter names in registration order, including those already masked."""
+    if parametrize.is_parametrized(module):
+        for plist in module.parametrizations.values():
+            for p in plist:
+                if isinstance(p, Mask) and p.order:
+                    return p.order
+    return tuple(module._parameters)
 
 
 def masked_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -173,6 +188,7 @@ def bake_masks(model: nn.Module) -> int:
     for module_name, module in list(model.named_modules()):
         if not parametrize.is_parametrized(module):
             continue
+        _own_class(module)
         for attr in list(module.parametrizations.keys()):
             plist = module.parametrizations[attr]
             if not any(isinstance(p, Mask) for p in plist):
@@ -182,9 +198,28 @@ def bake_masks(model: nn.Module) -> int:
                     f"'{module_name}.{attr}' carries other parametrizations besides its mask "
                     f"({[type(p).__name__ for p in plist]}); remove those before de-ghosting."
                 )
+            order = plist[0].order
             parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            _restore_order(module._parameters, order)
             baked += 1
     return baked
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its properties are removed.
+
+    ``parametrize`` makes one class per module, but ``copy.deepcopy`` shares it between
+    copies (an EMA model, say): baking one copy would strip the other's properties too.
+    """
+    cls = type(module)
+    members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, members)
+
+
+def _restore_order(params: dict[str, nn.Parameter | None], order: tuple[str, ...]) -> None:
+    """``remove_parametrizations`` re-registers the weight last; put every name back in ``order``."""
+    for name in [n for n in order if n in params] + [n for n in params if n not in order]:
+        params[name] = params.pop(name)
 
 
 # ------------------------------------------------------------------------ files
@@ -200,7 +235,15 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **met
     meta.setdefault("format", "tost-surgery-mask")
     meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))
     save_file(tensors, str(path), metadata=meta)
+    _usual_permissions(path)
     return path
+
+
+def _usual_permissions(path: Path) -> None:
+    """safetensors writes files as 0600; give mask files the mode the user's umask asks for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

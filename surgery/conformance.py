@@ -1,0 +1,175 @@
+"""Conformance: the whole round trip on one model, as a row of pass/fail cells.
+
+trace -> compile (ghost skips, PSwish, masks) -> forward + backward -> de-ghost ->
+verify (a) isomorphic, (b) strict load, (c) outputs equal -> ONNX parity.
+The zoo tests and ``make zoo`` (docs/zoo.md) run it over torchvision and timm; it
+works for any model. On the meta device only the structural cells are filled.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import surgery
+from surgery.errors import NoTargetsError, TraceError
+from surgery.graph import as_tuple, device_of
+from surgery.masks import prunable_weights
+from surgery.pruning import random_masks
+
+RECIPE = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
+SPARSITY = 0.9
+
+
+@dataclass
+class Row:
+    model: str
+    trace: bool | None = None
+    compile: bool | None = None
+    train_step: bool | None = None
+    deghost: bool | None = None
+    isomorphic: bool | None = None
+    strict_load: bool | None = None
+    outputs_equal: bool | None = None
+    onnx_parity: bool | None = None
+    convs_covered: int | None = None
+    convs_total: int | None = None
+    note: str = ""  # the first failure, or what was adapted (e.g. Linear skips for a conv-free model)
+    seconds: float = 0.0
+
+    @property
+    def structural_ok(self) -> bool:
+        return all((self.trace, self.compile, self.train_step, self.deghost, self.isomorphic, self.strict_load))
+
+    @property
+    def ok(self) -> bool:
+        """Every cell that ran passed."""
+        cells = [getattr(self, f.name) for f in fields(self) if f.type == "bool | None"]
+        return all(c is not False for c in cells) and self.trace is True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_model(
+    name: str,
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    numeric: bool = True,
+    onnx: bool = False,
+    sparsity: float = SPARSITY,
+    seed: int = 0,
+) -> Row:
+    """Run the round trip on ``model``; every stage that fails is recorded, never raised."""
+    row, started = Row(name), time.perf_counter()
+    inputs = as_tuple(example_inputs)
+    meta = device_of(model).type == "meta"
+    try:
+        ghosted = _compile(row, model, inputs, _masks(model, sparsity, seed, meta))
+        if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, inputs)):
+            clean = _stage(row, "deghost", lambda: surgery.deghost(ghosted))
+            if clean is not None:
+                _verify(row, model, clean, ghosted, inputs, numeric and not meta, onnx and not meta)
+    finally:
+        row.seconds = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool) -> dict[str, torch.Tensor]:
+    if meta:  # shapes only: a meta model has no values to mask
+        return {n: torch.empty(p.shape, dtype=torch.bool, device="meta") for n, p in prunable_weights(model).items()}
+    return random_masks(model, sparsity, seed=seed)
+
+
+def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict) -> nn.Module | None:
+    recipe = {**RECIPE, "masks": masks}
+    try:
+        ghosted = surgery.compile(model, inputs, recipe)
+    except NoTargetsError:  # no conv at all: the pipeline paper's soft skips around Linear layers
+        recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
+        row.note = "no conv: skips around Linear layers"
+        return _compile_with(row, model, inputs, recipe)
+    except TraceError as error:
+        row.trace = False
+        row.note = f"trace: {error}"
+        return None
+    except Exception as error:
+        row.trace, row.compile = True, False
+        row.note = f"compile: {type(error).__name__}: {error}"
+        return None
+    return _compiled(row, ghosted)
+
+
+def _compile_with(row: Row, model, inputs, recipe) -> nn.Module | None:
+    row.trace = True
+    ghosted = _stage(row, "compile", lambda: surgery.compile(model, inputs, recipe))
+    return _compiled(row, ghosted) if ghosted is not None else None
+
+
+def _compiled(row: Row, ghosted) -> nn.Module:
+    row.trace = row.compile = True
+    summary = surgery.manifest_of(ghosted).summary()
+    row.convs_covered, row.convs_total = summary["convs_covered"], summary["convs_found"]
+    return ghosted
+
+
+def _train_step(ghosted: nn.Module, inputs: tuple) -> bool:
+    out = ghosted(*inputs)
+    loss = sum(t.float().mean() for t in _leaves(out))
+    loss.backward()
+    return True
+
+
+def _leaves(output: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(output):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _leaves(o)]
+    return []
+
+
+def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) -> None:
+    from surgery.verify import check_ghost_parity, check_graph, check_outputs, load_into_original
+    from surgery.tracing import trace, trace_options_of
+
+    options = trace_options_of(clean)
+    reference = trace(model, options.leaf_modules, options.concrete_args, options.autowrap_functions, options.num_inputs)
+    _stage(row, "isomorphic", lambda: check_graph(reference, clean) > 0)
+    fresh = _stage(row, "strict_load", lambda: load_into_original(model, clean))
+    if numeric and fresh is not None:
+        _stage(
+            row,
+            "outputs_equal",
+            lambda: check_outputs(fresh, clean, inputs) >= 0 and check_ghost_parity(ghosted, clean, inputs) >= 0,
+        )
+    if onnx:
+        _stage(row, "onnx_parity", lambda: _onnx_parity(clean, inputs))
+
+
+def _onnx_parity(clean: nn.Module, inputs: tuple) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        surgery.export_onnx(clean, inputs, Path(tmp) / "model.onnx", sparse=True)
+    return True
+
+
+def _stage(row: Row, cell: str, run: Callable[[], Any]) -> Any:
+    """Run one stage; record True / False (and the first failure's message) in ``cell``."""
+    try:
+        result = run()
+    except Exception as error:
+        setattr(row, cell, False)
+        if not row.note or row.note.startswith("no conv"):
+            row.note = (row.note + "; " if row.note else "") + f"{cell}: {type(error).__name__}: {error}"
+        return None
+    setattr(row, cell, True)
+    return result

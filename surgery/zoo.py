@@ -1,0 +1,125 @@
+"""The model zoo conformance runs over: every torchvision classifier, one model per timm family.
+
+Structural checks build weightless models on the meta device; numeric and ONNX parity
+run on ``NUMERIC``, real models at small resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from surgery.models import build_model, default_input_size
+
+NUM_CLASSES = 10
+
+# Real models, small inputs: numeric parity (c), (d) and ONNX parity in CI.
+NUMERIC: list[tuple[str, int]] = [
+    ("torchvision:resnet18", 32),
+    ("torchvision:resnet50", 32),
+    ("torchvision:resnext50_32x4d", 32),
+    ("torchvision:vgg11_bn", 32),
+    ("torchvision:mobilenet_v2", 32),
+    ("torchvision:mobilenet_v3_small", 32),
+    ("torchvision:densenet121", 32),
+    ("torchvision:shufflenet_v2_x0_5", 32),
+    ("torchvision:squeezenet1_1", 64),
+    ("torchvision:mnasnet0_5", 32),
+    ("torchvision:efficientnet_b0", 32),
+    ("torchvision:regnet_x_400mf", 32),
+    ("torchvision:regnet_y_400mf", 32),
+    ("torchvision:convnext_tiny", 32),
+    ("torchvision:alexnet", 64),
+    ("timm:resnet18", 32),
+    ("timm:efficientnet_b0", 32),
+    ("timm:mobilenetv3_small_050", 32),
+    ("timm:convnext_atto", 32),
+    ("timm:regnetx_002", 32),
+    ("timm:rexnet_100", 32),
+    ("timm:ghostnet_100", 32),
+    ("timm:dla34", 32),
+    ("timm:resnetv2_18", 32),
+]
+
+# Smallest-looking first: timm's own test_* models, then the usual size words.
+_SMALL_HINTS = ("test_", "tiny", "nano", "pico", "atto", "femto", "xxs", "xs", "small", "_s", "b0", "18", "mini", "lite")
+
+
+def torchvision_models() -> list[str]:
+    import torchvision
+
+    return [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+
+
+def timm_families() -> dict[str, str]:
+    """``{family: "timm:model"}``: one representative per module of timm's registry."""
+    import timm
+
+    return {family: f"timm:{_representative(timm.list_models(module=family))}" for family in timm.list_modules()}
+
+
+def _representative(names: list[str]) -> str:
+    for hint in _SMALL_HINTS:
+        matches = [n for n in names if hint in n]
+        if matches:
+            return min(matches, key=lambda n: (len(n), n))
+    return names[0]
+
+
+def build(spec: str, device: str = "meta", size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """The model (10 classes) on ``device`` and a batch of 2 inputs at its size (or ``size``)."""
+    if device == "meta":
+        model = _build_weightless(spec)
+    else:
+        torch.manual_seed(0)
+        model = build_model(spec, NUM_CLASSES)
+    side = size or default_input_size(model, spec)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    channels, height, width = cfg.get("input_size", (3, side, side))
+    if size:
+        height = width = size
+    x = torch.randn(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    return model, x.to(device)
+
+
+def _build_weightless(spec: str) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return build_model(spec, NUM_CLASSES)
+    except (NotImplementedError, RuntimeError):  # the builder computes with tensors (torchvision regnet)
+        with _parameters_on_meta():
+            return build_model(spec, NUM_CLASSES)
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules on CPU but register every parameter and buffer on the meta device."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter_on_meta(self, name, param):
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def buffer_on_meta(self, name, tensor, persistent=True):
+        register_buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter_on_meta, buffer_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer
+
+
+def timm_cannot_trace(model: nn.Module) -> str | None:
+    """Why timm's own FX tooling (its leaf registry, torchvision's tracer) fails on ``model``, else None."""
+    from timm.models import get_graph_node_names
+
+    try:
+        get_graph_node_names(model)
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
