@@ -39,7 +39,7 @@ from torch.utils._pytree import tree_leaves
 
 import surgery
 from surgery.compiler import leaf_modules_in
-from surgery.errors import SurgeryError
+from surgery.errors import ShapePropagationError, SurgeryError
 from surgery.ghosts import ghost_parameters
 from surgery.graph import deepcopy_module, device_of
 from surgery.masks import prunable_weights, save_masks
@@ -256,6 +256,8 @@ def compile_for_inspection(args: argparse.Namespace) -> tuple[nn.Module, torch.T
     try:
         with contextlib.redirect_stderr(held):
             result = _build_and_compile(args, "meta")
+    except ShapePropagationError:  # a leaf that branches on values cannot run on meta
+        return _build_and_compile(args, "cpu")
     except SurgeryError:
         sys.stderr.write(held.getvalue())
         raise

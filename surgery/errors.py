@@ -14,6 +14,10 @@ class TraceError(SurgeryError):
     """torch.fx could not trace the model (or a module inside it)."""
 
 
+class ShapePropagationError(TraceError):
+    """The traced graph could not run on the example inputs (wrong inputs, or meta without kernels)."""
+
+
 class RecipeError(SurgeryError):
     """A recipe names an unknown pass or option, or gives an option a bad value."""
 

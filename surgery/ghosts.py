@@ -69,10 +69,12 @@ def match_channels(x: torch.Tensor, channels: int, dim: int = 1) -> torch.Tensor
     moved = x.movedim(dim, -1)
     if have < channels:
         moved = F.pad(moved, (0, channels - have))
-    else:
+    else:  # channel c averages channels c, c + channels, c + 2 * channels, ... that exist
         groups = math.ceil(have / channels)
-        moved = F.pad(moved, (0, groups * channels - have))
-        moved = moved.unflatten(-1, (groups, channels)).mean(-2)
+        summed = F.pad(moved, (0, groups * channels - have)).unflatten(-1, (groups, channels)).sum(-2)
+        counts = torch.full((channels,), groups, dtype=moved.dtype, device=moved.device)
+        counts[have - (groups - 1) * channels :] -= 1
+        moved = summed / counts
     return moved.movedim(-1, dim)
 
 
@@ -175,7 +177,7 @@ class SoftActivation(Ghost):
 
 
 class PSwish(SoftActivation):
-    """Parametric Swish ``x * sigmoid(beta * x)``: identity at beta=0, ReLU as beta -> inf."""
+    """Parametric Swish ``x * sigmoid(beta * x)``: linear (``x / 2``) at beta=0, ReLU as beta -> inf."""
 
     def __init__(self, original_op: str, original_target: Any, rewired: tuple[str, ...] = (), beta: float = 1.0):
         super().__init__(original_op, original_target, rewired)

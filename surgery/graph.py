@@ -12,8 +12,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.utils import parametrize
 
+from surgery.errors import ShapePropagationError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
 
 
@@ -98,21 +98,46 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
 
     Runs in eval mode without grad so BatchNorm statistics are not touched.
     """
-    with eval_mode(gm):
-        ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+    try:
+        with eval_mode(gm):
+            ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+    except Exception as error:
+        raise ShapePropagationError(
+            f"running the traced {type(gm).__name__} on the example inputs failed: {error}\n"
+            f"Check that the example inputs ({_describe_inputs(example_inputs)}) fit the model "
+            "(count, shape, dtype). On the meta device, a leaf module whose forward needs real "
+            "values cannot run: use a real device."
+        ) from error
+
+
+def _describe_inputs(inputs: Sequence[Any]) -> str:
+    return ", ".join(f"{tuple(x.shape)} {x.dtype}" if torch.is_tensor(x) else repr(x) for x in inputs)
 
 
 def deepcopy_module(module: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also gives each parametrized submodule a class of its own.
+    """``copy.deepcopy`` that also copes with what models carry around.
 
-    ``torch.nn.utils.parametrize`` makes one class per module and deepcopy shares it;
-    removing a parametrization from the copy would delete the property from the
-    original's class too.
+    * tensors left as plain attributes by autograd (``torch.nn.utils.prune`` leaves
+      ``weight = weight_orig * weight_mask`` with a grad_fn) cannot be deep-copied:
+      they are copied detached;
+    * ``GraphModule.__deepcopy__`` re-adds the root's children by ``named_children()``,
+      which drops a module's second name (``self.shared = self.conv``): re-attached.
     """
-    clone = copy.deepcopy(module)
-    for sub in clone.modules():
-        if parametrize.is_parametrized(sub):
-            cls = type(sub)
-            members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-            sub.__class__ = type(cls.__name__, cls.__bases__, members)
+    clone = copy.deepcopy(module, detached_attributes(module))
+    for name, child in module._modules.items():
+        if name not in clone._modules and child is not None:
+            first = next(n for n, c in module._modules.items() if c is child)
+            clone._modules[name] = clone._modules[first]
+    for name in module._modules:  # keep the original order: it names shared parameters
+        clone._modules[name] = clone._modules.pop(name)
     return clone
+
+
+def detached_attributes(module: nn.Module) -> dict[int, torch.Tensor]:
+    """A deepcopy memo mapping every non-leaf tensor attribute to a detached copy."""
+    return {
+        id(value): value.detach().clone()
+        for sub in module.modules()
+        for value in vars(sub).values()
+        if torch.is_tensor(value) and not value.is_leaf
+    }

@@ -49,7 +49,8 @@ class Mask(nn.Module):
 def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")) -> dict[str, nn.Parameter]:
     """``{name: parameter}`` of every prunable weight; ``all`` means every parameter with 2+ dims.
 
-    Parameters of ghost modules are never prunable: they leave with the ghosts.
+    Parameters of ghost modules are never prunable (they leave with the ghosts), nor are
+    the model root's own parameters (``pos_embed``, ``cls_token``).
     """
     from surgery.ghosts import GHOSTS_ROOT
 
@@ -58,8 +59,8 @@ def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
     found: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
         parts = module_name.split(".")
-        if parts[0] == GHOSTS_ROOT or "parametrizations" in parts:
-            continue
+        if not module_name or parts[0] == GHOSTS_ROOT or "parametrizations" in parts:
+            continue  # the root's own parameters (pos_embed, cls_token) are not weights to prune
         if "all" in kinds:
             chosen = _direct_params(module, lambda name, p: p.dim() >= 2)
         elif isinstance(module, types):
@@ -90,6 +91,11 @@ def validate_masks(
     all_params = dict(model.named_parameters())
     checked: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
+        if name in all_params and "." not in name:
+            raise MaskError(
+                f"mask '{name}' names a parameter of the model's top-level module; only weights inside "
+                "submodules (convs, linears, ...) can be masked. Drop it from the mask."
+            )
         if name not in weights:
             if name in all_params or _unparametrized(name) in weights:
                 raise MaskError(
@@ -150,6 +156,7 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
                 p.mask.copy_(mask)
                 existing.original.mul_(mask)
                 return
+    own_class(module)
     parametrize.register_parametrization(module, attr, Mask(mask, _parameter_order(module)))
     module.parametrizations[attr].original.mul_(mask)
 
@@ -188,7 +195,7 @@ def bake_masks(model: nn.Module) -> int:
     for module_name, module in list(model.named_modules()):
         if not parametrize.is_parametrized(module):
             continue
-        _own_class(module)
+        own_class(module)
         for attr in list(module.parametrizations.keys()):
             plist = module.parametrizations[attr]
             if not any(isinstance(p, Mask) for p in plist):
@@ -205,12 +212,14 @@ def bake_masks(model: nn.Module) -> int:
     return baked
 
 
-def _own_class(module: nn.Module) -> None:
-    """Give a parametrized module a class of its own before its properties are removed.
+def own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before properties are added or removed.
 
     ``parametrize`` makes one class per module, but ``copy.deepcopy`` shares it between
-    copies (an EMA model, say): baking one copy would strip the other's properties too.
+    copies (compile's copy, an EMA model): changing one copy would change the other too.
     """
+    if not parametrize.is_parametrized(module):
+        return
     cls = type(module)
     members = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
     module.__class__ = type(cls.__name__, cls.__bases__, members)

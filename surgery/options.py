@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +20,9 @@ def check_choice(pass_name: str, option: str, value: Any, choices: Iterable[str]
 
 def check_subset(pass_name: str, option: str, values: Any, choices: Iterable[str]) -> tuple[str, ...]:
     """``values`` (a name or a list of names) as a tuple, each checked against ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(values, (str, list, tuple)):
+        raise RecipeError(f"{pass_name}.{option} = {values!r} must be a name or a list of names from {list(choices)}.")
     items = (values,) if isinstance(values, str) else tuple(values)
     if not items:
         raise RecipeError(f"{pass_name}.{option} is empty; give at least one of {list(choices)}.")
@@ -27,9 +31,21 @@ def check_subset(pass_name: str, option: str, values: Any, choices: Iterable[str
     return items
 
 
+def check_patterns(pass_name: str, option: str, values: Any) -> tuple[str, ...]:
+    """``values`` (an fnmatch pattern or a list of them) as a tuple of strings."""
+    items = (values,) if isinstance(values, str) else values
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise RecipeError(
+            f"{pass_name}.{option} = {values!r} must be a pattern or a list of patterns, e.g. ['layer4.*']."
+        )
+    return tuple(items)
+
+
 def check_number(pass_name: str, option: str, value: Any, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecipeError(f"{pass_name}.{option} = {value!r} must be a number.")
+    if not math.isfinite(value):
+        raise RecipeError(f"{pass_name}.{option} = {value!r} must be a finite number.")
     if minimum is not None and value < minimum:
         raise RecipeError(f"{pass_name}.{option} = {value!r} must be >= {minimum}.")
     return float(value)

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from surgery.errors import TraceError
+from surgery.errors import TraceError, did_you_mean
 
 # Always one node: passes look these up by type.
 STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -128,6 +128,7 @@ def trace(
     meta device included (tracing runs no kernels). Raises ``TraceError`` naming the
     module and source line where tracing broke.
     """
+    _check_leaf_names(model, leaf_modules)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = SurgeryTracer(leaf_modules, autowrap_functions)
     attributes_before = set(vars(model))
@@ -186,6 +187,24 @@ def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) ->
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
     gm.recompile()
+
+
+def _check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
+    """A leaf given by name must name a module path or a module class in the model."""
+    names = [x for x in leaf_modules if isinstance(x, str)]
+    if not names:
+        return
+    known = {path for path, _ in model.named_modules() if path}
+    for module in model.modules():
+        cls = type(module)
+        known |= {cls.__name__, f"{cls.__module__}.{cls.__qualname__}"}
+    for name in names:
+        if name not in known:
+            raise TraceError(
+                f"leaf '{name}' names no module path or module class in {type(model).__name__}."
+                + did_you_mean(name, known)
+                + " Give a qualified path like 'layer1.0' or a class name like 'BasicBlock'."
+            )
 
 
 def _defaults_beyond(model: nn.Module, num_inputs: int | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from surgery.errors import VerificationError
 from surgery.ghosts import SoftActivation, ghosts, set_ghost_strength
-from surgery.graph import as_tuple, deepcopy_module, device_of, eval_mode, inputs_on
+from surgery.graph import as_tuple, deepcopy_module, detached_attributes, device_of, eval_mode, inputs_on
 from surgery.masks import masked_parameters
 from surgery.passes.deghost import strip_ghosts
 from surgery.tracing import trace, trace_options_of
@@ -289,7 +289,7 @@ def load_into_original(model: nn.Module, clean: nn.Module) -> nn.Module:
 
 def _structural_copy(model: nn.Module) -> nn.Module:
     """deepcopy with every state_dict tensor replaced by an empty meta tensor of its shape."""
-    memo: dict[int, Any] = {}
+    memo: dict[int, Any] = detached_attributes(model)
     for module in model.modules():
         for param in module._parameters.values():
             if param is not None and id(param) not in memo:

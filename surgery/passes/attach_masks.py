@@ -70,7 +70,13 @@ def _resolve(gm: fx.GraphModule, options: MaskOptions) -> Mapping[str, torch.Ten
         remove_prune_reparametrization(gm)
         return masks
     if source == "from_zeros":
-        return masks_from_zeros(gm, options.prunable)
+        masks = masks_from_zeros(gm, options.prunable)
+        if not masks and not any(w.is_meta for w in prunable_weights(gm, options.prunable).values()):
+            raise MaskError(
+                f"masks: from_zeros found no exact zero in the model's prunable weights "
+                f"(prunable={list(options.prunable)}): it marks nothing as pruned."
+            )
+        return masks
     if isinstance(source, (str, Path)):
         return _from_file(gm, Path(source), options)
     raise RecipeError(f"masks.source of type {type(source).__name__} is not a dict, a file path or one of {list(SOURCES_FROM_MODEL)}.")
@@ -82,7 +88,22 @@ def _from_file(gm: fx.GraphModule, path: Path, options: MaskOptions) -> Mapping[
     if path.suffix in (".pt", ".pth"):
         if not path.is_file():
             raise MaskError(f"state_dict file '{path}' does not exist.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        prunable = prunable_weights(gm, options.prunable)
-        return {n: m for n, m in masks_from_zeros(state).items() if n in prunable}
+        return _from_state_dict(gm, path, torch.load(path, map_location="cpu", weights_only=True), options)
     raise MaskError(f"mask file '{path}' is neither .safetensors (a mask file) nor .pt/.pth (a state_dict).")
+
+
+def _from_state_dict(gm: fx.GraphModule, path: Path, state: Any, options: MaskOptions) -> Mapping[str, torch.Tensor]:
+    """Masks from the zeros of a saved state_dict; an error when it marks nothing as pruned."""
+    prunable = prunable_weights(gm, options.prunable)
+    named = [n for n in state if n in prunable] if isinstance(state, Mapping) else []
+    if not named:
+        held = list(state)[:5] if isinstance(state, Mapping) else type(state).__name__
+        raise MaskError(
+            f"state_dict file '{path}' names none of the model's prunable weights "
+            f"(e.g. '{next(iter(prunable), '')}'); it holds {held}. Save model.state_dict() itself, "
+            "not a checkpoint that wraps it."
+        )
+    masks = masks_from_zeros({n: state[n] for n in named})
+    if not masks:
+        raise MaskError(f"state_dict file '{path}' has no zero in its {len(named)} prunable weights: it marks nothing as pruned.")
+    return masks

@@ -31,7 +31,7 @@ from surgery.ghosts import (
 )
 from surgery.graph import add_ghost, first_input, module_of, shape_of
 from surgery.manifest import SkipRecord, ensure_manifest
-from surgery.options import check_choice, check_number, check_subset
+from surgery.options import check_choice, check_number, check_patterns, check_subset
 
 PROJECTIONS = ("conv1x1", "parameter_free", "none")
 TARGETS = ("conv", "linear")
@@ -53,7 +53,7 @@ class GhostSkipOptions:
         check_choice("ghost_skip", "projection", self.projection, PROJECTIONS)
         object.__setattr__(self, "targets", check_subset("ghost_skip", "targets", self.targets, TARGETS))
         object.__setattr__(self, "alpha", check_number("ghost_skip", "alpha", self.alpha))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude", check_patterns("ghost_skip", "exclude", self.exclude))
 
 
 @dataclass
@@ -121,7 +121,8 @@ def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manife
         manifest.skipped.append((site.name, projection))
         return 0
     label, module = projection
-    target = add_ghost(gm, "skip", site.name, GhostSkip(module, options.alpha))
+    ghost = GhostSkip(module, options.alpha).to(_factory(gm, site).get("device"))  # alpha on the conv's device
+    target = add_ghost(gm, "skip", site.name, ghost)
     graph = gm.graph
     with graph.inserting_after(anchor):
         skip = graph.call_module(target, (anchor, x))

@@ -21,9 +21,9 @@ from torch import nn
 
 from surgery.errors import RecipeError
 from surgery.ghosts import SOFT_ACTIVATIONS
-from surgery.graph import add_ghost, first_input, module_of
+from surgery.graph import add_ghost, device_of, first_input, module_of
 from surgery.manifest import ActivationRecord, ensure_manifest
-from surgery.options import check_choice, check_number, check_subset
+from surgery.options import check_choice, check_number, check_patterns, check_subset
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class SoftActivationOptions:
                 "drop beta or use kind: pswish."
             )
         object.__setattr__(self, "targets", check_subset("soft_activation", "targets", self.targets, ACTIVATIONS))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "exclude", check_patterns("soft_activation", "exclude", self.exclude))
 
 
 def soft_activation(gm: fx.GraphModule, options: SoftActivationOptions = SoftActivationOptions()) -> fx.GraphModule:
@@ -102,7 +102,7 @@ def _replace(gm, node: fx.Node, module, site: str, ghost_class, options, manifes
     x = first_input(node)
     rewired = _later_readers(node, x) if _is_inplace(node, module) else []
     extra = {"beta": options.beta} if options.kind == "pswish" else {}
-    ghost = ghost_class(node.op, node.target, tuple(u.name for u in rewired), **extra)
+    ghost = ghost_class(node.op, node.target, tuple(u.name for u in rewired), **extra).to(device_of(gm))
     target = add_ghost(gm, "act", site, ghost)
     with graph.inserting_before(node):
         replacement = graph.call_module(target, node.args, node.kwargs)

@@ -1,0 +1,288 @@
+"""The ghost_skip pass: where skips go, which projection they get, and what they compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import MLP, SmallCNN, seeded
+from torch import nn
+
+import surgery
+from surgery.ghosts import ConvProjection, GhostSkip, LinearProjection, ghosts
+from surgery.graph import propagate_shapes
+from surgery.passes.ghost_skip import GhostSkipOptions, ghost_skip
+
+# name: (conv, input shape, projection chosen when shapes differ)
+CONVS = {
+    "conv1d-strided": (lambda: nn.Conv1d(4, 8, 3, stride=2), (2, 4, 16)),
+    "conv3d": (lambda: nn.Conv3d(4, 4, 3, padding=1), (2, 4, 4, 4, 4)),
+    "conv3d-strided": (lambda: nn.Conv3d(2, 4, 3, stride=2, padding=1), (2, 2, 5, 5, 5)),
+    "grouped": (lambda: nn.Conv2d(4, 8, 3, groups=2, padding=1), (2, 4, 8, 8)),
+    "depthwise": (lambda: nn.Conv2d(4, 4, 3, groups=4, padding=1), (2, 4, 8, 8)),
+    "dilated": (lambda: nn.Conv2d(4, 4, 3, dilation=2), (2, 4, 9, 9)),
+    "dilated-same": (lambda: nn.Conv2d(4, 4, 3, dilation=2, padding=2), (2, 4, 9, 9)),
+    "strided": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 9)),
+    "valid": (lambda: nn.Conv2d(4, 4, 3), (2, 4, 8, 8)),
+    "over-padded": (lambda: nn.Conv2d(4, 4, 1, padding=1), (2, 4, 8, 8)),
+    "fewer-channels": (lambda: nn.Conv2d(8, 3, 3, padding=1), (2, 8, 8, 8)),
+}
+
+
+def one_conv(name):
+    factory, shape = CONVS[name]
+    torch.manual_seed(0)
+    return nn.Sequential(factory()).eval(), torch.randn(shape)
+
+
+def skip_records(gm):
+    return surgery.manifest_of(gm).skips
+
+
+def the_skip(gm) -> GhostSkip:
+    (_, skip), = ghosts(gm)
+    return skip
+
+
+# ----------------------------------------------------- every kind of conv
+
+
+@pytest.mark.parametrize("projection", ["conv1x1", "parameter_free"])
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_every_conv_kind_gets_a_skip_with_the_right_output(name, projection):
+    model, x = one_conv(name)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": projection}}).eval()
+    (record,) = skip_records(ghosted)
+    y = model(x)
+    same = tuple(x.shape) == tuple(y.shape)
+    assert record.projection == ("identity" if same else projection)
+    assert (record.input_shape, record.output_shape) == (tuple(x.shape), tuple(y.shape))
+    out = ghosted(x)
+    assert out.shape == y.shape
+    if same:
+        torch.testing.assert_close(out, y + x, rtol=0, atol=1e-6)
+    surgery.set_ghost_strength(ghosted, alpha=0.0)
+    assert torch.equal(ghosted(x), y)
+
+
+@pytest.mark.parametrize("name", ["conv1d-strided", "strided", "conv3d-strided", "fewer-channels", "grouped"])
+def test_conv1x1_projection_matches_the_convs_stride_and_channels(name):
+    model, x = one_conv(name)
+    conv = model[0]
+    skip = the_skip(surgery.compile(model, x, {"ghost_skip": {"projection": "conv1x1"}}))
+    assert isinstance(skip.projection, ConvProjection)
+    proj = skip.projection.conv
+    assert type(proj) is type(conv)
+    assert proj.kernel_size == (1,) * len(conv.kernel_size)
+    assert proj.stride == conv.stride
+    assert (proj.in_channels, proj.out_channels, proj.groups) == (conv.in_channels, conv.out_channels, 1)
+
+
+def test_conv1x1_skip_computes_the_normed_1x1_projection():
+    model, x = one_conv("strided")  # 4 -> 6 channels, 9x9 -> 5x5
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "conv1x1", "alpha": 0.5}})
+    proj = the_skip(ghosted).projection
+    with torch.no_grad():
+        proj.norm.running_mean.uniform_(-1, 1)
+        proj.norm.running_var.uniform_(0.5, 2)
+    ghosted.eval()
+    with torch.no_grad():
+        p = F.conv2d(x, proj.conv.weight, stride=2)
+        p = F.batch_norm(p, proj.norm.running_mean, proj.norm.running_var, proj.norm.weight, proj.norm.bias, False, 0.0, proj.norm.eps)
+        torch.testing.assert_close(ghosted(x), model(x) + 0.5 * p)
+
+
+def test_parameter_free_strided_skip_is_pooled_and_channel_padded():
+    model, x = one_conv("strided")  # 4 -> 6 channels, 9x9 -> 5x5
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "parameter_free"}}).eval()
+    assert surgery.ghost_parameters(ghosted) == []
+    p = ghosted(x) - model(x)
+    pooled = F.avg_pool2d(x, 2, 2, ceil_mode=True)
+    torch.testing.assert_close(p[:, :4], pooled, rtol=0, atol=1e-5)
+    assert torch.equal(p[:, 4:], torch.zeros_like(p[:, 4:]))
+
+
+def test_parameter_free_skip_crops_a_valid_conv_and_pads_an_over_padded_one():
+    model, x = one_conv("valid")  # 8x8 -> 6x6: the centre of x
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "parameter_free"}}).eval()
+    torch.testing.assert_close(ghosted(x) - model(x), x[..., 1:7, 1:7], rtol=0, atol=1e-5)
+    model, x = one_conv("over-padded")  # 8x8 -> 10x10: x surrounded by zeros
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "parameter_free"}}).eval()
+    torch.testing.assert_close(ghosted(x) - model(x), F.pad(x, (1, 1, 1, 1)), rtol=0, atol=1e-5)
+
+
+def test_projection_none_keeps_identity_skips_and_records_the_rest():
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 6, 3, stride=2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "none"}})
+    manifest = surgery.manifest_of(ghosted)
+    assert [(s.site, s.projection) for s in manifest.skips] == [("0", "identity")]
+    ((site, why),) = manifest.skipped
+    assert site == "1" and "projection is 'none'" in why and "(2, 3, 8, 8)" in why
+
+
+def test_projection_none_with_no_matching_shapes_is_an_error_not_a_no_op():
+    model, x = one_conv("strided")
+    with pytest.raises(surgery.NoTargetsError, match="added no skip"):
+        surgery.compile(model, x, {"ghost_skip": {"projection": "none"}})
+
+
+# ------------------------------------------------------------- placement
+
+
+def test_skip_goes_after_the_norm_and_before_the_activation():
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 6, 6)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {}}).eval()
+    (skip,) = [n for n in ghosted.graph.nodes if n.op == "call_module" and n.target.startswith("_ghosts.")]
+    assert skip.args[0].target == "1" and skip.args[1].op == "placeholder"
+    (user,) = skip.users
+    assert user.target == "2"
+    assert skip_records(ghosted)[0].anchor == skip.args[0].name
+    torch.testing.assert_close(ghosted(x), torch.relu(model[1](model[0](x)) + x))
+
+
+@pytest.mark.parametrize(
+    "norm", [nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True)], ids=lambda m: type(m).__name__
+)
+def test_any_norm_directly_after_the_conv_is_the_anchor(norm):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), norm, nn.ReLU())
+    ghosted = surgery.compile(model, torch.randn(2, 4, 6, 6), {"ghost_skip": {}})
+    assert skip_records(ghosted)[0].anchor == "_1"
+
+
+def test_functional_conv_and_norm_are_found():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4, 3, 3))
+
+        def forward(self, x):
+            return F.relu(F.batch_norm(F.conv2d(x, self.w, None, 1, 1), None, None, training=True))
+
+    ghosted = surgery.compile(Functional(), torch.randn(2, 4, 6, 6), {"ghost_skip": {}})
+    (record,) = skip_records(ghosted)
+    assert (record.site, record.anchor, record.projection) == ("conv2d", "batch_norm", "identity")
+
+
+def test_conv_used_twice_is_its_own_anchor():
+    class TwoReaders(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    ghosted = surgery.compile(TwoReaders(), torch.randn(2, 4, 6, 6), {"ghost_skip": {}})
+    assert skip_records(ghosted)[0].anchor == "conv"
+
+
+def test_timm_fused_norm_activation_gets_the_skip_before_it():
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), BatchNormAct2d(4, act_layer=nn.ReLU))
+    ghosted = surgery.compile(model, torch.randn(2, 4, 6, 6), {"ghost_skip": {}})
+    assert skip_records(ghosted)[0].anchor == "_0"  # the conv, not the fused BN+ReLU
+
+
+def test_a_conv_called_at_two_sites_gets_one_ghost_per_site():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.conv(x)))
+
+    model = seeded(Shared).eval()
+    x = torch.randn(2, 4, 6, 6)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {}}).eval()
+    records = skip_records(ghosted)
+    assert [r.site for r in records] == ["conv", "conv"]
+    assert len({r.ghost for r in records}) == 2 and len(ghosts(ghosted)) == 2
+    first = torch.relu(model.conv(x) + x)
+    torch.testing.assert_close(ghosted(x), model.conv(first) + first)
+
+
+# ------------------------------------------------------------------ linear
+
+
+def test_linear_layers_are_wrapped_only_when_targeted():
+    model, x = seeded(MLP).eval(), torch.randn(4, 8)
+    with pytest.raises(surgery.NoTargetsError):
+        surgery.compile(model, x, {"ghost_skip": {}})
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"targets": ["conv", "linear"]}}).eval()
+    records = skip_records(ghosted)
+    assert [(r.site, r.kind, r.projection) for r in records] == [("fc1", "linear", "identity"), ("fc2", "linear", "linear")]
+    assert isinstance(dict(ghosts(ghosted))[records[1].ghost].projection, LinearProjection)
+    surgery.set_ghost_strength(ghosted, alpha=0.0)
+    assert torch.equal(ghosted(x), model(x))
+
+
+def test_linear_parameter_free_projection_pads_features():
+    model, x = nn.Sequential(nn.Linear(3, 5)).eval(), torch.randn(4, 3)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"targets": "linear", "projection": "parameter_free"}})
+    torch.testing.assert_close(ghosted(x) - model(x), F.pad(x, (0, 2)), rtol=0, atol=1e-6)
+
+
+def test_exclude_patterns_skip_call_sites():
+    x = torch.randn(2, 3, 8, 8)
+    ghosted = surgery.compile(seeded(SmallCNN), x, {"ghost_skip": {"exclude": ["conv2"]}})
+    manifest = surgery.manifest_of(ghosted)
+    assert [r.site for r in manifest.skips] == ["conv1"]
+    assert manifest.skipped == [("conv2", "excluded by ghost_skip.exclude")]
+
+
+def test_alpha_option_sets_the_starting_strength():
+    ghosted = surgery.compile(seeded(SmallCNN), torch.randn(2, 3, 8, 8), {"ghost_skip": {"alpha": 0.3}})
+    assert {round(g.alpha.item(), 6) for _, g in ghosts(ghosted)} == {0.3}
+
+
+# ------------------------------------------------------------- bad input
+
+
+def test_model_without_conv_says_it_found_none():
+    with pytest.raises(surgery.NoTargetsError) as caught:
+        surgery.compile(MLP(), torch.randn(2, 8), {"ghost_skip": {}})
+    message = str(caught.value)
+    assert "found no Conv1d/2d/3d" in message and "MLP" in message
+    assert "targets: [conv, linear]" in message
+
+
+def test_convs_hidden_in_a_leaf_are_named_when_none_is_reachable():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = nn.Sequential(Block(), nn.Flatten())
+    with pytest.raises(surgery.NoTargetsError, match=r"1 convs hide inside leaf modules \(0\)"):
+        surgery.compile(model, torch.randn(1, 3, 2, 2), {"ghost_skip": {}}, leaf_modules=[Block])
+
+
+def test_the_pass_without_shapes_explains_how_to_get_them():
+    gm = surgery.trace(seeded(SmallCNN))
+    with pytest.raises(surgery.SurgeryError, match="propagate_shapes"):
+        ghost_skip(gm, GhostSkipOptions())
+    propagate_shapes(gm, (torch.randn(2, 3, 8, 8),))
+    assert len(ghosts(ghost_skip(gm, GhostSkipOptions()))) == 2
+
+
+# ------------------------------------------------------------ devices, dtypes
+
+
+def test_projections_follow_the_models_dtype_and_device():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    ghosted = surgery.compile(seeded(SmallCNN).double(), x, {"ghost_skip": {}})
+    assert {p.dtype for p in surgery.ghost_parameters(ghosted)} == {torch.float64}
+    assert ghosted(x).dtype == torch.float64
+    with torch.device("meta"):
+        meta_model = SmallCNN()
+    ghosted = surgery.compile(meta_model, torch.randn(2, 3, 8, 8), {"ghost_skip": {}})
+    assert all(p.is_meta for p in surgery.ghost_parameters(ghosted))
