@@ -12,43 +12,30 @@ import contextlib
 import io
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
-from rich.text import Text
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
 import surgery
+from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ShapePropagationError, SurgeryError
 from surgery.ghosts import ghost_parameters
-from surgery.graph import deepcopy_module, device_of
-from surgery.masks import prunable_weights, save_masks
+from surgery.graph import device_of
+from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
-from surgery.recipe import Recipe
+from surgery.recipe import TOST_RECIPE, Recipe
 
 EXIT_USER_ERROR = 2
-DEFAULT_RECIPE = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
 MODEL_HELP = "torchvision:NAME, timm:NAME or path/to/file.py:factory (random weights, nothing downloads)"
 
 
@@ -171,7 +158,7 @@ def _add_demo(commands) -> None:
         "surgery demo --out runs/demo",
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where masks and ONNX go (default runs/demo)")
-    steps = DemoConfig.steps
+    steps = demo.DemoConfig.steps
     p.add_argument("--steps", type=_positive_int, default=steps, help=f"training steps (default {steps})")
     p.set_defaults(run=run_demo)
 
@@ -200,10 +187,10 @@ def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> t
 
 
 def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
-    """The recipe file (default: ``DEFAULT_RECIPE``), its masks section replaced by ``masks`` if given."""
+    """The recipe file (default: ``TOST_RECIPE``), its masks section replaced by ``masks`` if given."""
     if masks is None:
-        return Recipe.coerce(recipe or DEFAULT_RECIPE)
-    sections = Recipe.coerce(recipe).to_dict() if recipe else dict(DEFAULT_RECIPE)
+        return Recipe.coerce(recipe or TOST_RECIPE)
+    sections = Recipe.coerce(recipe).to_dict() if recipe else dict(TOST_RECIPE)
     sections["masks"] = masks
     return Recipe.from_dict(sections)
 
@@ -219,13 +206,6 @@ def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exact zeros over the prunable (conv, linear) weights."""
-    weights = [w.detach() for w in prunable_weights(model).values()]
-    total = sum(w.numel() for w in weights)
-    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
 
 
 def scalar_loss(output: Any) -> torch.Tensor:
@@ -400,154 +380,9 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
 # --------------------------------------------------------------------- demo
 
 
-@dataclass
-class DemoConfig:
-    """The embedded demo job; stages read only this, so a real dataset replaces ``demo_batch`` alone."""
-
-    model: str = "torchvision:resnet18"
-    num_classes: int = 10
-    input_size: int = 32
-    batch_size: int = 8
-    sparsity: float = 0.9
-    steps: int = 20
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    beta_end: float = 50.0  # PSwish's beta at the last step (ReLU in the limit)
-    seed: int = 0
-
-
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    config = DemoConfig(steps=args.steps)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    start = time.perf_counter()
-    with _demo_progress(console) as progress:
-        model, ghosted, (x, y) = prepare_demo(config, out, progress)
-        losses = train_demo(ghosted, x, y, config, progress)
-        clean, report = finish_demo(model, ghosted, x, progress)
-        info = export_demo(clean, x, out, progress)
-    result = DemoResult(losses, batch_loss(clean, x, y), weight_sparsity(clean), info, time.perf_counter() - start)
-    console.print(str(report), markup=False)
-    print_demo_summary(console, config, result, out)
+    demo.run(demo.DemoConfig(steps=args.steps), Path(args.out), console)
     return 0
-
-
-@dataclass
-class DemoResult:
-    losses: list[float]
-    deghosted_loss: float
-    sparsity: float
-    export: Any  # surgery.ExportInfo
-    seconds: float
-
-
-def demo_batch(config: DemoConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed random batch of images and labels: the whole 'dataset' of the offline demo."""
-    generator = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch_size, 3, config.input_size, config.input_size, generator=generator)
-    y = torch.randint(0, config.num_classes, (config.batch_size,), generator=generator)
-    return x, y
-
-
-def prepare_demo(config: DemoConfig, out: Path, progress: Progress):
-    """Build the model, draw and save random masks, compile with the full ToST recipe."""
-    task = progress.add_task("build, mask, compile", total=1)
-    model = build_model(config.model, config.num_classes)
-    masks = random_masks(model, config.sparsity, seed=config.seed)
-    save_masks(masks, out / "masks.safetensors", method="random", model=config.model, seed=config.seed)
-    x, y = demo_batch(config)
-    ghosted = surgery.compile(model, x, {**DEFAULT_RECIPE, "masks": masks})
-    progress.update(task, completed=1)
-    return model, ghosted, (x, y)
-
-
-def train_demo(ghosted: nn.Module, x: torch.Tensor, y: torch.Tensor, config: DemoConfig, progress: Progress):
-    """SGD on the batch while alpha goes 1 -> 0 and beta 1 -> beta_end, linearly; returns the losses."""
-    optimizer = torch.optim.SGD(
-        ghosted.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    task = progress.add_task("train (alpha 1->0, beta up)", total=config.steps)
-    ghosted.train()
-    losses = []
-    for step in range(config.steps):
-        surgery.set_ghost_strength(ghosted, **ghost_strength(step, config))
-        loss = F.cross_entropy(ghosted(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        progress.update(task, advance=1, loss=losses[-1])
-    return losses
-
-
-def ghost_strength(step: int, config: DemoConfig) -> dict[str, float]:
-    """Linear schedules: alpha reaches 0 and beta reaches ``beta_end`` at the last step."""
-    t = step / max(config.steps - 1, 1)
-    return {"alpha": 1.0 - t, "beta": 1.0 + t * (config.beta_end - 1.0)}
-
-
-def finish_demo(model: nn.Module, ghosted: torch.fx.GraphModule, x: torch.Tensor, progress: Progress):
-    """De-ghost (masks baked in) and verify the result against the original ResNet-18."""
-    task = progress.add_task("de-ghost, verify", total=1)
-    clean = surgery.deghost(ghosted)
-    report = surgery.verify(model, clean, x, ghosted=ghosted)
-    progress.update(task, completed=1)
-    return clean, report
-
-
-def export_demo(clean: nn.Module, x: torch.Tensor, out: Path, progress: Progress):
-    task = progress.add_task("export sparse ONNX", total=1)
-    info = surgery.export_onnx(clean, x[:2], out / "model.onnx", sparse=True)
-    progress.update(task, completed=1)
-    return info
-
-
-@torch.no_grad()
-def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Cross-entropy with batch statistics (train-mode norms), on a copy so no running stat moves."""
-    probe = deepcopy_module(model).train()
-    return F.cross_entropy(probe(x), y).item()
-
-
-def print_demo_summary(console: Console, config: DemoConfig, result: DemoResult, out: Path) -> None:
-    info = result.export
-    table = Table(title="surgery demo", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    size, losses = config.input_size, result.losses
-    table.add_row("model", f"{config.model}, {config.num_classes} classes, {size}x{size} inputs")
-    table.add_row("training loss", f"{losses[0]:.3f} -> {losses[-1]:.3f} over {len(losses)} steps")
-    table.add_row("after de-ghosting", f"loss {result.deghosted_loss:.4f} on the same batch (ghosts gone)")
-    table.add_row("sparsity", f"{result.sparsity:.1%} of conv/linear weights are zero (target {config.sparsity:.0%})")
-    sizes = f"{info.sparse_bytes / 1e6:.2f} MB sparse, {info.dense_bytes / 1e6:.2f} MB dense"
-    table.add_row("ONNX size", f"{sizes} ({info.size_ratio:.0%} of dense)")
-    table.add_row("ONNX parity", f"max |diff| vs PyTorch {info.max_abs_error:.2g} (onnxruntime)")
-    table.add_row("written to", str(out))
-    table.add_row("files", ", ".join(sorted(p.name for p in out.iterdir())))
-    table.add_row("time", f"{result.seconds:.1f} s")
-    console.print(table)
-
-
-class LossColumn(ProgressColumn):
-    """The latest loss of a task that reports one."""
-
-    def render(self, task) -> Text:
-        loss = task.fields.get("loss")
-        return Text("" if loss is None else f"loss {loss:.3f}")
-
-
-def _demo_progress(console: Console) -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        LossColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 if __name__ == "__main__":

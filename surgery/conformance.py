@@ -23,8 +23,8 @@ from surgery.errors import NoTargetsError, TraceError
 from surgery.graph import as_tuple, device_of
 from surgery.masks import prunable_weights
 from surgery.pruning import random_masks
+from surgery.recipe import TOST_RECIPE
 
-RECIPE = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
 SPARSITY = 0.9
 
 
@@ -90,7 +90,7 @@ def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool) -> dict[str
 
 
 def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict) -> nn.Module | None:
-    recipe = {**RECIPE, "masks": masks}
+    recipe = {**TOST_RECIPE, "masks": masks}
     try:
         ghosted = surgery.compile(model, inputs, recipe)
     except NoTargetsError:  # no conv at all: the pipeline paper's soft skips around Linear layers

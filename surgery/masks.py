@@ -313,6 +313,13 @@ def masks_from_zeros(
     return {n: t != 0 for n, t in tensors.items() if not t.is_meta and bool((t == 0).any())}
 
 
+def weight_sparsity(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")) -> float:
+    """Fraction of exact zeros over the model's prunable weights."""
+    weights = [w.detach() for w in prunable_weights(model, kinds).values()]
+    total = sum(w.numel() for w in weights)
+    return sum(int((w == 0).sum()) for w in weights) / total if total else 0.0
+
+
 def overall_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.count_nonzero()) for m in masks.values())

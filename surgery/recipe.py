@@ -24,6 +24,8 @@ from surgery.passes import REGISTRY
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL
 
 TRACE_SECTION = "trace"
+# The papers' architecture tweaks: conv1x1-projected ghost skips around every conv, PSwish for every ReLU.
+TOST_RECIPE: dict[str, Any] = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
 TRACE_OPTIONS = ("leaf_modules",)
 
 
