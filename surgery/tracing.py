@@ -170,6 +170,7 @@ def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) ->
     Without this, a model traced in train mode keeps dropping out in eval. The modules
     hold no state, so the state_dict is unchanged.
     """
+    replaced = 0
     for node in list(gm.graph.nodes):
         module_class = _DROPOUT_MODULES.get(node.target) if node.op == "call_function" else None
         if module_class is None:
@@ -186,7 +187,9 @@ def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) ->
             replacement = gm.graph.call_module(f"{FUNCTIONAL_MODULES_ROOT}.{node.name}", (options["input"],))
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
-    gm.recompile()
+        replaced += 1
+    if replaced:
+        gm.recompile()
 
 
 def _check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
