@@ -110,7 +110,10 @@ def import_file(path: Path):
         raise UnknownModelError(f"model file '{path}' does not exist. Spec forms: {FORMS}.")
     resolved = path.resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
-    name = f"surgery_user_model_{resolved.stem}_{digest}"
+    # the file's own stem reads best in messages; a name already taken gets the path's digest
+    taken = sys.modules.get(resolved.stem)
+    free = taken is None or getattr(taken, "__file__", None) == str(resolved)
+    name = resolved.stem if resolved.stem.isidentifier() and free else f"{resolved.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
