@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
         return exit.code if isinstance(exit.code, int) else 0
     console = Console(highlight=False, soft_wrap=True)
+    shown, warnings.showwarning = warnings.showwarning, _print_warning
     try:
         return args.run(args, console) or 0
     except SurgeryError as error:
         print(f"surgery {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        warnings.showwarning = shown
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one plain line: where inside the package they were raised means nothing here."""
+    print(f"surgery: warning: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------- parser
