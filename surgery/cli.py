@@ -197,11 +197,8 @@ def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> t
 
 def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
     """The recipe file (default: ``TOST_RECIPE``), its masks section replaced by ``masks`` if given."""
-    if masks is None:
-        return Recipe.coerce(recipe or TOST_RECIPE)
-    sections = Recipe.coerce(recipe).to_dict() if recipe else dict(TOST_RECIPE)
-    sections["masks"] = masks
-    return Recipe.from_dict(sections)
+    base = Recipe.coerce(recipe or TOST_RECIPE)
+    return base if masks is None else base.replace(masks=masks)
 
 
 def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:

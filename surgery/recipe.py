@@ -76,6 +76,13 @@ class Recipe:
             return cls.from_yaml(recipe)
         return cls.from_dict(recipe)
 
+    def replace(self, **sections: Any) -> Recipe:
+        """A copy with these sections set: a new pass runs last, an existing one keeps its place,
+        ``None`` / ``False`` removes one. ``recipe.replace(masks=masks)`` adds masks to a YAML recipe."""
+        merged: dict[str, Any] = {TRACE_SECTION: {"leaf_modules": list(self.leaf_modules)}, **dict(self.passes)}
+        merged.update(sections)
+        return Recipe(**merged)
+
     def options(self, name: str) -> Any | None:
         return next((o for n, o in self.passes if n == name), None)
 

@@ -174,3 +174,15 @@ def test_recipe_errors_are_surgery_errors():
     assert issubclass(surgery.RecipeError, surgery.SurgeryError)
     with pytest.raises(surgery.SurgeryError):
         surgery.Recipe(ghost_skip={"projection": "bad"})
+
+
+def test_replace_adds_a_pass_last_keeps_an_existing_one_in_place_and_removes_with_none(tmp_path):
+    recipe = surgery.Recipe(soft_activation={"kind": "mish"}, ghost_skip={}, trace={"leaf_modules": ["Block"]})
+    masks = {"conv1.weight": torch.ones(3, 3, 3, 3, dtype=torch.bool)}
+    updated = recipe.replace(masks=masks, soft_activation={"kind": "swish"})
+    assert [name for name, _ in updated.passes] == ["soft_activation", "ghost_skip", "masks"]
+    assert updated.options("soft_activation").kind == "swish"
+    assert updated.options("masks").source is masks  # the tensors themselves, not a description
+    assert updated.leaf_modules == ("Block",)
+    assert [name for name, _ in recipe.passes] == ["soft_activation", "ghost_skip"]  # the original is unchanged
+    assert [name for name, _ in updated.replace(ghost_skip=None).passes] == ["soft_activation", "masks"]
