@@ -150,7 +150,8 @@ def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) 
         _stage(
             row,
             "outputs_equal",
-            lambda: check_outputs(fresh, clean, inputs) >= 0 and check_ghost_parity(ghosted, clean, inputs) >= 0,
+            lambda: check_outputs(fresh, clean, inputs, a_name="the original class", b_name="the de-ghosted module") >= 0
+            and check_ghost_parity(ghosted, clean, inputs) >= 0,
         )
     if onnx:
         _stage(row, "onnx_parity", lambda: _onnx_parity(clean, inputs))

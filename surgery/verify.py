@@ -312,8 +312,11 @@ def check_outputs(a: nn.Module, b: nn.Module, inputs: Sequence[Any], atol: float
         out_a, out_b = _tensors(a(*x)), _tensors(b(*x))
     if [p for p, _ in out_a] != [p for p, _ in out_b]:
         raise VerificationError(
-            f"{a_name} and {b_name} return differently structured outputs: "
-            f"{[p for p, _ in out_a]} vs {[p for p, _ in out_b]}"
+            f"in eval mode {a_name} and {b_name} return differently structured outputs: "
+            f"{[p or 'one tensor' for p, _ in out_a]} vs {[p or 'one tensor' for p, _ in out_b]}. "
+            "A model whose Python code branches on self.training (aux heads: GoogLeNet, Inception) "
+            "keeps the branch of the mode it was traced in; compile it in eval mode (model.eval()) "
+            "for a graph with its inference outputs."
         )
     worst = 0.0
     for (path, ta), (_, tb) in zip(out_a, out_b):

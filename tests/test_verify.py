@@ -196,3 +196,30 @@ def test_verify_uses_the_leaves_the_module_was_compiled_with():
     assert surgery.verify(model, clean, X).isomorphic
     with pytest.raises(surgery.VerificationError):
         surgery.verify(model, clean, X, leaf_modules=[])  # traced through, the original has more nodes
+
+
+class AuxHead(nn.Module):
+    """Like GoogLeNet: an extra output only in training, decided in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.aux = nn.Linear(4, 2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        features = self.conv(x).mean((2, 3))
+        if self.training:
+            return self.head(features), self.aux(features)
+        return self.head(features)
+
+
+def test_a_python_branch_on_training_is_explained_and_eval_mode_compiles_inference_outputs():
+    x = torch.randn(2, 3, 8, 8)
+    model = AuxHead()
+    with pytest.raises(surgery.VerificationError, match=r"compile it in eval mode"):
+        surgery.verify(model, surgery.deghost(surgery.compile(model, x, {"ghost_skip": {}})), x)
+    model.eval()
+    ghosted = surgery.compile(model, x, {"ghost_skip": {}})
+    report = surgery.verify(model, surgery.deghost(ghosted), x, ghosted=ghosted)
+    assert report.strict_load and report.outputs_max_abs_diff == 0  # the unused aux head is still in the state_dict
