@@ -25,7 +25,7 @@ DOC = ROOT / "docs" / "zoo.md"
 CELLS = ("trace", "compile", "deghost", "isomorphic", "strict_load", "outputs_equal", "onnx_parity")
 
 
-def run_one(spec: str, max_params: float) -> dict:
+def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     """In the child process: build, check, return the row as a dict."""
     import warnings
 
@@ -37,10 +37,10 @@ def run_one(spec: str, max_params: float) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     meta_model, meta_x = zoo.build(spec, "meta")
     params = sum(p.numel() for p in meta_model.parameters())
-    on_cpu = params <= max_params
+    on_cpu = params <= max_params and not meta_only
     model, x = zoo.build(spec, "cpu") if on_cpu else (meta_model, meta_x)
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True).to_dict()
-    if not on_cpu:
+    if params > max_params:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"meta only: {params / 1e6:.0f}M parameters"
     row["params"] = params
     if spec.startswith("timm:") and not structural(row):
@@ -52,18 +52,30 @@ def cached_row(spec: str, max_params: float, timeout: float, fresh: bool) -> dic
     path = CACHE / (spec.replace(":", "__").replace("/", "_") + ".json")
     if path.exists() and not fresh:
         return json.loads(path.read_text())
-    started = time.time()
-    command = [sys.executable, __file__, "--one", spec, "--max-params", str(max_params)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {"model": spec, "note": "crashed: " + done.stderr.strip()[-300:]}
-    except subprocess.TimeoutExpired:
-        row = {"model": spec, "note": f"timed out after {timeout:.0f} s"}
-    row.setdefault("seconds", round(time.time() - started, 1))
+    row = _in_child(spec, max_params, timeout)
+    if "trace" not in row:  # crashed (out of memory, say) or timed out: keep the structural check
+        why = row["note"]
+        row = _in_child(spec, max_params, timeout, meta_only=True)
+        row["note"] = (row.get("note", "") + "; " if row.get("note") else "") + f"numeric run skipped: {why}"
     CACHE.mkdir(exist_ok=True)
     path.write_text(json.dumps(row))
     return row
+
+
+def _in_child(spec: str, max_params: float, timeout: float, meta_only: bool = False) -> dict:
+    started = time.time()
+    command = [sys.executable, __file__, "--one", spec, "--max-params", str(max_params)]
+    command += ["--meta-only"] if meta_only else []
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if lines:
+            return json.loads(lines[-1])
+        killed = done.returncode < 0 or done.returncode == 137
+        why = "killed (out of memory on this machine)" if killed else "crashed: " + done.stderr.strip()[-300:]
+        return {"model": spec, "note": why, "seconds": round(time.time() - started, 1)}
+    except subprocess.TimeoutExpired:
+        return {"model": spec, "note": f"timed out after {timeout:.0f} s", "seconds": round(time.time() - started, 1)}
 
 
 def mark(value) -> str:
@@ -131,9 +143,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--meta-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.max_params)))
+        print(json.dumps(run_one(args.one, args.max_params, args.meta_only)))
         return
 
     from surgery import zoo
