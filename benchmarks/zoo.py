@@ -107,7 +107,7 @@ def summary(name: str, rows: list[dict]) -> str:
     onnx = [r for r in rows if r.get("onnx_parity") is not None]
     return (
         f"- {name}: **{ok}/{n} ({100 * ok / n:.1f}%) pass structurally**"
-        + (f" ({xfail} more are families timm itself cannot FX-trace)" if xfail else "")
+        + (f" (xfail: timm itself cannot FX-trace {xfail} of the rest)" if xfail else "")
         + f"; outputs equal on {sum(bool(r['outputs_equal']) for r in numeric)}/{len(numeric)} run numerically; "
         f"ONNX parity on {sum(bool(r['onnx_parity']) for r in onnx)}/{len(onnx)} exported."
     )
