@@ -15,10 +15,10 @@ import time
 
 import torch
 import torchvision
+from report import write_section
 
 import surgery
 from surgery.pruning import random_masks
-from report import write_section
 
 TARGET_SECONDS = 0.5
 

@@ -24,9 +24,9 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
+from report import write_section
 
 import surgery
-from report import write_section
 from surgery.pruning import random_masks
 
 SPARSITY = 0.9

@@ -11,8 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from surgery.ghosts import Ghost
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes

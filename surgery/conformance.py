@@ -139,8 +139,13 @@ def _leaves(output: Any) -> list[torch.Tensor]:
 
 
 def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) -> None:
-    from surgery.verify import check_ghost_parity, check_graph, check_outputs, load_into_original
     from surgery.tracing import trace, trace_options_of
+    from surgery.verify import (
+        check_ghost_parity,
+        check_graph,
+        check_outputs,
+        load_into_original,
+    )
 
     options = trace_options_of(clean)
     reference = trace(model, options.leaf_modules, options.concrete_args, options.autowrap_functions, options.num_inputs)

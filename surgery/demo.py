@@ -35,6 +35,7 @@ from surgery.models import build_model
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
 
+
 @dataclass
 class DemoConfig:
     """The embedded demo job; stages read only this, so a real dataset replaces ``demo_batch`` alone."""

@@ -44,11 +44,10 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.fx as fx
 from google.protobuf.message import EncodeError, Message
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
-from torch import nn
+from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from surgery.errors import ExportError, GhostsRemainError

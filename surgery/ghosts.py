@@ -12,9 +12,8 @@ import math
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 GHOSTS_ROOT = "_ghosts"  # every ghost lives under this submodule: one group, one delete
 

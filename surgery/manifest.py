@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch.fx as fx
+from torch import fx
 
 from surgery.errors import SurgeryError
 

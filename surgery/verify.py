@@ -23,12 +23,18 @@ from typing import Any
 
 import networkx as nx
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from surgery.errors import VerificationError
 from surgery.ghosts import SoftActivation, ghosts, set_ghost_strength
-from surgery.graph import as_tuple, deepcopy_module, detached_attributes, device_of, eval_mode, inputs_on
+from surgery.graph import (
+    as_tuple,
+    deepcopy_module,
+    detached_attributes,
+    device_of,
+    eval_mode,
+    inputs_on,
+)
 from surgery.masks import masked_parameters
 from surgery.passes.deghost import strip_ghosts
 from surgery.tracing import trace, trace_options_of

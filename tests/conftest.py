@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 import torchvision
-from torch import nn
+from torch import fx, nn
 
 # On small CPU machines intra-op threads fight each other: a ResNet-18 forward at 32x32
 # takes ~0.5 s with 2 threads and ~7 ms with one. Tests assert behaviour, not speed.

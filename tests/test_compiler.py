@@ -7,10 +7,9 @@ import operator
 
 import pytest
 import torch
-import torch.fx as fx
 import torchvision
 from conftest import MLP, SmallCNN, requires_cuda, seeded
-from torch import nn
+from torch import fx, nn
 
 import surgery
 from surgery.ghosts import ghosts

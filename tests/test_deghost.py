@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch.nn.functional as F
 import torch
+import torch.nn.functional as F
 import torchvision
 from conftest import AllReLUs, SmallCNN, graph_signature, node_signature, seeded
 from torch import nn

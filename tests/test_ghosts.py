@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
 from conftest import SmallCNN, seeded
-from torch import nn
+from torch import fx, nn
 
 import surgery
 from surgery.ghosts import (

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import AllReLUs, MLP, SmallCNN, seeded
+from conftest import MLP, AllReLUs, SmallCNN, seeded
 from torch import nn
 
 import surgery
@@ -19,15 +19,14 @@ RELU_FUNCTIONS = set(ACTIVATIONS["relu"].functions)
 
 def relu_nodes(gm):
     """Every node of ``gm`` that computes a ReLU, however spelled."""
-    found = []
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.ReLU):
-            found.append(node)
-        elif node.op == "call_function" and node.target in RELU_FUNCTIONS:
-            found.append(node)
-        elif node.op == "call_method" and node.target in ("relu", "relu_"):
-            found.append(node)
-    return found
+    def is_relu(node):
+        if node.op == "call_module":
+            return isinstance(gm.get_submodule(node.target), nn.ReLU)
+        if node.op == "call_function":
+            return node.target in RELU_FUNCTIONS
+        return node.op == "call_method" and node.target in ("relu", "relu_")
+
+    return [node for node in gm.graph.nodes if is_relu(node)]
 
 
 def test_every_relu_spelling_is_replaced_and_gelu_is_left_alone():

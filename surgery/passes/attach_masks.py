@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from surgery.errors import MaskError, RecipeError
 from surgery.manifest import MaskRecord, ensure_manifest

@@ -10,8 +10,7 @@ optimizer's state for them survives).
 
 from __future__ import annotations
 
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from surgery.ghosts import GHOSTS_ROOT, Ghost
 from surgery.graph import deepcopy_module, module_of

@@ -15,9 +15,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from surgery.errors import RecipeError
 from surgery.ghosts import SOFT_ACTIVATIONS
