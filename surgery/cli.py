@@ -23,14 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ShapePropagationError, SurgeryError
 from surgery.ghosts import ghost_parameters
-from surgery.graph import device_of
+from surgery.graph import device_of, scalar_loss
 from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
@@ -212,11 +211,6 @@ def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def scalar_loss(output: Any) -> torch.Tensor:
-    """A loss that touches every floating output tensor (models may return tuples or dicts)."""
-    return sum(t.float().mean() for t in tree_leaves(output) if torch.is_tensor(t) and t.is_floating_point())
 
 
 # ------------------------------------------------------------------ inspect

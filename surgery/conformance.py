@@ -20,10 +20,17 @@ from torch import nn
 
 import surgery
 from surgery.errors import NoTargetsError, TraceError
-from surgery.graph import as_tuple, device_of
+from surgery.graph import as_tuple, device_of, scalar_loss
 from surgery.masks import prunable_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
+from surgery.verify import (
+    check_ghost_parity,
+    check_graph,
+    check_outputs,
+    load_into_original,
+    trace_reference,
+)
 
 SPARSITY = 0.9
 
@@ -122,33 +129,12 @@ def _compiled(row: Row, ghosted) -> nn.Module:
 
 
 def _train_step(ghosted: nn.Module, inputs: tuple) -> bool:
-    out = ghosted(*inputs)
-    loss = sum(t.float().mean() for t in _leaves(out))
-    loss.backward()
+    scalar_loss(ghosted(*inputs)).backward()
     return True
 
 
-def _leaves(output: Any) -> list[torch.Tensor]:
-    if torch.is_tensor(output):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (tuple, list)):
-        return [t for o in output for t in _leaves(o)]
-    return []
-
-
 def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) -> None:
-    from surgery.tracing import trace, trace_options_of
-    from surgery.verify import (
-        check_ghost_parity,
-        check_graph,
-        check_outputs,
-        load_into_original,
-    )
-
-    options = trace_options_of(clean)
-    reference = trace(model, options.leaf_modules, options.concrete_args, options.autowrap_functions, options.num_inputs)
+    reference = trace_reference(model, clean)
     _stage(row, "isomorphic", lambda: check_graph(reference, clean) > 0)
     fresh = _stage(row, "strict_load", lambda: load_into_original(model, clean))
     if numeric and fresh is not None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils._pytree import tree_leaves
 
 from surgery.errors import ShapePropagationError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
@@ -63,6 +64,11 @@ def as_tuple(example_inputs: Any) -> tuple:
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
     return (example_inputs,)
+
+
+def scalar_loss(output: Any) -> torch.Tensor:
+    """A loss that touches every floating output tensor (models may return tuples or dicts)."""
+    return sum(t.float().mean() for t in tree_leaves(output) if torch.is_tensor(t) and t.is_floating_point())
 
 
 def device_of(module: nn.Module) -> torch.device:

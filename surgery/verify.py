@@ -86,15 +86,7 @@ def verify(
     model that is not on the meta device.
     """
     require_clean(clean)
-    options = trace_options_of(clean)
-    reference = trace(
-        model,
-        options.leaf_modules if leaf_modules is None else leaf_modules,
-        options.concrete_args if concrete_args is None else concrete_args,
-        options.autowrap_functions,
-        options.num_inputs,
-    )
-    nodes = check_graph(reference, clean)
+    nodes = check_graph(trace_reference(model, clean, leaf_modules, concrete_args), clean)
     fresh = load_into_original(model, clean)
     report = VerifyReport(nodes=nodes, isomorphic=True, strict_load=True, atol=atol)
     if example_inputs is None or device_of(clean).type == "meta":
@@ -104,6 +96,23 @@ def verify(
     if ghosted is not None:
         report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
     return report
+
+
+def trace_reference(
+    model: nn.Module,
+    clean: fx.GraphModule,
+    leaf_modules: Sequence[Any] | None = None,
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Trace the original ``model`` with the options ``clean`` was compiled with."""
+    options = trace_options_of(clean)
+    return trace(
+        model,
+        options.leaf_modules if leaf_modules is None else leaf_modules,
+        options.concrete_args if concrete_args is None else concrete_args,
+        options.autowrap_functions,
+        options.num_inputs,
+    )
 
 
 def require_clean(clean: nn.Module) -> None:
@@ -232,9 +241,9 @@ def explain_difference(original: nx.DiGraph, clean: nx.DiGraph, limit: int = 12)
         lines.append(f"  + only in the de-ghosted graph: {describe(label)}" + (f" (x{count})" if count > 1 else ""))
     if not lines:
         ref_sig, cln_sig = _signatures(original), _signatures(clean)
-        for (label, inputs), _ in (ref_sig - cln_sig).items():
+        for label, inputs in ref_sig - cln_sig:
             lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] in the original")
-        for (label, inputs), _ in (cln_sig - ref_sig).items():
+        for label, inputs in cln_sig - ref_sig:
             lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] after de-ghosting")
     if not lines:
         lines.append("  the graphs hold the same nodes and wiring locally but are not isomorphic as a whole")
