@@ -46,6 +46,26 @@ class ExportError(SurgeryError):
     """ONNX export failed its checker or its onnxruntime parity check."""
 
 
+class ConfigError(SurgeryError):
+    """A training config names an unknown optimizer, schedule or field, or gives one a bad value."""
+
+
+class DataError(SurgeryError):
+    """A dataset name that resolves to nothing, or data that is missing or malformed on disk."""
+
+
+class CheckpointError(SurgeryError):
+    """A checkpoint is truncated or corrupt, or does not match the config it is resumed with."""
+
+
+class DivergedError(SurgeryError):
+    """Training produced a NaN or infinite loss."""
+
+
+class ReportError(SurgeryError):
+    """A run directory lacks what a report is made from (metrics, config)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A ' Did you mean ...?' suffix listing close matches, or '' when none are close."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)

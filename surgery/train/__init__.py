@@ -1,0 +1,1 @@
+"""The sparse training runtime: data, schedules in motion, checkpoints, distributed, reports."""

@@ -1,0 +1,364 @@
+"""RunConfig: everything a `surgery run` needs, as versionable YAML.
+
+    name: tost-resnet20-digits
+    model:        {spec: cifar:resnet20}
+    data:         {dataset: digits, batch_size: 128, val_split: 0.0}
+    mask:         {method: random, sparsity: 0.9}          # or {file: mask.safetensors}
+    recipe:       {ghost_skip: {projection: conv1x1}, soft_activation: {kind: pswish}}
+    optimizer:    {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 2e-4}
+    lr_schedule:  {kind: step, milestones: [90, 135], gamma: 0.1}
+    ghosts:       {alpha: {kind: linear, start: 1, end: 0}, beta: {...}, per: step, remove_at: first_decay}
+    label_smoothing: {kind: linear, start: 0.1, end: 0.0}
+    train:        {epochs: 180, device: auto, amp: auto}
+
+Unknown sections or fields are ``ConfigError``s naming them (with close matches);
+``--set train.epochs=3`` style overrides go through ``with_overrides``. The defaults
+are ToST's: SGD momentum 0.9, weight decay 2e-4, lr 0.1, batch 128, 180 epochs,
+decay x0.1 at 90 and 135.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from surgery.errors import ConfigError, did_you_mean
+from surgery.recipe import TOST_RECIPE, Recipe
+from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "cifar:resnet20"
+    num_classes: int | None = None  # None: the dataset's class count
+    weights: str | None = None  # a state_dict file (.pt / .safetensors) loaded before masking
+    leaf_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    root: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    val_split: float = 0.0
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    augment: bool = True
+    workers: int = 4
+
+
+@dataclass
+class MaskConfig:
+    method: str = "random"  # a mask finder; or give `file`
+    sparsity: float = 0.9
+    file: str | None = None
+    prunable: list[str] = field(default_factory=lambda: ["conv", "linear"])
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class LRScheduleConfig:
+    kind: str = "step"
+    milestones: list[int] = field(default_factory=lambda: [90, 135])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    delta: float | None = None
+
+
+@dataclass
+class GhostsConfig:
+    alpha: Any = field(default_factory=lambda: {"kind": "linear", "start": 1.0, "end": 0.0})
+    beta: Any = field(default_factory=lambda: {"kind": "linear", "start": 1.0, "end": 50.0})
+    per: str = "step"
+    remove_at: Any = "first_decay"
+    removal: str = "gradual"
+
+
+@dataclass
+class LabelSmoothingConfig:
+    kind: str = "constant"
+    start: float = 0.0
+    end: float | None = None
+    steps: int = 4
+    epochs: int | None = None
+    per: str = "epoch"
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # a model spec; None: no distillation
+    weights: str | None = None  # the trained dense teacher's state_dict
+    temperature: float = 4.0
+    weight: float = 0.9
+
+
+@dataclass
+class LRsIConfig:
+    enabled: bool = False
+    iterations: int = 100
+    batches: int = 4
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 180
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: str | bool = "auto"
+    compile: bool = False
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class ExportConfig:
+    verify: bool = True
+    onnx: bool = True
+    sparse: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output: str = "runs/{name}"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    recipe: dict[str, Any] = field(default_factory=lambda: dict(TOST_RECIPE))
+    lrsi: LRsIConfig = field(default_factory=LRsIConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
+    ghosts: GhostsConfig = field(default_factory=GhostsConfig)
+    label_smoothing: LabelSmoothingConfig = field(default_factory=LabelSmoothingConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    # ------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunConfig:
+        config = _build(cls, data or {}, "")
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> RunConfig:
+        """Load a config; relative file paths in it (mask file, weights) are relative to the YAML file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; see examples/configs/ for working ones.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from error
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
+        config = cls.from_dict(data)
+        config.resolve_paths(path.parent)
+        return config
+
+    def resolve_paths(self, base: Path) -> None:
+        def resolved(value: str | None) -> str | None:
+            return value if value is None or Path(value).is_absolute() else str(base / value)
+
+        self.mask.file = resolved(self.mask.file)
+        self.model.weights = resolved(self.model.weights)
+        self.distill.weights = resolved(self.distill.weights)
+        masks = self.recipe.get("masks")
+        if isinstance(masks, str) and masks not in ("from_zeros", "from_prune"):
+            self.recipe["masks"] = resolved(masks)
+
+    def with_overrides(self, overrides: Sequence[str]) -> RunConfig:
+        """A copy with ``section.field=value`` overrides applied (values parsed as YAML)."""
+        data = self.to_dict()
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override '{item}' is not of the form section.field=value, e.g. train.epochs=3.")
+            _set_dotted(data, key.strip(), yaml.safe_load(text))
+        return RunConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    # ------------------------------------------------------------ meaning
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.format(name=self.name))
+
+    def recipe_object(self) -> Recipe:
+        recipe = dict(self.recipe)
+        if self.model.leaf_modules:
+            recipe["trace"] = {"leaf_modules": list(self.model.leaf_modules)}
+        return Recipe.from_dict(recipe)
+
+    def lr_plan(self) -> LRSchedule:
+        s = self.lr_schedule
+        return LRSchedule(s.kind, tuple(int(m) for m in s.milestones), float(s.gamma), int(s.warmup_epochs), s.delta)
+
+    def ghost_plan(self) -> GhostPlan:
+        g = self.ghosts
+        alpha = Schedule.parse(g.alpha, name="ghosts.alpha", default=Schedule("linear", 1.0, 0.0))
+        beta = Schedule.parse(g.beta, name="ghosts.beta", default=Schedule("linear", 1.0, 50.0))
+        remove_at = int(g.remove_at) if isinstance(g.remove_at, (int, float)) and not isinstance(g.remove_at, bool) else g.remove_at
+        return GhostPlan(alpha, beta, g.per, remove_at, g.removal)
+
+    def smoothing_plan(self) -> SmoothingPlan:
+        s = self.label_smoothing
+        end = s.start if s.end is None else s.end
+        return SmoothingPlan(Schedule(s.kind, float(s.start), float(end), int(s.steps)), s.epochs, s.per)
+
+    def validate(self) -> None:
+        """Everything that can be checked before any model is built."""
+        epochs = self.train.epochs
+        if epochs < 1:
+            raise ConfigError(f"train.epochs is {epochs}; train for at least 1 epoch.")
+        if self.optimizer.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer '{self.optimizer.name}'." + did_you_mean(self.optimizer.name, OPTIMIZERS)
+                + f" Known: {list(OPTIMIZERS)}."
+            )
+        if self.train.amp not in AMP_MODES:
+            raise ConfigError(f"unknown train.amp '{self.train.amp}'." + did_you_mean(self.train.amp, AMP_MODES) + f" Known: {list(AMP_MODES)}.")
+        if self.optimizer.lr <= 0:
+            raise ConfigError(f"optimizer.lr is {self.optimizer.lr}; it must be > 0 (ToST uses 0.1).")
+        if self.data.batch_size < 1:
+            raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
+        if self.train.checkpoint_every < 0 or self.train.log_every < 1 or self.train.eval_every < 1:
+            raise ConfigError("train.checkpoint_every must be >= 0 (0: only at the end), log_every and eval_every >= 1.")
+        if self.mask.file is None and not 0.0 <= self.mask.sparsity < 1.0:
+            raise ConfigError(f"mask.sparsity {self.mask.sparsity} is outside [0, 1): give the fraction to prune, e.g. 0.9.")
+        lr = self.lr_plan()
+        lr.check(epochs)
+        plan = self.ghost_plan()
+        if self.recipe_object().passes and any(n in ("ghost_skip", "soft_activation") for n, _ in self.recipe_object().passes):
+            plan.removal_epoch(lr, epochs)
+        self.smoothing_plan()
+        if self.distill.teacher is not None and self.distill.temperature <= 0:
+            raise ConfigError(f"distill.temperature {self.distill.temperature} must be > 0 (Hinton et al. use 1-20, often 4).")
+
+
+# Fields that change what is computed: a resumed run must agree on all of them.
+IGNORED_ON_RESUME = (
+    "name", "output", "data.root", "data.download", "data.workers", "data.eval_batch_size",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_every",
+    "train.progress", "train.tensorboard", "train.device", "train.compile", "export",
+)
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``field: saved -> current`` for every field that differs and matters for resuming."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        if dotted in IGNORED_ON_RESUME:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping) and dotted != "recipe":
+            out += config_differences(a, b, dotted + ".")
+        elif a != b:
+            out.append(f"{dotted}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+# ------------------------------------------------------------------ generic dataclass building
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config section '{where or 'top level'}' must be a mapping, not {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            place = f"section '{where}'" if where else "the config"
+            raise ConfigError(f"{place} has no field '{key}'." + did_you_mean(str(key), names) + f" Fields: {names}.")
+        values[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    optional = _is_optional(hint)
+    if value is None:
+        if optional or hint is Any:
+            return None
+        raise ConfigError(f"{where} cannot be empty; give a value (see examples/configs/).")
+    base = _non_none(hint)
+    try:
+        if base is float:
+            return float(value)  # YAML reads 2e-4 as a string
+        if base is int and not isinstance(value, bool):
+            if float(value) != int(float(value)):
+                raise ValueError(f"{value} is not a whole number")
+            return int(float(value))
+        if base is bool and not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        if base is str and not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        if typing.get_origin(base) is list and not isinstance(value, list):
+            raise ValueError(f"{value!r} is not a list")
+        if typing.get_origin(base) is dict and not isinstance(value, Mapping):
+            raise ValueError(f"{value!r} is not a mapping")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}.") from error
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _non_none(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return hint
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if part not in node and not (i == 0 and part == "recipe"):
+                raise ConfigError(f"override '{key}': the config has no section '{'.'.join(parts[: i + 1])}'." + did_you_mean(part, node))
+            child = node[part] = {} if child is None else child
+        node = child
+    if parts[-1] not in node and parts[0] != "recipe":
+        raise ConfigError(f"override '{key}': no field '{parts[-1]}'." + did_you_mean(parts[-1], node) + f" Fields: {list(node)}.")
+    node[parts[-1]] = value

@@ -1,0 +1,241 @@
+"""`surgery run`: model -> mask -> compile -> (LRsI) -> train -> de-ghost -> verify -> ONNX -> report.
+
+One function per stage; ``run(config)`` chains them and returns a ``RunResult``. Every
+artefact lands in the run directory (``config.output``): the resolved ``config.yaml``,
+``masks.safetensors``, ``metrics.csv`` / ``steps.csv`` / ``tensorboard/``,
+``checkpoints/``, ``model.safetensors`` (the clean trained weights, loadable into the
+original class), ``verify.txt``, ``model.onnx`` + sidecar, plots and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import fx, nn
+
+import surgery
+from surgery.errors import ConfigError, SurgeryError, did_you_mean
+from surgery.ghosts import ghosts
+from surgery.masks import (
+    bake_masks,
+    load_masks,
+    masked_parameters,
+    overall_sparsity,
+    prunable_weights,
+    save_masks,
+)
+from surgery.models import build_model, load_weights
+from surgery.pruning import random_masks
+from surgery.train.config import RunConfig
+from surgery.train.data import ImageDataset, load_dataset, make_loader
+from surgery.train.distributed import Distributed
+from surgery.train.report import write_report
+from surgery.train.trainer import Trainer, TrainResult
+
+MASK_METHODS = ("random", "dense")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model: nn.Module  # the clean trained model (the original class's structure, masks baked in)
+    test_accuracy: float | None
+    sparsity: float
+    history: list[dict[str, Any]]
+    verify: Any = None  # surgery.VerifyReport, or None when skipped
+    export: Any = None  # surgery.ExportInfo, or None when skipped
+    seconds: float = 0.0
+
+
+def run(
+    config: RunConfig,
+    *,
+    model: nn.Module | None = None,
+    masks: dict[str, torch.Tensor] | None = None,
+    resume: bool | str | Path = False,
+    console: Console | None = None,
+) -> RunResult:
+    """Run the whole pipeline; ``model`` / ``masks`` given in Python replace the config's."""
+    console = console or Console(stderr=True)
+    dist = Distributed.from_env(config.train.device)
+    run_dir = config.run_dir
+    torch.manual_seed(config.train.seed)
+    dataset = load_data(config)
+    original = model if model is not None else build(config, dataset)
+    example = example_batch(dataset)
+    masks = masks if masks is not None else make_masks(config, original)
+    ghosted = surgery.compile(original, example, config.recipe_object().replace(masks=masks or None))
+    dist.broadcast_masks(ghosted)
+    if dist.is_main:
+        write_run_files(config, run_dir, masks)
+
+    train_loader, eval_loaders = loaders(config, dataset, dist)
+    if config.lrsi.enabled and not resume:
+        rescale(config, ghosted, train_loader, dist, console)
+    trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
+                      teacher=teacher(config, dataset), console=console)
+    trained = trainer.fit(resume=resume)
+    result = finish(config, original, trained, example, run_dir, dist, console)
+    dist.close()
+    return result
+
+
+# ------------------------------------------------------------------ stages
+
+
+def load_data(config: RunConfig) -> ImageDataset:
+    d = config.data
+    return load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size,
+                        val_split=d.val_split, seed=config.train.seed)
+
+
+def build(config: RunConfig, dataset: ImageDataset) -> nn.Module:
+    model = build_model(config.model.spec, config.model.num_classes or dataset.num_classes)
+    if config.model.weights:
+        load_weights(model, config.model.weights)
+    return model
+
+
+def example_batch(dataset: ImageDataset, n: int = 2) -> torch.Tensor:
+    return torch.zeros(n, dataset.channels, dataset.image_size, dataset.image_size)
+
+
+def make_masks(config: RunConfig, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The config's mask: a file, or a finder run on the (untrained) model."""
+    m = config.mask
+    if m.file:
+        masks, _ = load_masks(m.file)
+        return masks
+    if m.method == "dense" or m.sparsity == 0:
+        return None
+    if m.method == "random":
+        return random_masks(model, m.sparsity, seed=config.train.seed, prunable=m.prunable)
+    raise ConfigError(
+        f"unknown mask method '{m.method}'." + did_you_mean(m.method, MASK_METHODS)
+        + f" Known: {list(MASK_METHODS)}; or give mask.file: a .safetensors mask."
+    )
+
+
+def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Tensor] | None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    if masks:
+        save_masks(masks, run_dir / "masks.safetensors", method=config.mask.method if not config.mask.file else "file",
+                   model=config.model.spec, seed=config.train.seed, target_sparsity=config.mask.sparsity)
+
+
+def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
+    d, device = config.data, dist.device
+    common = {"device": device, "seed": config.train.seed, "rank": dist.rank, "world_size": dist.world_size,
+              "channels_last": config.train.channels_last is True or (config.train.channels_last == "auto" and device.type == "cuda"),
+              "workers": d.workers}
+    train = make_loader(dataset, "train", d.batch_size, train=True, augment=d.augment, **common)
+    evals = {split: make_loader(dataset, split, d.eval_batch_size or d.batch_size, train=False, **common)
+             for split in ("val", "test") if split in dataset.splits}
+    return train, evals
+
+
+def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> None:
+    """LRsI: learn one scale per weight tensor on the first training batches and fold it in."""
+    from surgery.init.lrsi import lrsi
+
+    ghosted.to(dist.device)
+    train_loader.set_epoch(0)
+    batches = [b for _, b in zip(range(config.lrsi.batches), train_loader.batches(0))]
+    result = lrsi(ghosted, batches, lr=config.optimizer.lr, iterations=config.lrsi.iterations)
+    if dist.is_main:
+        console.print(
+            f"LRsI: {len(result.scales)} weight scales learned in {result.iterations} iterations; "
+            f"loss after one SGD step {result.loss_before:.4f} -> {result.loss_after:.4f}"
+        )
+
+
+def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
+    d = config.distill
+    if d.teacher is None:
+        return None
+    if not d.weights:
+        raise ConfigError(
+            f"distill.teacher '{d.teacher}' has no distill.weights: distilling from an untrained teacher "
+            "teaches noise. Train it dense first (surgery train ... --sparsity 0) and give its model.safetensors."
+        )
+    model = build_model(d.teacher, config.model.num_classes or dataset.num_classes)
+    return load_weights(model, d.weights)
+
+
+def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example: torch.Tensor, run_dir: Path,
+           dist: Distributed, console: Console) -> RunResult:
+    """Bake masks, verify against the original, save weights, export ONNX, write the report (rank 0)."""
+    model = trained.model
+    kept_ghosts = bool(ghosts(model))
+    final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
+    if isinstance(model, fx.GraphModule) and not kept_ghosts:
+        model = surgery.deghost(model, inplace=True)
+    else:
+        bake_masks(model)
+    model = model.cpu().eval()
+    final = trained.history[-1] if trained.history else {}
+    result = RunResult(run_dir, model, final.get("test_acc"), _sparsity(model), trained.history, seconds=trained.seconds)
+    if not dist.is_main:
+        return result
+    notes = {}
+    if final_masks:
+        save_masks(final_masks, run_dir / "masks.safetensors", method=config.mask.method, model=config.model.spec,
+                   seed=config.train.seed, trained=True)
+    _save_weights(model, run_dir / "model.safetensors")
+    if kept_ghosts:
+        notes["verification"] = "skipped: ghosts kept to the end (ghosts.remove_at: never), not the original architecture"
+    else:
+        result.verify, result.export = _verify_and_export(config, original, model, example, run_dir, console, notes)
+    write_report(run_dir, title=f"{config.name}: {config.model.spec} on {config.data.dataset}",
+                 layer_sparsity=_layer_sparsity(model), events=trained.events,
+                 extra={"model": config.model.spec, "dataset": config.data.dataset,
+                        "mask": _mask_text(config), "device": str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""),
+                        "sparsity": f"{result.sparsity:.2%} of conv/linear weights are zero", **notes})
+    return result
+
+
+def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,
+                       run_dir: Path, console: Console, notes: dict[str, str]):
+    report = info = None
+    if config.export.verify:
+        try:
+            report = surgery.verify(original, clean, example)
+            (run_dir / "verify.txt").write_text(str(report) + "\n")
+        except SurgeryError as error:
+            (run_dir / "verify.txt").write_text(f"FAILED\n{error}\n")
+            raise
+    if config.export.onnx:
+        info = surgery.export_onnx(clean, example, run_dir / "model.onnx", sparse=config.export.sparse)
+    return report, info
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def _sparsity(model: nn.Module) -> float:
+    weights = prunable_weights(model)
+    total = sum(w.numel() for w in weights.values())
+    return sum(int((w == 0).sum()) for w in weights.values()) / total if total else 0.0
+
+
+def _layer_sparsity(model: nn.Module) -> dict[str, float]:
+    return {name: float((w == 0).float().mean()) for name, w in prunable_weights(model).items()}
+
+
+def _mask_text(config: RunConfig) -> str:
+    if config.mask.file:
+        return f"file {config.mask.file}"
+    if config.mask.method == "dense" or config.mask.sparsity == 0:
+        return "dense (no mask)"
+    return f"{config.mask.method} {config.mask.sparsity:.0%}"
+
+

@@ -1,0 +1,63 @@
+"""A rich progress bar per epoch: loss, accuracy, lr, alpha, beta and images/s as training runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class EpochProgress:
+    """``with EpochProgress(...) as bar: bar.update(batch, loss=..., ...)``; a no-op when disabled."""
+
+    def __init__(self, console: Console, epoch: int, epochs: int, total: int, done: int = 0, *, enabled: bool = True):
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        self.progress = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn(f"epoch {epoch + 1}/{epochs}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self.task = self.progress.add_task("train", total=total, completed=done, status="")
+
+    def __enter__(self) -> EpochProgress:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def update(self, batch: int, *, loss: float, acc: float, rate: float, lr: float, alpha: float | None = None,
+               beta: float | None = None, label_smoothing: float = 0.0, **_: Any) -> None:
+        if not self.progress:
+            return
+        parts = [f"loss {loss:.3f}", f"acc {acc:.1%}", f"lr {lr:.3g}"]
+        if alpha is not None:
+            parts.append(f"α {alpha:.2f}")
+        if beta is not None:
+            parts.append(f"β {beta:.3g}")
+        if label_smoothing:
+            parts.append(f"ls {label_smoothing:.3f}")
+        parts.append(f"{rate:.0f} img/s")
+        self.progress.update(self.task, completed=batch, status="  ".join(parts))

@@ -1,0 +1,474 @@
+"""The training loop: schedules in motion, ghosts removed mid-run, checkpoints, DDP, AMP.
+
+``Trainer(model, config, train_loader, eval_loaders).fit()`` trains a compiled
+(ghosted, masked) model. Every step it sets the learning rate, alpha, beta and the
+label-smoothing factor from pure functions of (epoch, batch), so a resumed run
+computes exactly what an uninterrupted one would. Before the removal epoch (by
+default the first LR decay) it strips the ghosts in place with ``surgery.deghost``:
+the ghost parameter group leaves the optimizer, every other parameter keeps its
+identity and its momentum, and the DDP / compiled wrappers are rebuilt. Masks stay
+attached until the end, so pruned weights are exactly zero after every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import fx, nn
+
+from surgery.errors import CheckpointError, ConfigError, DivergedError
+from surgery.ghosts import (
+    GhostSkip,
+    PSwish,
+    ghost_parameters,
+    ghosts,
+    set_ghost_strength,
+)
+from surgery.passes.deghost import deghost
+from surgery.schedules import Clock
+from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
+from surgery.train.config import RunConfig, config_differences
+from surgery.train.distributed import Distributed
+from surgery.train.losses import Distillation, classification_loss
+from surgery.train.metrics import MetricsLog
+from surgery.train.progress import EpochProgress
+
+GHOST_GROUP = "ghosts"
+CHECKPOINT_FORMAT = 1
+
+
+class Interrupted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, signum: int, checkpoint: Path | None):
+        self.signum, self.checkpoint = signum, checkpoint
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint written (not rank 0)"
+        super().__init__(f"stopped by {signal.Signals(signum).name}: {where}; continue with --resume.")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # de-ghosted unless ghosts are kept (remove_at: never); masks still attached
+    history: list[dict[str, Any]]
+    events: list[tuple[int, str]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: fx.GraphModule,
+        config: RunConfig,
+        train_loader: Any,
+        eval_loaders: Mapping[str, Any],
+        *,
+        dist: Distributed | None = None,
+        run_dir: Path | None = None,
+        teacher: nn.Module | None = None,
+        console: Console | None = None,
+    ):
+        self.config, self.settings = config, config.train
+        self.dist = dist or Distributed()
+        self.device = self.dist.device
+        self.console = console or Console(stderr=True)
+        self.train_loader, self.eval_loaders = train_loader, dict(eval_loaders)
+        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+        self.steps_per_epoch = len(train_loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"the training split yields no batch of {config.data.batch_size} images; lower data.batch_size."
+            )
+        self.epochs = self.settings.epochs
+        self.lr_plan, self.ghost_plan, self.smoothing = config.lr_plan(), config.ghost_plan(), config.smoothing_plan()
+        self.amp_dtype = _amp_dtype(self.settings.amp, self.device)
+        self.channels_last = _channels_last(self.settings.channels_last, self.device)
+
+        self.module = model.to(self.device)
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.has_ghosts = self.ghosted_at_start = bool(ghosts(self.module))
+        self.removal_epoch = self.ghost_plan.removal_epoch(self.lr_plan, self.epochs) if self.has_ghosts else None
+        self.loss_fn = self._loss(teacher)
+        self.optimizer = self._optimizer()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.net = self._wrapped()
+
+        self.epoch = self.batch = self.step = 0
+        self.sums = _Sums()
+        self.history: list[dict[str, Any]] = []
+        self.events: list[tuple[int, str]] = []
+        self.store = CheckpointStore(self.run_dir / "checkpoints", keep=self.settings.keep_checkpoints)
+        self._signal: int | None = None
+        self._pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
+        self.seconds_before = 0.0
+
+    # ------------------------------------------------------------------ setup
+
+    def _loss(self, teacher: nn.Module | None):
+        d = self.config.distill
+        if teacher is None:
+            return lambda logits, y, x, ls: classification_loss(logits, y, label_smoothing=ls)
+        distill = Distillation(teacher.to(self.device), temperature=d.temperature, weight=d.weight)
+        return lambda logits, y, x, ls: distill(logits, y, x, label_smoothing=ls)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        ghost_ids = {id(p) for p in ghost_parameters(self.module)}
+        weights = [p for p in self.module.parameters() if id(p) not in ghost_ids and p.requires_grad]
+        groups = [{"params": weights, "name": "weights"}]
+        if ghost_ids:
+            groups.append({"params": [p for p in ghost_parameters(self.module)], "name": GHOST_GROUP})
+        o = self.config.optimizer
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        kind = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return kind(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def _wrapped(self) -> nn.Module:
+        net = self.dist.wrap(self.module)
+        if self.settings.compile:
+            net = torch.compile(net)
+        return net
+
+    # ------------------------------------------------------------------ ghosts
+
+    def remove_ghosts(self) -> None:
+        """Strip every ghost in place; the ghost group leaves the optimizer, the rest keeps its state."""
+        leaving = ghost_parameters(self.module)
+        deghost(self.module, inplace=True, keep_masks=True)
+        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if g.get("name") != GHOST_GROUP]
+        for p in leaving:
+            self.optimizer.state.pop(p, None)
+        self.has_ghosts = False
+        self.net = self._wrapped()
+        self.events.append((self.step, "ghosts removed"))
+
+    def ghost_values(self, clock: Clock) -> dict[str, float | None]:
+        if not self.has_ghosts:
+            return {"alpha": None, "beta": None}
+        values = self.ghost_plan.strength(clock, self.removal_epoch)
+        kinds = {type(g) for _, g in ghosts(self.module)}
+        return {
+            "alpha": values["alpha"] if any(issubclass(k, GhostSkip) for k in kinds) else None,
+            "beta": values["beta"] if any(issubclass(k, PSwish) for k in kinds) else None,
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool | str | Path = False) -> TrainResult:
+        """Train to the last epoch; ``resume``: True (this run's latest good checkpoint) or a file."""
+        if resume:
+            self.restore(resume)
+        self.log = MetricsLog(self.run_dir, tensorboard=self.settings.tensorboard, resume_step=self.step if resume else None,
+                              resume_epoch=self.epoch) if self.dist.is_main else None
+        start = time.perf_counter() - self.seconds_before
+        self.started = start
+        try:
+            with self._signals():
+                self._loop()
+        finally:
+            if self.log:
+                self.log.close()
+        if self.has_ghosts and self.removal_epoch is not None:
+            self.remove_ghosts()  # removal scheduled at the very end of the run
+        self._save_checkpoint()
+        return TrainResult(self.module, self.history, self._all_events(), self.step, time.perf_counter() - start)
+
+    def _loop(self) -> None:
+        while self.epoch < self.epochs:
+            if self.has_ghosts and self.removal_epoch is not None and self.epoch >= self.removal_epoch:
+                self.remove_ghosts()
+            self._train_epoch()
+            row = self._finish_epoch()
+            self.history.append(row)
+            self.epoch, self.batch, self.sums = self.epoch + 1, 0, _Sums()
+            every = self.settings.checkpoint_every
+            if every and self.epoch % every == 0 and self.epoch < self.epochs:
+                self._save_checkpoint()
+
+    def _train_epoch(self) -> None:
+        self.module.train()
+        self.train_loader.set_epoch(self.epoch)
+        epoch_start = time.perf_counter()
+        with EpochProgress(self.console, self.epoch, self.epochs, self.steps_per_epoch, self.batch,
+                           enabled=self.settings.progress and self.dist.is_main) as bar:
+            for x, y in self.train_loader.batches(self.batch):
+                values = self._set_schedules(Clock(self.epoch, self.batch, self.steps_per_epoch))
+                self._pending.append((self.step, values, self._train_step(x, y, values["label_smoothing"])))
+                self.batch += 1
+                self.step += 1
+                if self.batch % self.settings.log_every == 0 or self.batch == self.steps_per_epoch:
+                    self._sync(bar)
+            self.sums.seconds += time.perf_counter() - epoch_start
+
+    def _set_schedules(self, clock: Clock) -> dict[str, Any]:
+        lr_factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.optimizer.lr * lr_factor
+        values = {"lr": self.config.optimizer.lr * lr_factor, **self.ghost_values(clock)}
+        if self.has_ghosts:
+            set_ghost_strength(self.module, alpha=values["alpha"], beta=values["beta"])
+        values["label_smoothing"] = self.smoothing.at(clock, self.epochs)
+        return values
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+        with _autocast(self.device, self.amp_dtype):
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y, x, smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            self.sums.add(loss.detach(), (logits.argmax(1) == y).sum(), y.numel())
+        return loss.detach()
+
+    def _sync(self, bar: EpochProgress) -> None:
+        """Every ``log_every`` steps: check the losses are finite, log them, honour signals."""
+        pending, self._pending = self._pending, []
+        losses = torch.stack([loss for _, _, loss in pending]).float().cpu().tolist()
+        bad = next(((s, v) for (s, _, _), v in zip(pending, losses) if not math.isfinite(v)), None)
+        if self.dist.any(bad is not None):
+            self._diverged(bad)
+        if self.log:
+            for (s, step_values, _), v in zip(pending, losses):
+                self.log.log_step({"step": s + 1, "epoch": self.epoch + 1, **step_values, "loss": v})
+        values = pending[-1][1]
+        seen = self.sums.count * self.dist.world_size
+        rate = seen / max(self.sums.seconds + bar.elapsed(), 1e-9)
+        bar.update(self.batch, loss=losses[-1], acc=self.sums.accuracy(), rate=rate, **values)
+        if self.dist.any(self._signal is not None):
+            path = self._save_checkpoint()
+            raise Interrupted(self._signal or signal.SIGTERM, path)
+
+    def _diverged(self, bad: tuple[int, float] | None) -> None:
+        latest = self.store.latest()
+        where = f"step {bad[0] + 1} (epoch {self.epoch + 1})" if bad else "another rank's step"
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        raise DivergedError(
+            f"the training loss became {bad[1] if bad else 'non-finite'} at {where}; training stopped and "
+            f"{kept}. Lower optimizer.lr (now {self.config.optimizer.lr}), add lr_schedule.warmup_epochs, or "
+            "check the data and the mask (a layer pruned to nothing)."
+        )
+
+    def _finish_epoch(self) -> dict[str, Any]:
+        self._sync_buffers()
+        clock = Clock(self.epoch, max(self.steps_per_epoch - 1, 0), self.steps_per_epoch)
+        values = self._set_schedules_readonly(clock)
+        train = self.sums.reduced(self.dist)
+        row: dict[str, Any] = {
+            "epoch": self.epoch + 1, "step": self.step, **values,
+            "ghosts": "on" if self.has_ghosts else ("removed" if self.ghosted_at_start else "none"),
+            "train_loss": train["loss"], "train_acc": train["acc"],
+            "images_per_s": train["count"] / max(self.sums.seconds, 1e-9),
+        }
+        if (self.epoch + 1) % self.settings.eval_every == 0 or self.epoch + 1 == self.epochs:
+            for split, loader in self.eval_loaders.items():
+                row[f"{split}_loss"], row[f"{split}_acc"] = self.evaluate(loader)
+        row["seconds"] = time.perf_counter() - self.started
+        if self.log:
+            self.log.log_epoch(row)
+        if self.settings.progress and self.dist.is_main:
+            self.console.print(_epoch_line(row, self.epochs))
+        return row
+
+    def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
+        factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
+        return {"lr": self.config.optimizer.lr * factor, **self.ghost_values(clock),
+                "label_smoothing": self.smoothing.at(clock, self.epochs)}
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any) -> tuple[float, float]:
+        """Mean loss and accuracy over a split (summed over ranks), in eval mode."""
+        was_training = self.module.training
+        self.module.eval()
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        loader.set_epoch(0)
+        for x, y in loader.batches(0):
+            with _autocast(self.device, self.amp_dtype):
+                logits = self.module(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            total += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), device=self.device, dtype=torch.float64)])
+        self.dist.all_sum(total)
+        self.module.train(was_training)
+        loss_sum, correct, count = total.tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def _sync_buffers(self) -> None:
+        """Every rank takes rank 0's BatchNorm statistics, so evaluation and checkpoints agree."""
+        if self.dist.enabled:
+            for buffer in self.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch, "batch": self.batch, "step": self.step,
+            "deghosted": self._removed(),
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sums": self.sums.state(),
+            "events": list(self.events),
+            "history": list(self.history),
+            "seconds": time.perf_counter() - self.started if hasattr(self, "started") else 0.0,
+            "rng": rng_state(),
+        }
+
+    def _removed(self) -> bool:
+        return any(text == "ghosts removed" for _, text in self.events)
+
+    def _save_checkpoint(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            path = self.store.save(self.state(), epoch=self.epoch, step=self.step)
+        self.dist.barrier()
+        return path
+
+    def restore(self, resume: bool | str | Path) -> None:
+        """Load a checkpoint: model (de-ghosting first when it was saved de-ghosted), optimizer, clocks, RNG."""
+        if resume is True:
+            state, path = self.store.load_latest()
+        else:
+            from surgery.train.checkpoint import load_checkpoint
+
+            path = Path(resume)
+            state = load_checkpoint(path)
+        differences = config_differences(state.get("config", {}), self.config.to_dict())
+        if differences:
+            raise CheckpointError(
+                f"cannot resume from {path}: the config differs from the one it was trained with:\n  - "
+                + "\n  - ".join(differences)
+                + "\nResume with the original config (the run directory's config.yaml), or start a new run."
+            )
+        if state["deghosted"] and self.has_ghosts:
+            self.remove_ghosts()
+            self.events.clear()
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.sums = _Sums.from_state(state["sums"], self.device)
+        self.events, self.history = [tuple(e) for e in state["events"]], list(state["history"])
+        self.seconds_before = float(state.get("seconds", 0.0))
+        set_rng_state(state["rng"])
+        if self.dist.is_main and self.settings.progress:
+            self.console.print(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step})")
+
+    # ------------------------------------------------------------------ signals and events
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM / SIGINT set a flag; the loop checkpoints and stops at the next sync. A second one kills."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, frame):
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _all_events(self) -> list[tuple[int, str]]:
+        decays = [m for m in self.lr_plan.milestones if m < self.epochs] if self.lr_plan.kind == "step" else []
+        lr_events = [(m * self.steps_per_epoch, f"LR x{self.lr_plan.gamma:g}") for m in decays]
+        return sorted(set(self.events) | set(lr_events))
+
+
+class _Sums:
+    """Running training loss / accuracy of the current epoch, on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.loss = self.correct = None
+        self.count = 0
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        loss_sum = loss.double() * n
+        self.loss = loss_sum if self.loss is None else self.loss + loss_sum
+        self.correct = correct.double() if self.correct is None else self.correct + correct.double()
+        self.count += n
+
+    def accuracy(self) -> float:
+        return float(self.correct) / self.count if self.count else 0.0
+
+    def reduced(self, dist: Distributed) -> dict[str, float]:
+        if self.loss is None:
+            return {"loss": float("nan"), "acc": float("nan"), "count": 0}
+        total = torch.stack([self.loss, self.correct, torch.tensor(float(self.count), dtype=torch.float64, device=self.loss.device)])
+        loss, correct, count = dist.all_sum(total).tolist()
+        return {"loss": loss / count, "acc": correct / count, "count": count}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss": None if self.loss is None else float(self.loss), "correct": None if self.correct is None else float(self.correct),
+            "count": self.count, "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], device: torch.device) -> _Sums:
+        sums = cls()
+        if state["loss"] is not None:
+            sums.loss = torch.tensor(state["loss"], dtype=torch.float64, device=device)
+            sums.correct = torch.tensor(state["correct"], dtype=torch.float64, device=device)
+        sums.count, sums.seconds = state["count"], state["seconds"]
+        return sums
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp fp16 needs a CUDA device; use bf16 or off on the CPU.")
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _channels_last(setting: str | bool, device: torch.device) -> bool:
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ConfigError(f"train.channels_last must be auto, true or false, not {setting!r}.")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _epoch_line(row: Mapping[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.2%}"]
+    for split in ("val", "test"):
+        if row.get(f"{split}_acc") is not None:
+            parts.append(f"{split} {row[f'{split}_acc']:.2%}")
+    parts.append(f"lr {row['lr']:.3g}")
+    if row.get("alpha") is not None:
+        parts.append(f"alpha {row['alpha']:.3f}")
+    if row.get("beta") is not None:
+        parts.append(f"beta {row['beta']:.3g}")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    return "  ".join(parts)
