@@ -278,8 +278,8 @@ class Trainer:
         row["seconds"] = time.perf_counter() - self.started
         if self.log:
             self.log.log_epoch(row)
-        if self.settings.progress and self.dist.is_main:
-            self.console.print(_epoch_line(row, self.epochs))
+        if self.dist.is_main:
+            self.console.print(_epoch_line(row, self.epochs), highlight=False, soft_wrap=True)
         return row
 
     def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
@@ -365,7 +365,7 @@ class Trainer:
         self.events, self.history = [tuple(e) for e in state["events"]], list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
         set_rng_state(state["rng"])
-        if self.dist.is_main and self.settings.progress:
+        if self.dist.is_main:
             self.console.print(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step})")
 
     # ------------------------------------------------------------------ signals and events

@@ -1,0 +1,162 @@
+"""The trainer: schedules in motion, ghosts leaving the optimizer cleanly, masks, divergence,
+signals, resuming bit-identically, and config mismatches on resume."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+import surgery
+from surgery.errors import CheckpointError, DivergedError
+from surgery.ghosts import ghost_parameters, ghosts
+from surgery.masks import masked_parameters
+from surgery.train import pipeline
+from surgery.train.config import RunConfig
+from surgery.train.trainer import Interrupted, Trainer
+
+
+def tiny_config(tmp_path, name="tiny", **sections):
+    """cifar:resnet20 on 8x8 synthetic images: a few seconds for a few epochs."""
+    data = {
+        "name": name,
+        "output": str(tmp_path / name),
+        "model": {"spec": "cifar:resnet20"},
+        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
+        "mask": {"sparsity": 0.8},
+        "lr_schedule": {"milestones": [2]},
+        "label_smoothing": {"kind": "linear", "start": 0.1, "end": 0.0},
+        "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 2},
+        "export": {"onnx": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return RunConfig.from_dict(data)
+
+
+def build_trainer(config: RunConfig) -> Trainer:
+    torch.manual_seed(config.train.seed)
+    dataset = pipeline.load_data(config)
+    model = pipeline.build(config, dataset)
+    masks = pipeline.make_masks(config, model)
+    ghosted = surgery.compile(model, pipeline.example_batch(dataset), config.recipe_object().replace(masks=masks))
+    train, evals = pipeline.loaders(config, dataset, pipeline.Distributed())
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(ghosted, config, train, evals, run_dir=config.run_dir)
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_run_moves_the_schedules_removes_ghosts_and_verifies(tmp_path):
+    config = tiny_config(tmp_path)
+    result = pipeline.run(config)
+    run_dir = config.run_dir
+    epochs = read_csv(run_dir / "metrics.csv")
+    assert [row["ghosts"] for row in epochs] == ["on", "on", "removed"]
+    steps = read_csv(run_dir / "steps.csv")
+    per_epoch = len(steps) // 3
+    last_ghosted = steps[2 * per_epoch - 1]
+    assert float(steps[0]["alpha"]) == 1.0 and float(last_ghosted["alpha"]) == 0.0
+    assert float(steps[0]["beta"]) == 1.0 and float(last_ghosted["beta"]) == 50.0
+    assert steps[-1]["alpha"] == "" and float(steps[-1]["lr"]) == pytest.approx(0.01)
+    assert float(steps[0]["label_smoothing"]) == pytest.approx(0.1) and float(steps[-1]["label_smoothing"]) == 0.0
+    assert "(a) graph isomorphic" in (run_dir / "verify.txt").read_text()
+    for name in ("summary.md", "curves.png", "schedules.png", "sparsity.png", "masks.safetensors", "model.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert result.test_accuracy is not None and result.sparsity == pytest.approx(0.8, abs=0.01)
+    assert not ghosts(result.model) and not masked_parameters(result.model)
+
+
+def test_removing_ghosts_keeps_every_other_parameters_momentum(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path))
+    trainer.train_loader.set_epoch(0)
+    x, y = next(iter(trainer.train_loader.batches(0)))
+    trainer._train_step(x, y, 0.0)
+    leaving = {id(p) for p in ghost_parameters(trainer.module)}
+    kept = [p for g in trainer.optimizer.param_groups if g["name"] == "weights" for p in g["params"]]
+    momentum = {id(p): trainer.optimizer.state[p]["momentum_buffer"].clone() for p in kept}
+    trainer.remove_ghosts()
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["weights"]
+    assert not leaving & {id(p) for p in trainer.optimizer.state}
+    assert all(p is q for p, q in zip(kept, trainer.optimizer.param_groups[0]["params"]))
+    assert all(torch.equal(trainer.optimizer.state[p]["momentum_buffer"], momentum[id(p)]) for p in kept)
+    assert {id(p) for p in trainer.module.parameters()} == {id(p) for p in kept}
+    trainer._train_step(x, y, 0.0)  # the optimizer still steps the de-ghosted model
+
+
+def test_pruned_weights_stay_exactly_zero_through_training(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path, train={"epochs": 2}, lr_schedule={"milestones": [1]}))
+    masks = {k: v.clone() for k, v in masked_parameters(trainer.module).items()}
+    result = trainer.fit()
+    for name, mask in masks.items():
+        owner, _, attr = name.rpartition(".")
+        stored = result.model.get_submodule(owner).parametrizations[attr].original
+        assert torch.count_nonzero(stored[~mask]) == 0, name
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    trainer = build_trainer(tiny_config(tmp_path, train={"epochs": 3, "checkpoint_every": 1}))
+    loss_fn = trainer.loss_fn
+
+    def poisoned(logits, y, x, ls):
+        loss = loss_fn(logits, y, x, ls)
+        return loss * float("nan") if trainer.step == 13 else loss
+
+    trainer.loss_fn = poisoned
+    with pytest.raises(DivergedError, match=r"became nan at step 14 \(epoch 2\).*last good checkpoint is .*epoch0001"):
+        trainer.fit()
+    assert [p.name for p in trainer.store.checkpoints()] == ["epoch0001-step000010.pt"]
+
+
+def test_sigterm_checkpoints_mid_epoch_and_the_resumed_run_is_bit_identical(tmp_path):
+    reference = build_trainer(tiny_config(tmp_path, "reference")).fit()
+
+    config = tiny_config(tmp_path, "interrupted")
+    first = build_trainer(config)
+    loss_fn = first.loss_fn
+
+    def interrupt_at_step_15(logits, y, x, ls):
+        if first.step == 15:
+            first._signal = signal.SIGTERM
+        return loss_fn(logits, y, x, ls)
+
+    first.loss_fn = interrupt_at_step_15
+    with pytest.raises(Interrupted, match="SIGTERM.*--resume") as stop:
+        first.fit()
+    assert stop.value.checkpoint.name == "epoch0001-step000016.pt"  # mid-epoch: 10 steps per epoch
+
+    resumed = build_trainer(config).fit(resume=True)
+    expected, got = weights(reference.model), weights(resumed.model)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert len(read_csv(config.run_dir / "steps.csv")) == 30  # the re-run part is not logged twice
+
+
+def test_resuming_with_a_different_config_lists_the_fields(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 2}, lr_schedule={"milestones": [1]})
+    build_trainer(config).fit()
+    changed = tiny_config(tmp_path, train={"epochs": 2}, lr_schedule={"milestones": [1]}, optimizer={"lr": 0.05})
+    with pytest.raises(CheckpointError, match=r"optimizer.lr: 0.1 in the checkpoint, 0.05 now"):
+        build_trainer(changed).fit(resume=True)
+
+
+def test_a_truncated_checkpoint_is_skipped_for_the_previous_good_one(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 3, "checkpoint_every": 1, "keep_checkpoints": 3})
+    reference = build_trainer(config).fit()
+    trainer = build_trainer(config)
+    newest = trainer.store.checkpoints()[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="truncated"):
+        resumed = trainer.fit(resume=True)
+    expected, got = weights(reference.model), weights(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
