@@ -1,10 +1,12 @@
-"""Model specs: "torchvision:resnet18", "timm:convnext_tiny", "path/to/file.py:factory".
+"""Model specs: "torchvision:resnet18", "timm:convnext_tiny", "cifar:resnet20", "path/to/file.py:factory".
 
-Every model is built with random weights: nothing downloads. A spec that resolves
-to nothing is an ``UnknownModelError`` naming it, suggesting close matches and
-listing the accepted forms. A new family of models (CIFAR variants, say) is one
-builder function plus one entry in ``SOURCES``. Also here: the input size a model
-expects, and strict loading of a state_dict file into a built model.
+Every model is built with random weights: nothing downloads. ``cifar:NAME`` builds
+one of the papers' CIFAR networks (``surgery.cifar``: ResNet-18/34/50 with a 3x3 stem,
+He et al.'s ResNet-20..110, VGG-11..19 with BatchNorm), 10 classes and 32x32 inputs
+by default. A spec that resolves to nothing is an ``UnknownModelError`` naming it,
+suggesting close matches and listing the accepted forms. A new family of models is
+one builder function plus one entry in ``SOURCES``. Also here: the input size a
+model expects, and strict loading of a state_dict file into a built model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
 
-FORMS = "torchvision:NAME, timm:NAME or path/to/file.py:factory"
+FORMS = "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"
 DEFAULT_INPUT_SIZE = 224
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
 
@@ -70,6 +72,20 @@ def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.M
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+def build_cifar(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """One of surgery's CIFAR networks (``surgery.cifar``); ``num_classes=None`` means 10."""
+    from surgery.cifar import CIFAR_MODELS
+
+    if name not in CIFAR_MODELS:
+        raise UnknownModelError(
+            f"surgery has no CIFAR model '{name}'." + did_you_mean(name, CIFAR_MODELS)
+            + f" CIFAR models: {', '.join(CIFAR_MODELS)}."
+        )
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return CIFAR_MODELS[name](**kwargs)
+
+
 def build_from_file(path: Path, factory: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """Import ``path`` and call ``factory``; ``num_classes`` is passed only if given and accepted."""
     module = import_file(path)
@@ -97,6 +113,7 @@ def build_from_file(path: Path, factory: str, num_classes: int | None = None, **
 SOURCES: dict[str, Callable[..., nn.Module]] = {
     "torchvision": build_torchvision,
     "timm": build_timm,
+    "cifar": build_cifar,
 }
 
 
@@ -168,13 +185,17 @@ def _bad_form_message(spec: str) -> str:
 
 
 def _bare_name_hint(name: str) -> str:
-    """Suggest the prefixed spec when a bare name is a torchvision or timm model."""
+    """Suggest the prefixed spec when a bare name is a torchvision, timm or CIFAR model."""
     import timm
     import torchvision
+
+    from surgery.cifar import CIFAR_MODELS
 
     hits = [f"torchvision:{name}"] if name in torchvision.models.list_models(module=torchvision.models) else []
     if timm.is_model(name):
         hits.append(f"timm:{name}")
+    if name in CIFAR_MODELS:
+        hits.append(f"cifar:{name}")
     return (" Did you mean " + " or ".join(f"'{h}'" for h in hits) + "?") if hits else ""
 
 
@@ -194,11 +215,16 @@ def _unknown_torchvision_message(name: str, classifiers: list[str], everything: 
 
 
 def default_input_size(model: nn.Module, spec: str = "") -> int:
-    """The side of the square image the model expects: timm's pretrained_cfg, else torchvision's, else 224."""
+    """The side of the square image the model expects: timm's pretrained_cfg, else 32 for
+    ``cifar:`` specs, else torchvision's, else 224."""
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         return int(cfg["input_size"][-1])
     source, _, name = spec.partition(":")
+    if source == "cifar":
+        from surgery.cifar import CIFAR_INPUT_SIZE
+
+        return CIFAR_INPUT_SIZE
     if source == "torchvision":
         return TORCHVISION_INPUT_SIZES.get(name, DEFAULT_INPUT_SIZE)
     return DEFAULT_INPUT_SIZE
