@@ -6,15 +6,23 @@
     clean   = surgery.deghost(ghosted)
     report  = surgery.verify(model, clean, example_inputs)
     info    = surgery.export_onnx(clean, example_inputs, "m.onnx", sparse=True)
+
+Training (schedules, de-ghosting before the first LR decay, checkpoints, DDP, reports) is
+``surgery.train``: ``surgery.train.run(surgery.train.RunConfig.from_yaml(path))``.
 """
 
 from surgery.compiler import compile
 from surgery.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergedError,
     ExportError,
     GhostsRemainError,
     MaskError,
     NoTargetsError,
     RecipeError,
+    ReportError,
     ShapePropagationError,
     SurgeryError,
     TraceError,
@@ -32,6 +40,10 @@ from surgery.verify import VerifyReport, verify
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DivergedError",
     "ExportError",
     "ExportInfo",
     "GhostsRemainError",
@@ -40,6 +52,7 @@ __all__ = [
     "NoTargetsError",
     "Recipe",
     "RecipeError",
+    "ReportError",
     "ShapePropagationError",
     "SurgeryError",
     "TraceError",

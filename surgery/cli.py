@@ -1,4 +1,4 @@
-"""The ``surgery`` command: inspect, verify, export, demo.
+"""The ``surgery`` command: inspect, verify, export, train, run, demo.
 
 Each subcommand is one ``run_*`` function over parsed arguments. Every
 ``SurgeryError`` (a problem with the user's input) becomes its message on stderr
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_verify(commands)
     _add_export(commands)
+    _add_train(commands)
+    _add_run(commands)
     _add_demo(commands)
     return parser
 
@@ -158,16 +160,70 @@ def _add_export(commands) -> None:
     p.set_defaults(run=run_export)
 
 
+def _add_train(commands) -> None:
+    p = _command(
+        commands, "train",
+        "Train a sparse model with ToST: mask -> compile -> train (ghosts fade, then leave before the first LR "
+        "decay) -> de-ghost -> verify -> sparse ONNX -> report.",
+        "surgery train cifar:resnet18 --data cifar10-jpeg:../shared/data/cifar10-jpeg.tar.gz --sparsity 0.9 --epochs 30",
+    )
+    p.add_argument("model", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
+    p.add_argument("--data", default="digits", metavar="DATASET",
+                   help="digits (default, offline), synthetic, cifar10, cifar100, cifar10-jpeg:PATH, imagefolder:PATH")
+    p.add_argument("--image-size", type=_positive_int, metavar="S", help="resize images to S x S")
+    p.add_argument("--val-split", type=float, metavar="F", help="hold out F of the training set for validation")
+    p.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier outputs (default: the dataset's)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--masks", metavar="FILE", help="a .safetensors mask file")
+    group.add_argument("--sparsity", type=float, metavar="S", help="random mask pruning S of every conv/linear weight (default 0.9)")
+    p.add_argument("--recipe", metavar="FILE", help="recipe YAML (default: ToST, conv1x1 ghost skips + PSwish); 'none' for plain training")
+    p.add_argument("--epochs", type=_positive_int, help="default 180; LR milestones scale with it (50%%, 75%%)")
+    p.add_argument("--batch-size", type=_positive_int, help="global batch (default 128)")
+    p.add_argument("--lr", type=float, help="base learning rate (default 0.1)")
+    p.add_argument("--optimizer", help="sgd (default), adamw or adam")
+    p.add_argument("--lr-schedule", help="step (default, x0.1 at 50%% and 75%%) or cosine")
+    p.add_argument("--label-smoothing", type=float, metavar="A", help="constant label smoothing (default 0)")
+    p.add_argument("--lrsi", action="store_true", help="layer-wise re-scaled initialization before training")
+    _add_run_options(p)
+    p.set_defaults(run=run_train)
+
+
+def _add_run(commands) -> None:
+    p = _command(
+        commands, "run",
+        "Run a versioned config: model -> mask -> compile -> train -> de-ghost -> verify -> ONNX -> report.",
+        "surgery run examples/configs/tost.yaml --set train.epochs=30",
+    )
+    p.add_argument("config", metavar="CONFIG.yaml", help="a run config (see examples/configs/)")
+    _add_run_options(p)
+    p.set_defaults(run=run_config)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", metavar="DIR", help="where cifar10 / cifar100 live (or go, with --download)")
+    p.add_argument("--download", action="store_true", help="download the dataset if it is missing")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1")
+    p.add_argument("--amp", help="auto (default: bf16 on GPU), off, bf16, fp16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int, help="seed of masks, init and data order (default 0)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME)")
+    p.add_argument("--name", help="run name (default: the config's)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the run directory's latest good checkpoint, or from CHECKPOINT")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch still)")
+
+
 def _add_demo(commands) -> None:
     p = _command(
         commands, "demo",
-        "Offline end to end in well under a minute: ResNet-18, 90%% random masks, ToST recipe, "
-        "a short training run moving alpha 1->0 and beta up, de-ghost, verify, sparse ONNX.",
+        "The embedded default job, offline on CPU in about two minutes: a CIFAR ResNet-20 on scikit-learn's digits, a "
+        "random 90%% mask, full ToST, trained, de-ghosted, verified, exported to sparse ONNX, with a report.",
         "surgery demo --out runs/demo",
     )
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="where masks and ONNX go (default runs/demo)")
-    steps = demo.DemoConfig.steps
-    p.add_argument("--steps", type=_positive_int, default=steps, help=f"training steps (default {steps})")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
+    p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {demo.EPOCHS})")
     p.set_defaults(run=run_demo)
 
 
@@ -377,11 +433,113 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-# --------------------------------------------------------------------- demo
+# --------------------------------------------------------------- train / run / demo
+
+
+def run_train(args: argparse.Namespace, console: Console) -> int:
+    from surgery.train.config import RunConfig
+
+    config = RunConfig.from_dict(train_config_dict(args))
+    return _run_pipeline(config, args, console)
+
+
+def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    """The config ``surgery train``'s flags describe; unset flags keep RunConfig's defaults."""
+    name = args.name or args.model.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
+    data: dict[str, Any] = {"dataset": args.data, "image_size": args.image_size}
+    if args.val_split is not None:
+        data["val_split"] = args.val_split
+    if args.batch_size:
+        data["batch_size"] = args.batch_size
+    config: dict[str, Any] = {"name": name, "model": {"spec": args.model, "num_classes": args.num_classes}, "data": data}
+    config["mask"] = {"file": args.masks} if args.masks else {"sparsity": 0.9 if args.sparsity is None else args.sparsity}
+    if args.recipe:
+        config["recipe"] = {} if args.recipe == "none" else Recipe.from_yaml(args.recipe).to_dict()
+    epochs = args.epochs or 180
+    config["train"] = {"epochs": epochs}
+    schedule = args.lr_schedule or "step"
+    config["lr_schedule"] = {"kind": schedule, "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else []}
+    optimizer = {k: v for k, v in (("name", args.optimizer), ("lr", args.lr)) if v is not None}
+    if optimizer:
+        config["optimizer"] = optimizer
+    if args.label_smoothing:
+        config["label_smoothing"] = {"kind": "constant", "start": args.label_smoothing}
+    if args.lrsi:
+        config["lrsi"] = {"enabled": True}
+    return config
+
+
+def run_config(args: argparse.Namespace, console: Console) -> int:
+    from surgery.train.config import RunConfig
+
+    return _run_pipeline(RunConfig.from_yaml(args.config), args, console)
+
+
+def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
+    """Apply the shared run options, run the pipeline, print where everything went."""
+    from surgery.train import pipeline
+    from surgery.train.trainer import Interrupted
+
+    config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
+    try:
+        result = pipeline.run(config, resume=args.resume, console=console)
+    except Interrupted as stop:
+        print(f"surgery {args.command}: {stop}", file=sys.stderr)
+        return 128 + int(stop.signum)
+    print_run_summary(console, config, result)
+    return 0
+
+
+def _run_overrides(args: argparse.Namespace):
+    """The run options as ``field=value`` overrides; text is JSON-quoted so YAML keeps it text ('on', '2024')."""
+    flags = (("device", "train.device"), ("amp", "train.amp"), ("seed", "train.seed"), ("name", "name"),
+             ("out", "output"), ("data_root", "data.root"))
+    for flag, field in flags:
+        value = getattr(args, flag, None)
+        if value is not None:
+            yield f"{field}={json.dumps(str(value)) if isinstance(value, (str, Path)) else value}"
+    for flag, field in (("download", "data.download"), ("compile", "train.compile")):
+        if getattr(args, flag):
+            yield f"{field}=true"
+    if args.no_progress:
+        yield "train.progress=false"
+
+
+def print_run_summary(console: Console, config, result) -> None:
+    table = Table(title=f"surgery: {config.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", f"{config.model.spec} on {config.data.dataset}")
+    if result.test_accuracy is not None:
+        table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+    table.add_row("sparsity", f"{result.sparsity:.1%} of conv/linear weights are zero")
+    table.add_row("ghosts", _ghost_story(result))
+    if result.verify is not None:
+        table.add_row("verified", escape(str(result.verify)))
+    if result.export is not None:
+        info = result.export
+        table.add_row("ONNX", f"{info.path} ({info.sparse_bytes / 1e6:.2f} MB sparse, {info.size_ratio:.0%} of dense)")
+    table.add_row("report", str(result.run_dir / "summary.md"))
+    table.add_row("time", f"{result.seconds:.1f} s training")
+    console.print(table)
+
+
+def _ghost_story(result) -> str:
+    """When the ghosts left: the trainer's "ghosts removed" event, placed among the epochs."""
+    removed = [step for step, text in result.events if text == "ghosts removed"]
+    if removed:
+        later = [row["epoch"] for row in result.history if row["step"] > removed[0]]
+        when = f"before epoch {later[0]}" if later else "after the last epoch"
+        return f"removed {when} (step {removed[0]}); from there on the original architecture trained"
+    if any(row.get("ghosts") == "on" for row in result.history):
+        return "kept to the end (ghosts.remove_at: never): not the original architecture"
+    return "none (the recipe adds no ghosts)"
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    demo.run(demo.DemoConfig(steps=args.steps), Path(args.out), console)
+    config = demo.demo_config(Path(args.out), epochs=args.epochs)
+    result = demo.run(config, console)
+    print_run_summary(console, config, result)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import surgery
 from surgery.cli import main
@@ -76,7 +77,7 @@ def test_version(capsys):
     assert code == 0 and surgery.__version__ in out
 
 
-@pytest.mark.parametrize("command", ["inspect", "verify", "export", "demo"])
+@pytest.mark.parametrize("command", ["inspect", "verify", "export", "train", "run", "demo"])
 def test_each_command_has_help_with_an_example(capsys, command):
     code, out, _ = run(capsys, command, "-h")
     assert code == 0 and "example:" in out and f"surgery {command}" in out
@@ -162,7 +163,7 @@ def test_unknown_pass_in_recipe(capsys, tmp_path):
     [
         ("torchvision:resnet81", "Did you mean 'resnet18'"),
         ("timm:resnt18", "Did you mean 'resnet18'"),
-        ("resnet18", "torchvision:NAME, timm:NAME or path/to/file.py:factory"),
+        ("resnet18", "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"),
         ("no/such/file.py:net", "model file 'no/such/file.py' does not exist"),
     ],
 )
@@ -242,13 +243,79 @@ def test_export_loads_weights_strictly(capsys, nets, tmp_path):
     assert code == 2 and "do not fit TinyNet" in err
 
 
-# -------------------------------------------------------------------- demo
+# ------------------------------------------------------------- train / run / demo
+
+TINY_RUN = ["--data", "synthetic", "--image-size", "8", "--batch-size", "100", "--no-progress"]
 
 
-def test_demo_writes_masks_onnx_and_sidecar(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--out", tmp_path, "--steps", "2")
+def test_train_runs_the_whole_pipeline_and_reports(capsys, tmp_path):
+    out_dir = tmp_path / "r20"
+    code, out, err = run(capsys, "train", "cifar:resnet20", *TINY_RUN, "--epochs", "2", "--sparsity", "0.8",
+                         "--label-smoothing", "0.1", "--out", out_dir)
     assert code == 0, err
-    assert {p.name for p in tmp_path.iterdir()} >= {"masks.safetensors", "model.onnx", "model.onnx.json"}
+    assert "epoch 2/2" in out and "test accuracy" in out and "80.0% of conv/linear weights are zero" in out
+    assert "(b) state_dict loads strictly" in out and "ghosts" in out
+    assert {"config.yaml", "masks.safetensors", "metrics.csv", "model.onnx", "summary.md", "verify.txt"} <= {
+        p.name for p in out_dir.iterdir()}
+    saved = yaml.safe_load((out_dir / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["label_smoothing"]["start"] == 0.1
+    assert saved["lr_schedule"]["milestones"] == []  # too short a run for the 50% / 75% decays: ghosts leave at 1
+
+
+def test_run_takes_a_config_and_overrides(capsys, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "model": {"spec": "cifar:resnet20"}, "mask": {"sparsity": 0.5},
+        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
+        "lr_schedule": {"milestones": [1]}, "train": {"epochs": 2, "tensorboard": False},
+    }))
+    out_dir = tmp_path / "out"
+    code, out, err = run(capsys, "run", config, "--out", out_dir, "--no-progress", "--set", "export.onnx=false",
+                         "--set", "optimizer.lr=0.05")
+    assert code == 0, err
+    saved = yaml.safe_load((out_dir / "config.yaml").read_text())
+    assert saved["optimizer"]["lr"] == 0.05 and saved["export"]["onnx"] is False
+    assert not (out_dir / "model.onnx").exists() and (out_dir / "model.safetensors").is_file()
+    # the run is finished; resuming it with another learning rate names the field that differs
+    code, _, err = run(capsys, "run", config, "--out", out_dir, "--no-progress", "--resume", "--set", "export.onnx=false")
+    assert code == 2 and "optimizer.lr: 0.05 in the checkpoint, 0.1 now" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["cifar:resnet21"], "no CIFAR model 'resnet21'. Did you mean 'resnet20'"),
+        (["cifar:resnet20", "--data", "mnist"], "unknown dataset 'mnist'"),
+        (["cifar:resnet20", "--optimizer", "sgdd"], "unknown optimizer 'sgdd'. Did you mean 'sgd'"),
+        (["cifar:resnet20", "--lr-schedule", "cosin"], "unknown learning-rate schedule 'cosin'. Did you mean 'cosine'"),
+        (["cifar:resnet20", "--set", "ghosts.alpha.kind=expo"], "unknown schedule kind 'expo'"),
+        (["cifar:resnet20", "--epochs", "4", "--set", "ghosts.remove_at=9"], "removed after the run ends"),
+        (["cifar:resnet20", "--sparsity", "1.0"], "outside [0, 1)"),
+        (["cifar:resnet20", "--set", "train.epoch=3"], "no field 'epoch'. Did you mean 'epochs'"),
+    ],
+)
+def test_train_bad_input_is_one_clear_line(capsys, flags, expected, tmp_path):
+    code, _, err = run(capsys, "train", *flags, "--data", "synthetic", "--out", tmp_path, "--no-progress")
+    assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_a_missing_dataset_says_where_it_looked_and_how_to_download(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "cifar:resnet20", "--data", "cifar10", "--data-root", tmp_path / "none",
+                       "--out", tmp_path / "run")
+    assert code == 2 and str(tmp_path / "none") in err and "--download" in err
+
+
+def test_run_of_a_missing_config_names_the_file(capsys, tmp_path):
+    code, _, err = run(capsys, "run", tmp_path / "nope.yaml")
+    assert code == 2 and "nope.yaml' does not exist" in err
+
+
+def test_demo_trains_verifies_and_exports(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--epochs", "2")
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "masks.safetensors", "model.onnx", "model.onnx.json", "summary.md", "curves.png", "verify.txt"}
     masks, metadata = load_masks(tmp_path / "masks.safetensors")
     assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
-    assert "(d) ghosted at alpha=0" in out and "training loss" in out and "90.0% of conv/linear weights" in out
+    assert "cifar:resnet20 on digits" in out and "epoch 2/2" in out and "LRsI" in out
+    assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out

@@ -1,1 +1,17 @@
-"""The sparse training runtime: data, schedules in motion, checkpoints, distributed, reports."""
+"""The sparse training runtime: data, schedules in motion, checkpoints, distributed, reports.
+
+    from surgery.train import RunConfig, run
+    result = run(RunConfig.from_yaml("examples/configs/tost-cifar10.yaml"))   # what `surgery run` does
+    result = run(config, model=my_model, masks=my_masks)                      # your model and mask
+
+``Trainer`` is the loop alone, for a model you compiled yourself; ``load_dataset`` and
+``make_loader`` are the data side.
+"""
+
+from surgery.train.config import RunConfig
+from surgery.train.data import ImageDataset, load_dataset, make_loader
+from surgery.train.pipeline import RunResult, run
+from surgery.train.trainer import Interrupted, Trainer, TrainResult
+
+__all__ = ["ImageDataset", "Interrupted", "RunConfig", "RunResult", "TrainResult", "Trainer", "load_dataset",
+           "make_loader", "run"]

@@ -9,7 +9,7 @@ original class), ``verify.txt``, ``model.onnx`` + sidecar, plots and ``summary.m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class RunResult:
     verify: Any = None  # surgery.VerifyReport, or None when skipped
     export: Any = None  # surgery.ExportInfo, or None when skipped
     seconds: float = 0.0
+    events: list[tuple[int, str]] = field(default_factory=list)  # (step, "ghosts removed" / "LR x0.1")
 
 
 def run(
@@ -179,7 +180,8 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         bake_masks(model)
     model = model.cpu().eval()
     final = trained.history[-1] if trained.history else {}
-    result = RunResult(run_dir, model, final.get("test_acc"), _sparsity(model), trained.history, seconds=trained.seconds)
+    result = RunResult(run_dir, model, final.get("test_acc"), _sparsity(model), trained.history,
+                       seconds=trained.seconds, events=trained.events)
     if not dist.is_main:
         return result
     notes = {}

@@ -1,4 +1,8 @@
-"""A rich progress bar per epoch: loss, accuracy, lr, alpha, beta and images/s as training runs."""
+"""A rich progress bar per epoch: loss, accuracy, lr, alpha, beta and images/s as training runs.
+
+Only on a terminal: piped into a file or a CI log a live bar has nothing to redraw, and the
+trainer's one line per epoch says it all.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,10 @@ class EpochProgress:
     """``with EpochProgress(...) as bar: bar.update(batch, loss=..., ...)``; a no-op when disabled."""
 
     def __init__(self, console: Console, epoch: int, epochs: int, total: int, done: int = 0, *, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled = enabled and console.is_terminal
         self.started = time.perf_counter()
         self.progress = None
-        if enabled:
+        if self.enabled:
             self.progress = Progress(
                 TextColumn(f"epoch {epoch + 1}/{epochs}"),
                 BarColumn(),
