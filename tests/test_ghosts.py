@@ -108,6 +108,24 @@ def test_pswish_is_x_times_sigmoid_beta_x_with_beta_a_buffer():
     torch.testing.assert_close(act(x), torch.relu(x), atol=1e-3, rtol=0)  # ReLU as beta grows
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.5, 50.0])
+def test_pswish_gradient_equals_autograd_of_the_formula(beta):
+    x = torch.randn(3, 4, 5, 5, dtype=torch.double, generator=torch.Generator().manual_seed(1))
+    act = PSwish("call_module", "relu", beta=beta).double()
+    assert torch.autograd.gradcheck(act, (x.clone().requires_grad_(),))
+    mine, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    act(mine).square().sum().backward()
+    (reference * torch.sigmoid(beta * reference)).square().sum().backward()
+    torch.testing.assert_close(mine.grad, reference.grad)
+
+
+def test_pswish_gradient_in_bfloat16_under_autocast_shapes():
+    x = torch.randn(2, 3, 4, 4).bfloat16().requires_grad_()
+    PSwish("call_module", "relu", beta=3.0)(x).sum().backward()
+    expected = torch.ops.aten.silu_backward(torch.ones_like(x), 3.0 * x.detach())
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, expected)
+
+
 def test_swish_and_mish_formulas():
     x = torch.linspace(-6, 6, 101)
     torch.testing.assert_close(Swish("call_function", F.relu)(x), x * torch.sigmoid(x))
