@@ -176,20 +176,24 @@ class SoftActivation(Ghost):
 
 
 class _PSwishFunction(torch.autograd.Function):
-    """``x * sigmoid(z)`` with ``z = beta * x``, whose derivative in ``x`` is SiLU's derivative at ``z``:
-    sigmoid(z) (1 + z (1 - sigmoid(z))). So the backward is one fused ``silu_backward`` kernel
-    where autograd would chain five elementwise passes over the activation; it saves only ``z``."""
+    """``x * sigmoid(beta * x)``, whose derivative in ``x`` is SiLU's derivative at ``z = beta * x``:
+    sigmoid(z) (1 + z (1 - sigmoid(z))). The backward is therefore ``beta * x`` and one fused
+    ``silu_backward`` kernel where autograd would chain five elementwise passes. That kernel has
+    no derivative of its own, so when the backward is itself differentiated (``create_graph=True``:
+    LRsI, GraSP) the same formula is spelled out in differentiable ops instead."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        z = x * beta
-        ctx.save_for_backward(z)
-        return torch.sigmoid(z).mul_(x)
+        ctx.save_for_backward(x, beta)
+        return torch.sigmoid(x * beta).mul_(x)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (z,) = ctx.saved_tensors
+        x, beta = ctx.saved_tensors
+        z = x * beta
+        if torch.is_grad_enabled():  # create_graph=True
+            s = torch.sigmoid(z)
+            return grad * s * (1 + z * (1 - s)), None
         return torch.ops.aten.silu_backward(grad, z), None  # beta is a buffer: no gradient
 
 

@@ -113,6 +113,7 @@ def test_pswish_gradient_equals_autograd_of_the_formula(beta):
     x = torch.randn(3, 4, 5, 5, dtype=torch.double, generator=torch.Generator().manual_seed(1))
     act = PSwish("call_module", "relu", beta=beta).double()
     assert torch.autograd.gradcheck(act, (x.clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(act, (x.clone().requires_grad_(),))  # LRsI differentiates twice
     mine, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
     act(mine).square().sum().backward()
     (reference * torch.sigmoid(beta * reference)).square().sum().backward()
