@@ -192,7 +192,7 @@ def _add_run(commands) -> None:
     p = _command(
         commands, "run",
         "Run a versioned config: model -> mask -> compile -> train -> de-ghost -> verify -> ONNX -> report.",
-        "surgery run examples/configs/tost.yaml --set train.epochs=30",
+        "surgery run examples/configs/tost-cifar10.yaml --download --set train.epochs=30 --set lr_schedule.milestones=[15,22]",
     )
     p.add_argument("config", metavar="CONFIG.yaml", help="a run config (see examples/configs/)")
     _add_run_options(p)
