@@ -160,3 +160,26 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_good_one(tmp_path):
         resumed = trainer.fit(resume=True)
     expected, got = weights(reference.model), weights(resumed.model)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_bf16_autocast_channels_last_and_torch_compile_survive_de_ghosting(tmp_path, monkeypatch):
+    """The GPU settings, exercised on the CPU: bf16 autocast, channels_last, and torch.compile
+    (the aot_eager backend: dynamo and AOTAutograd, without a C++ toolchain). After the ghosts
+    leave, the compiled wrapper is rebuilt around the plain model."""
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_aot_eager(module, **kwargs):
+        compiled.append(module)
+        return real_compile(module, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
+    config = tiny_config(tmp_path, train={"epochs": 2, "amp": "bf16", "channels_last": True, "compile": True},
+                         lr_schedule={"milestones": [1]})
+    trainer = build_trainer(config)
+    assert trainer.amp_dtype == torch.bfloat16
+    assert trainer.module.get_submodule("conv1").parametrizations.weight.original.is_contiguous(memory_format=torch.channels_last)
+    result = trainer.fit()
+    assert len(compiled) == 2 and compiled[-1] is result.model and not ghosts(result.model)
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in result.history)

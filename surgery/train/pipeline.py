@@ -34,7 +34,7 @@ from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.report import write_report
-from surgery.train.trainer import Trainer, TrainResult
+from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
 
 MASK_METHODS = ("random", "dense")
 
@@ -132,7 +132,7 @@ def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Ten
 def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
     d, device = config.data, dist.device
     common = {"device": device, "seed": config.train.seed, "rank": dist.rank, "world_size": dist.world_size,
-              "channels_last": config.train.channels_last is True or (config.train.channels_last == "auto" and device.type == "cuda"),
+              "channels_last": uses_channels_last(config.train.channels_last, device),
               "workers": d.workers}
     train = make_loader(dataset, "train", d.batch_size, train=True, augment=d.augment, **common)
     evals = {split: make_loader(dataset, split, d.eval_batch_size or d.batch_size, train=False, **common)

@@ -92,7 +92,7 @@ class Trainer:
         self.epochs = self.settings.epochs
         self.lr_plan, self.ghost_plan, self.smoothing = config.lr_plan(), config.ghost_plan(), config.smoothing_plan()
         self.amp_dtype = _amp_dtype(self.settings.amp, self.device)
-        self.channels_last = _channels_last(self.settings.channels_last, self.device)
+        self.channels_last = uses_channels_last(self.settings.channels_last, self.device)
 
         self.module = model.to(self.device)
         if self.channels_last:
@@ -446,7 +446,8 @@ def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def _channels_last(setting: str | bool, device: torch.device) -> bool:
+def uses_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``train.channels_last``: ``auto`` means on CUDA only (on the CPU it rarely pays)."""
     if setting == "auto":
         return device.type == "cuda"
     if isinstance(setting, bool):
