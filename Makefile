@@ -17,3 +17,4 @@ zoo:  ## every torchvision model and timm family, numeric and ONNX parity includ
 bench:  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(PYTHON) benchmarks/compile_time.py
 	$(PYTHON) benchmarks/onnx_export.py
+	$(PYTHON) benchmarks/overhead.py
