@@ -38,9 +38,18 @@ class Mask(nn.Module):
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
         self.order = tuple(order)
+        self.capture_grad = False  # RigL: keep dL/d(w * mask) at every position, pruned ones too
+        self.dense_grad: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        masked = weight * self.mask
+        if self.capture_grad and masked.requires_grad:
+            masked.register_hook(self._keep_dense_grad)
+        return masked
+
+    def _keep_dense_grad(self, grad: torch.Tensor) -> None:
+        grad = grad.detach()
+        self.dense_grad = grad if self.dense_grad is None else self.dense_grad + grad
 
 
 # ------------------------------------------------------------------ which weights
@@ -184,6 +193,19 @@ def masked_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def mask_parametrizations(model: nn.Module) -> dict[str, tuple[Mask, nn.Parameter]]:
+    """``{param_name: (its Mask, the stored original weight)}``: what dynamic mask methods edit."""
+    found: dict[str, tuple[Mask, nn.Parameter]] = {}
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for attr, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, Mask):
+                    found[f"{module_name}.{attr}" if module_name else attr] = (p, plist.original)
+    return found
+
+
 @torch.no_grad()
 def bake_masks(model: nn.Module) -> int:
     """Remove every Mask parametrization, leaving ``w * mask`` as a plain parameter.
@@ -235,17 +257,25 @@ def _restore_order(params: dict[str, nn.Parameter | None], order: tuple[str, ...
 
 
 def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: object) -> Path:
-    """Write masks as safetensors (bool tensors) with string metadata (method, sparsity, model, seed...)."""
+    """Write masks as safetensors (bool tensors) with string metadata: method, target_sparsity, model, seed...
+    as given, plus the achieved ``sparsity`` and the software ``version``."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {name: torch.as_tensor(m).to(torch.bool).contiguous().cpu() for name, m in masks.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta.setdefault("format", "tost-surgery-mask")
-    meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))
+    meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))  # achieved, over the masked weights
+    meta.setdefault("version", _version())
     save_file(tensors, str(path), metadata=meta)
     _usual_permissions(path)
     return path
+
+
+def _version() -> str:
+    import surgery  # at call time: surgery's __init__ imports this module
+
+    return surgery.__version__
 
 
 def _usual_permissions(path: Path) -> None:
@@ -255,8 +285,8 @@ def _usual_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a mask file: ``(masks, metadata)``."""
+def load_masks(path: str | os.PathLike, *, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a mask file: ``(masks, metadata)``; with ``model``, check that the masks belong to it."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -268,7 +298,36 @@ def load_masks(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             masks = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as error:
         raise MaskError(f"'{path}' is not a readable safetensors mask file: {error}") from error
+    if model is not None:
+        check_masks_fit(masks, model, source=f"mask file '{path}'" + _made_for(metadata))
     return masks, metadata
+
+
+def _made_for(metadata: Mapping[str, str]) -> str:
+    return f" (made for {metadata['model']})" if metadata.get("model") else ""
+
+
+def check_masks_fit(masks: Mapping[str, torch.Tensor], model: nn.Module, *, source: str = "the masks") -> None:
+    """Raise a MaskError listing every mask whose name the model lacks or whose shape differs."""
+    shapes = {name: tuple(p.shape) for name, p in _all_weights(model).items()}
+    unknown = [name for name in masks if name not in shapes]
+    different = [f"{name}: {tuple(m.shape)} in the file, {shapes[name]} in the model"
+                 for name, m in masks.items() if name in shapes and tuple(m.shape) != shapes[name]]
+    if not unknown and not different:
+        return
+    lines = [f"{source} does not fit {type(model).__name__}:"]
+    if unknown:
+        lines.append(f"  {len(unknown)} names the model does not have: " + ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else ""))
+    if different:
+        lines.append(f"  {len(different)} shapes differ: " + "; ".join(different[:8]) + (" ..." if len(different) > 8 else ""))
+    lines.append("Make the mask for this model (surgery prune MODEL ...), or build the model the mask was made for "
+                 "(same architecture and --num-classes).")
+    raise MaskError("\n".join(lines))
+
+
+def _all_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter by its plain name, masked ones included (``x.weight``, not ``...original``)."""
+    return {_unparametrized(name): p for name, p in model.named_parameters()}
 
 
 # ---------------------------------------------------------------------- imports

@@ -60,6 +60,14 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over ranks (a new tensor; ``tensor`` itself when single-process)."""
+        if not self.enabled:
+            return tensor
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.world_size
+
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on any rank (signals, divergence)."""
         if not self.enabled:

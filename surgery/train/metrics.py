@@ -14,7 +14,7 @@ from typing import Any
 
 EPOCH_FIELDS = (
     "epoch", "step", "lr", "alpha", "beta", "label_smoothing", "ghosts",
-    "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "images_per_s", "seconds",
+    "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "images_per_s", "seconds", "sparsity",
 )
 STEP_FIELDS = ("step", "epoch", "lr", "alpha", "beta", "label_smoothing", "loss")
 
@@ -24,6 +24,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int | None = None, resume_epoch: int = 0):
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epochs_csv = self.run_dir / "metrics.csv"
         self.steps_csv = self.run_dir / "steps.csv"
         if resume_step is None:

@@ -17,7 +17,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,13 @@ from surgery.ghosts import (
     ghosts,
     set_ghost_strength,
 )
+from surgery.masks import masked_parameters
 from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from surgery.train.config import RunConfig, config_differences
 from surgery.train.distributed import Distributed
+from surgery.train.hooks import TrainingHook
 from surgery.train.losses import Distillation, classification_loss
 from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress
@@ -77,6 +79,7 @@ class Trainer:
         run_dir: Path | None = None,
         teacher: nn.Module | None = None,
         console: Console | None = None,
+        hooks: Sequence[TrainingHook] = (),
     ):
         self.config, self.settings = config, config.train
         self.dist = dist or Distributed()
@@ -102,9 +105,13 @@ class Trainer:
         self.loss_fn = self._loss(teacher)
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.hooks = list(hooks)
+        self._check_hook_names()
+        self.epoch = self.batch = self.step = 0
+        for hook in self.hooks:  # before wrapping: a hook may add parameters (OptG's scores)
+            hook.setup(self)
         self.net = self._wrapped()
 
-        self.epoch = self.batch = self.step = 0
         self.sums = _Sums()
         self.history: list[dict[str, Any]] = []
         self.events: list[tuple[int, str]] = []
@@ -133,6 +140,11 @@ class Trainer:
             return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
         kind = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         return kind(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+    def _check_hook_names(self) -> None:
+        names = [hook.name for hook in self.hooks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"training hooks {names} share a name; each keeps its own checkpoint state under its name.")
 
     def _wrapped(self) -> nn.Module:
         net = self.dist.wrap(self.module)
@@ -182,6 +194,8 @@ class Trainer:
         if self.has_ghosts and self.removal_epoch is not None:
             self.remove_ghosts()  # removal scheduled at the very end of the run
         self._save_checkpoint()
+        for hook in self.hooks:  # after the checkpoint, which a resume must load into the hooked model
+            hook.on_train_end(self)
         return TrainResult(self.module, self.history, self._all_events(), self.step, time.perf_counter() - start)
 
     def _loop(self) -> None:
@@ -200,6 +214,9 @@ class Trainer:
         self.module.train()
         self.train_loader.set_epoch(self.epoch)
         epoch_start = time.perf_counter()
+        if self.batch == 0:
+            for hook in self.hooks:
+                hook.on_epoch_start(self)
         with EpochProgress(self.console, self.epoch, self.epochs, self.steps_per_epoch, self.batch,
                            enabled=self.settings.progress and self.dist.is_main) as bar:
             for x, y in self.train_loader.batches(self.batch):
@@ -207,14 +224,16 @@ class Trainer:
                 self._pending.append((self.step, values, self._train_step(x, y, values["label_smoothing"])))
                 self.batch += 1
                 self.step += 1
+                for hook in self.hooks:
+                    hook.after_step(self)
                 if self.batch % self.settings.log_every == 0 or self.batch == self.steps_per_epoch:
                     self._sync(bar)
             self.sums.seconds += time.perf_counter() - epoch_start
 
     def _set_schedules(self, clock: Clock) -> dict[str, Any]:
         lr_factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.optimizer.lr * lr_factor
+        for group in self.optimizer.param_groups:  # lr_scale: a hook's group on its own schedule (OptG's masks)
+            group["lr"] = self.config.optimizer.lr * lr_factor * group.get("lr_scale", 1.0)
         values = {"lr": self.config.optimizer.lr * lr_factor, **self.ghost_values(clock)}
         if self.has_ghosts:
             set_ghost_strength(self.module, alpha=values["alpha"], beta=values["beta"])
@@ -222,11 +241,17 @@ class Trainer:
         return values
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+        for hook in self.hooks:
+            hook.before_step(self)
         with _autocast(self.device, self.amp_dtype):
             logits = self.net(x)
         loss = self.loss_fn(logits.float(), y, x, smoothing)
+        total = loss
+        for hook in self.hooks:
+            extra = hook.loss(self)
+            total = total if extra is None else total + extra
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
@@ -262,6 +287,8 @@ class Trainer:
         )
 
     def _finish_epoch(self) -> dict[str, Any]:
+        for hook in self.hooks:
+            hook.on_epoch_end(self)
         self._sync_buffers()
         clock = Clock(self.epoch, max(self.steps_per_epoch - 1, 0), self.steps_per_epoch)
         values = self._set_schedules_readonly(clock)
@@ -271,7 +298,10 @@ class Trainer:
             "ghosts": "on" if self.has_ghosts else ("removed" if self.ghosted_at_start else "none"),
             "train_loss": train["loss"], "train_acc": train["acc"],
             "images_per_s": train["count"] / max(self.sums.seconds, 1e-9),
+            "sparsity": self.mask_sparsity(),
         }
+        for hook in self.hooks:
+            row.update(hook.values())
         if (self.epoch + 1) % self.settings.eval_every == 0 or self.epoch + 1 == self.epochs:
             for split, loader in self.eval_loaders.items():
                 row[f"{split}_loss"], row[f"{split}_acc"] = self.evaluate(loader)
@@ -281,6 +311,14 @@ class Trainer:
         if self.dist.is_main:
             self.console.print(_epoch_line(row, self.epochs), highlight=False, soft_wrap=True)
         return row
+
+    def mask_sparsity(self) -> float | None:
+        """Fraction of the masked weights pruned now (None: no masks)."""
+        masks = masked_parameters(self.module)
+        if not masks:
+            return None
+        total = sum(m.numel() for m in masks.values())
+        return 1.0 - sum(int(m.count_nonzero()) for m in masks.values()) / total
 
     def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
         factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
@@ -324,6 +362,7 @@ class Trainer:
             "sums": self.sums.state(),
             "events": list(self.events),
             "history": list(self.history),
+            "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
             "seconds": time.perf_counter() - self.started if hasattr(self, "started") else 0.0,
             "rng": rng_state(),
         }
@@ -364,6 +403,8 @@ class Trainer:
         self.sums = _Sums.from_state(state["sums"], self.device)
         self.events, self.history = [tuple(e) for e in state["events"]], list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
+        for hook in self.hooks:
+            hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         set_rng_state(state["rng"])
         if self.dist.is_main:
             self.console.print(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step})")
