@@ -122,7 +122,9 @@ def test_blown_up_init_is_scaled_down_and_the_one_step_loss_improves():
     result = lrsi(gm, BATCHES, iterations=30, scale_lr=0.03, on_iteration=lambda i, v: objectives.append((i, v)))
 
     assert result.loss_after < result.loss_before
-    assert all(scale < 1.0 for scale in result.scales.values()), result.scales
+    # Layers may trade scale among themselves; the network's overall gain is what must fall.
+    assert math.prod(result.scales.values()) < 0.5, result.scales
+    assert min(result.scales.values()) < 1.0, result.scales
     assert [i for i, _ in objectives] == list(range(1, 31))
     assert all(math.isfinite(v) for _, v in objectives)
 

@@ -1,4 +1,5 @@
-"""Random masks: each prunable weight keeps a uniformly random ``1 - sparsity`` of its entries."""
+"""Random masks: each layer keeps a uniformly random subset of its weights, sized by the budget
+(``uniform``: ``1 - sparsity`` of every layer; ``erk``: Erdos-Renyi-Kernel densities)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,32 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from surgery.errors import MaskError
 from surgery.masks import prunable_weights
+from surgery.pruning.budget import Budget, masks_from_scores, weights_of
+from surgery.pruning.registry import register
+
+
+@register("random", scope="layer", about="uniformly random weights per layer (uniform or ERK layer budgets)")
+def find_random(model: nn.Module, names: list[str], budget: Budget, *, seed: int = 0, **_) -> dict[str, torch.Tensor]:
+    """Random scores ranked per layer: a uniformly random subset of exactly the budgeted size."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = {name: torch.rand(w.shape, generator=generator) for name, w in weights_of(model, names).items()}
+    return masks_from_scores(scores, budget)
 
 
 def random_masks(
-    model: nn.Module, sparsity: float, *, seed: int = 0, prunable: Iterable[str] = ("conv", "linear")
+    model: nn.Module,
+    sparsity: float,
+    *,
+    seed: int = 0,
+    prunable: Iterable[str] = ("conv", "linear"),
+    distribution: str = "uniform",
 ) -> dict[str, torch.Tensor]:
-    """Layer-wise uniform random masks; exactly ``round(sparsity * numel)`` zeros per weight.
+    """Layer-wise random masks; exactly ``round(density_l * numel)`` weights kept per layer.
 
     Deterministic under ``seed``; works for models on the meta device (masks are on CPU).
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise MaskError(f"sparsity {sparsity} is outside [0, 1): give the fraction of weights to prune, e.g. 0.9.")
-    generator = torch.Generator().manual_seed(seed)
-    masks = {}
-    for name, weight in prunable_weights(model, prunable).items():
-        numel = weight.numel()
-        pruned = torch.randperm(numel, generator=generator)[: round(sparsity * numel)]
-        mask = torch.ones(numel, dtype=torch.bool)
-        mask[pruned] = False
-        masks[name] = mask.view(weight.shape)
-    return masks
+    budget = Budget(sparsity, "layer", distribution)
+    names = list(prunable_weights(model, prunable))  # no prunable weight: no masks (not an error here)
+    return find_random(model, names, budget, seed=seed) if names else {}
+
