@@ -117,8 +117,11 @@ def progress(clock: Clock, span_epochs: int, per: str) -> float:
 @dataclass(frozen=True)
 class LRSchedule:
     """Factor on the base learning rate: ``step`` (x gamma at each milestone epoch, the ToST
-    default 90/135 of 180), ``cosine`` (to 0 at the end, OptG; with ``delta`` ASNI's
-    eta_0 cos(pi e / ((1 + delta) E))) or ``constant``; optional linear warmup."""
+    default 90/135 of 180), ``cosine`` (half a cosine from 1 to 0 at the end, OptG) or
+    ``constant``; optional linear warmup. ``delta`` is ASNI's stretch of the cosine,
+    (1 + cos(pi e / ((1 + delta) E))) / 2, which ends at a small positive rate instead of 0.
+    (ASNI prints eta_0 cos(pi e / ((1 + delta) E)); taken literally that turns negative after
+    about half the run, so we read it as the annealing it names.)"""
 
     kind: str = "step"
     milestones: tuple[int, ...] = (90, 135)
@@ -141,9 +144,8 @@ class LRSchedule:
         if self.kind == "step":
             return self.gamma ** sum(1 for m in self.milestones if int(epoch) >= m)
         if self.kind == "cosine":
-            if self.delta is not None:
-                return math.cos(math.pi * epoch / ((1 + self.delta) * total_epochs))
-            return (1 + math.cos(math.pi * epoch / total_epochs)) / 2
+            stretch = 1 + (self.delta or 0.0)
+            return (1 + math.cos(math.pi * epoch / (stretch * total_epochs))) / 2
         return 1.0
 
     def first_decay(self, total_epochs: int) -> int:

@@ -79,7 +79,9 @@ def test_learning_rate_factors():
     cosine = LRSchedule("cosine")
     assert cosine.factor(0, 100) == 1 and cosine.factor(50, 100) == pytest.approx(0.5)
     asni = LRSchedule("cosine", delta=0.06)
-    assert asni.factor(80, 160) == pytest.approx(math.cos(math.pi * 80 / (1.06 * 160)))
+    assert asni.factor(80, 160) == pytest.approx((1 + math.cos(math.pi * 80 / (1.06 * 160))) / 2)
+    end = asni.factor(160, 160)
+    assert end == pytest.approx((1 + math.cos(math.pi / 1.06)) / 2) and 0 < end < 0.01  # never negative
     warm = LRSchedule("step", (90,), warmup_epochs=4)
     assert warm.factor(0, 180) == pytest.approx(0.2) and warm.factor(4, 180) == 1
     with pytest.raises(ConfigError, match="unknown learning-rate schedule 'cosinus'"):
