@@ -12,6 +12,7 @@ import surgery
 from surgery.errors import CheckpointError, DivergedError
 from surgery.ghosts import ghost_parameters, ghosts
 from surgery.masks import masked_parameters
+from surgery.pruning import random_masks
 from surgery.train import pipeline
 from surgery.train.config import RunConfig
 from surgery.train.trainer import Interrupted, Trainer
@@ -39,7 +40,7 @@ def build_trainer(config: RunConfig) -> Trainer:
     torch.manual_seed(config.train.seed)
     dataset = pipeline.load_data(config)
     model = pipeline.build(config, dataset)
-    masks = pipeline.make_masks(config, model)
+    masks = random_masks(model, config.mask.sparsity, seed=config.train.seed)
     ghosted = surgery.compile(model, pipeline.example_batch(dataset), config.recipe_object().replace(masks=masks))
     train, evals = pipeline.loaders(config, dataset, pipeline.Distributed())
     config.run_dir.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,25 @@ class DataConfig:
 
 @dataclass
 class MaskConfig:
-    method: str = "random"  # a mask finder; or give `file`
+    method: str = "random"  # a mask finder (surgery prune --list); or give `file`
     sparsity: float = 0.9
     file: str | None = None
     prunable: list[str] = field(default_factory=lambda: ["conv", "linear"])
+    scope: str | None = None  # global | layer; None: the method's own (its paper's)
+    distribution: str | None = None  # layer budgets: uniform | erk; None: the method's own (RigL: erk)
+    dense_first: bool = False  # keep the first conv dense
+    dense_last: bool = False  # keep the last linear dense
+    batches: int = 1  # training batches a data-dependent method (SNIP, GraSP) scores on
+    epochs: int | None = None  # epochs of each training round of IMP / learned masks (None: train.epochs)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own (IMP rounds, RigL every, ...)
+
+
+@dataclass
+class InitConfig:
+    zero: bool = False  # ZerO: identity / Hadamard weights before masking
+    zero_residual: bool = True  # with zero: also zero the last layer of every residual branch
+    centroids: bool = False  # ASNI: start from the mask file's 2L centroids (c+ / c-)
+    rewind: str | None = None  # weights (state_dict or trainer checkpoint) loaded into the masked model
 
 
 @dataclass
@@ -151,6 +166,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     recipe: dict[str, Any] = field(default_factory=lambda: dict(TOST_RECIPE))
+    init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
@@ -189,6 +205,7 @@ class RunConfig:
             return value if value is None or Path(value).is_absolute() else str(base / value)
 
         self.mask.file = resolved(self.mask.file)
+        self.init.rewind = resolved(self.init.rewind)
         self.model.weights = resolved(self.model.weights)
         self.distill.weights = resolved(self.distill.weights)
         masks = self.recipe.get("masks")
@@ -259,6 +276,10 @@ class RunConfig:
             raise ConfigError("train.checkpoint_every must be >= 0 (0: only at the end), log_every and eval_every >= 1.")
         if self.mask.file is None and not 0.0 <= self.mask.sparsity < 1.0:
             raise ConfigError(f"mask.sparsity {self.mask.sparsity} is outside [0, 1): give the fraction to prune, e.g. 0.9.")
+        if self.mask.batches < 1:
+            raise ConfigError(f"mask.batches is {self.mask.batches}; score on at least 1 batch.")
+        if self.init.centroids and not self.mask.file:
+            raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
         lr = self.lr_plan()
         lr.check(epochs)
         plan = self.ghost_plan()

@@ -18,25 +18,23 @@ from rich.console import Console
 from torch import fx, nn
 
 import surgery
-from surgery.errors import ConfigError, SurgeryError, did_you_mean
+from surgery.errors import ConfigError, SurgeryError
+from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
 from surgery.masks import (
     bake_masks,
-    load_masks,
     masked_parameters,
     overall_sparsity,
     prunable_weights,
     save_masks,
 )
 from surgery.models import build_model, load_weights
-from surgery.pruning import random_masks
 from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
+from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
 from surgery.train.report import write_report
 from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
-
-MASK_METHODS = ("random", "dense")
 
 
 @dataclass
@@ -68,19 +66,30 @@ def run(
     dataset = load_data(config)
     original = model if model is not None else build(config, dataset)
     example = example_batch(dataset)
-    masks = masks if masks is not None else make_masks(config, original)
-    ghosted = surgery.compile(original, example, config.recipe_object().replace(masks=masks or None))
-    dist.broadcast_masks(ghosted)
-    if dist.is_main:
-        write_run_files(config, run_dir, masks)
-
     train_loader, eval_loaders = loaders(config, dataset, dist)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    start = initialized(config, original)
+    plan = MaskPlan(masks) if masks is not None else plan_masks(
+        config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console, resume=resume)
+    if plan.weights is not None:
+        start = with_weights(start, plan.weights)
+    ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
+    dist.broadcast_masks(ghosted)
+    if not resume:
+        start_from(config, ghosted, plan)
+    if dist.is_main:
+        write_run_files(config, run_dir, plan.masks)
+        if plan.weights is not None:
+            save_start_weights(run_dir, plan.weights)
+
     if config.lrsi.enabled and not resume:
         rescale(config, ghosted, train_loader, dist, console)
     trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
-                      teacher=teacher(config, dataset), console=console)
+                      teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     trained = trainer.fit(resume=resume)
-    result = finish(config, original, trained, example, run_dir, dist, console)
+    mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
+    result = finish(config, original, trained, example, run_dir, dist, console, mask_metadata)
     dist.close()
     return result
 
@@ -105,20 +114,34 @@ def example_batch(dataset: ImageDataset, n: int = 2) -> torch.Tensor:
     return torch.zeros(n, dataset.channels, dataset.image_size, dataset.image_size)
 
 
-def make_masks(config: RunConfig, model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The config's mask: a file, or a finder run on the (untrained) model."""
-    m = config.mask
-    if m.file:
-        masks, _ = load_masks(m.file)
-        return masks
-    if m.method == "dense" or m.sparsity == 0:
-        return None
-    if m.method == "random":
-        return random_masks(model, m.sparsity, seed=config.train.seed, prunable=m.prunable)
-    raise ConfigError(
-        f"unknown mask method '{m.method}'." + did_you_mean(m.method, MASK_METHODS)
-        + f" Known: {list(MASK_METHODS)}; or give mask.file: a .safetensors mask."
-    )
+def initialized(config: RunConfig, model: nn.Module) -> nn.Module:
+    """The model the run starts from: ``model`` itself, or a ZerO-initialized copy (init.zero)."""
+    if not config.init.zero:
+        return model
+    from surgery.init.zero import zero_init
+
+    start = deepcopy_module(model)
+    zero_init(start, zero_residual_branches=config.init.zero_residual, prunable=config.mask.prunable)
+    return start
+
+
+def with_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` holding ``state`` (the weights a ``before`` mask method hands over)."""
+    start = deepcopy_module(model)
+    start.load_state_dict(state)
+    return start
+
+
+def start_from(config: RunConfig, ghosted: fx.GraphModule, plan: MaskPlan) -> None:
+    """Initializers that act on the masked model: rewinding (init.rewind) and ASNI centroids (init.centroids)."""
+    if config.init.rewind:
+        from surgery.init.rewind import rewind
+
+        rewind(ghosted, config.init.rewind)
+    if config.init.centroids:
+        from surgery.init.centroid import apply_centroids_from_metadata
+
+        apply_centroids_from_metadata(ghosted, plan.metadata, config.mask.file)
 
 
 def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Tensor] | None) -> None:
@@ -169,7 +192,7 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
 
 
 def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example: torch.Tensor, run_dir: Path,
-           dist: Distributed, console: Console) -> RunResult:
+           dist: Distributed, console: Console, mask_metadata: dict[str, str] | None = None) -> RunResult:
     """Bake masks, verify against the original, save weights, export ONNX, write the report (rank 0)."""
     model = trained.model
     kept_ghosts = bool(ghosts(model))
@@ -187,7 +210,7 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     notes = {}
     if final_masks:
         save_masks(final_masks, run_dir / "masks.safetensors", method=config.mask.method, model=config.model.spec,
-                   seed=config.train.seed, trained=True)
+                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True, **(mask_metadata or {}))
     _save_weights(model, run_dir / "model.safetensors")
     if kept_ghosts:
         notes["verification"] = "skipped: ghosts kept to the end (ghosts.remove_at: never), not the original architecture"

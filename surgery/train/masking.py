@@ -1,0 +1,163 @@
+"""The mask stage of a run: where ``config.mask`` becomes masks, hooks and starting weights.
+
+- a mask file: its masks (checked against the model, every difference listed);
+- a ``oneshot`` method (random, magnitude, SNIP, GraSP, SynFlow): ``find_masks`` on the
+  model, on ``mask.batches`` training batches when it needs data;
+- a ``during`` method (GMP, RigL, ASNI, OptG): the run starts dense (RigL: random at
+  the target, ERK) and the method's training hook rewrites the masks while it trains;
+- a ``before`` method (IMP, learned masks): its own training rounds run first, each in
+  ``RUN/rounds/<tag>/`` (plain training: masks only, no ghosts, no LRsI, no label
+  smoothing; ``mask.epochs`` epochs each), every round's mask goes to
+  ``RUN/rounds/<tag>-mask.safetensors`` and a line of ``RUN/rounds.csv``; the main run
+  then trains the final mask from the weights the method hands over, which are kept as
+  ``RUN/start-weights.safetensors`` (IMP's rewind point, the learned mask's folded weights).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+import surgery
+from surgery.masks import load_masks, save_masks
+from surgery.pruning import Budget, find_masks, method, prunable_for
+from surgery.pruning.budget import weights_of
+from surgery.pruning.random import find_random
+from surgery.train.config import RunConfig
+from surgery.train.distributed import Distributed
+from surgery.train.hooks import TrainingHook
+
+DENSE = "dense"
+START_WEIGHTS = "start-weights.safetensors"  # the weights a `before` method hands the main run (init.rewind)
+
+
+@dataclass
+class MaskPlan:
+    masks: dict[str, torch.Tensor] | None  # what the model is compiled with (None: dense, no masks)
+    hooks: list[TrainingHook] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] | None = None  # a state_dict to start the main run from
+    metadata: dict[str, Any] = field(default_factory=dict)  # what a mask file carried besides masks
+
+
+def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_loaders: dict[str, Any],
+               dist: Distributed, console: Console, resume: bool | str | Path = False) -> MaskPlan:
+    m = config.mask
+    if m.file:
+        masks, metadata = load_masks(m.file, model=model)
+        return MaskPlan(masks, metadata=metadata)
+    if m.method == DENSE or m.sparsity == 0:
+        return MaskPlan(None)
+    found = method(m.method)
+    names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last))
+    budget = Budget(m.sparsity, m.scope or found.scope, m.distribution or found.distribution)
+    options = dict(m.options)
+    if found.stage == "oneshot":
+        batches = training_batches(train_loader, m.batches) if found.data else None
+        masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
+                           distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
+                           dense_last=m.dense_last, seed=config.train.seed, **options)
+        return MaskPlan(masks)
+    if found.stage == "during":
+        hook = found.find(model, names, budget, **options)
+        return MaskPlan(starting_masks(m.method, model, names, budget, config.train.seed), hooks=[hook])
+    runner = RoundRunner(config, train_loader, eval_loaders, dist, console, resume)
+    result = found.find(model, names, budget, train=runner, seed=config.train.seed, **options)
+    if dist.is_main:
+        write_rounds(config, result.rounds)
+    return MaskPlan(result.masks, weights=result.weights)
+
+
+def training_batches(train_loader: Any, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``count`` batches of epoch 0: what data-dependent finders score on."""
+    train_loader.set_epoch(0)
+    return [batch for _, batch in zip(range(count), train_loader.batches(0))]
+
+
+def starting_masks(name: str, model: nn.Module, names: list[str], budget: Budget, seed: int) -> dict[str, torch.Tensor]:
+    """Where a ``during`` method starts: RigL from a random mask at the target, the others dense."""
+    if name == "rigl":
+        return find_random(model, names, budget, seed=seed)
+    return {n: torch.ones(w.shape, dtype=torch.bool) for n, w in weights_of(model, names).items()}
+
+
+class RoundRunner:
+    """``train(model, masks, tag=, hooks=)``: one plain training round of a ``before`` method."""
+
+    def __init__(self, config: RunConfig, train_loader: Any, eval_loaders: dict[str, Any], dist: Distributed,
+                 console: Console, resume: bool | str | Path):
+        self.config = round_config(config)
+        self.train_loader, self.eval_loaders = train_loader, eval_loaders
+        self.dist, self.console, self.resume = dist, console, bool(resume)
+        self.example = next(iter(train_loader.batches(0)))[0][:2].cpu().float()
+
+    def __call__(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, *, tag: str,
+                 hooks: list[TrainingHook] = ()) -> Any:
+        from surgery.train.trainer import Trainer
+
+        compiled = surgery.compile(model, self.example, surgery.Recipe.from_dict({}).replace(masks=masks or None))
+        self.dist.broadcast_masks(compiled)
+        run_dir = self.config.run_dir / "rounds" / tag
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.console.print(f"{tag}: training {self.config.train.epochs} epochs"
+                               + (f" at sparsity {1 - _density(masks):.1%}" if masks else " dense"))
+        trainer = Trainer(compiled, self.config, self.train_loader, self.eval_loaders, dist=self.dist,
+                          run_dir=run_dir, console=self.console, hooks=list(hooks))
+        resume = self.resume and trainer.store.latest() is not None
+        return trainer.fit(resume=resume)
+
+
+def round_config(config: RunConfig) -> RunConfig:
+    """Plain training for finder rounds: masks only, no ghosts, LRsI, smoothing or distillation;
+    ``mask.epochs`` epochs with the LR milestones scaled to them."""
+    data = config.to_dict()
+    epochs = config.mask.epochs or config.train.epochs
+    scale = epochs / config.train.epochs
+    data["recipe"] = {}
+    data["lrsi"] = {**data["lrsi"], "enabled": False}
+    data["label_smoothing"] = {"kind": "constant", "start": 0.0}
+    data["distill"] = {**data["distill"], "teacher": None}
+    data["train"] = {**data["train"], "epochs": epochs}
+    data["lr_schedule"] = {**data["lr_schedule"],
+                           "milestones": sorted({m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})}
+    return RunConfig.from_dict(data)
+
+
+def write_rounds(config: RunConfig, rounds: list[dict[str, Any]]) -> None:
+    """One line per round in RUN/rounds.csv and each round's mask as RUN/rounds/<tag>-mask.safetensors."""
+    if not rounds:
+        return
+    folder = config.run_dir / "rounds"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (config.run_dir / "rounds.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["round", "trained_sparsity", "accuracy", "sparsity", "mask"])
+        for row in rounds:
+            path = ""
+            if row.get("mask"):
+                path = folder / f"{config.mask.method}-round{row['round']}-mask.safetensors"
+                save_masks(row["mask"], path, method=config.mask.method, round=row["round"], model=config.model.spec,
+                           seed=config.train.seed, target_sparsity=row["sparsity"])
+            accuracy = row.get("accuracy")
+            writer.writerow([row["round"], f"{row['trained_sparsity']:.6f}", "" if accuracy is None else f"{accuracy:.6f}",
+                             f"{row['sparsity']:.6f}", str(path)])
+
+
+def _density(masks: dict[str, torch.Tensor]) -> float:
+    return sum(int(m.count_nonzero()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+
+
+def save_start_weights(run_dir: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """Keep the weights a ``before`` method handed over: a later run rewinds to them with init.rewind."""
+    from safetensors.torch import save_file
+
+    path = run_dir / START_WEIGHTS
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(path))
+    return path
