@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -27,7 +28,7 @@ from torch import nn
 import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
-from surgery.errors import ShapePropagationError, SurgeryError
+from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
 from surgery.ghosts import ghost_parameters
 from surgery.graph import device_of, scalar_loss
 from surgery.masks import prunable_weights, weight_sparsity
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_verify(commands)
     _add_export(commands)
+    _add_prune(commands)
     _add_train(commands)
     _add_run(commands)
     _add_demo(commands)
@@ -160,6 +162,26 @@ def _add_export(commands) -> None:
     p.set_defaults(run=run_export)
 
 
+def _add_prune(commands) -> None:
+    p = _command(
+        commands, "prune",
+        "Find a mask with any method (random/ERK, magnitude, SNIP, GraSP, SynFlow, IMP, GMP, RigL, ASNI, OptG, "
+        "learned) and write it as a .safetensors mask file with its metadata and a per-layer table.",
+        "surgery prune torchvision:resnet50 --method snip --sparsity 0.9 --data imagefolder:/data/imagenet -o r50-snip.safetensors",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
+    p.add_argument("-o", "--output", metavar="FILE", help="the mask file to write (default: MODEL-METHOD-SPARSITY.safetensors)")
+    p.add_argument("--list", action="store_true", help="list the methods and exit")
+    _add_finder_arguments(p)
+    p.add_argument("--weights", metavar="FILE", help="trained weights to score (magnitude / OMP prunes trained weights)")
+    p.add_argument("--batches", type=_positive_int, default=1, help="training batches SNIP / GraSP score on (default 1)")
+    p.add_argument("--input-size", type=_positive_int, metavar="S", help="input side for data-free SynFlow (default: the model's)")
+    _add_data_arguments(p, default=None)
+    _add_training_arguments(p)
+    _add_run_options(p)
+    p.set_defaults(run=run_prune)
+
+
 def _add_train(commands) -> None:
     p = _command(
         commands, "train",
@@ -168,24 +190,45 @@ def _add_train(commands) -> None:
         "surgery train cifar:resnet18 --data cifar10-jpeg:../shared/data/cifar10-jpeg.tar.gz --sparsity 0.9 --epochs 30",
     )
     p.add_argument("model", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
-    p.add_argument("--data", default="digits", metavar="DATASET",
-                   help="digits (default, offline), synthetic, cifar10, cifar100, cifar10-jpeg:PATH, imagefolder:PATH")
+    _add_data_arguments(p)
+    p.add_argument("--masks", metavar="FILE", help="a .safetensors mask file (instead of --method)")
+    _add_finder_arguments(p, default_sparsity=0.9)
+    p.add_argument("--recipe", metavar="FILE", help="recipe YAML (default: ToST, conv1x1 ghost skips + PSwish); 'none' for plain training")
+    _add_training_arguments(p)
+    p.add_argument("--label-smoothing", type=float, metavar="A", help="constant label smoothing (default 0)")
+    p.add_argument("--lrsi", action="store_true", help="layer-wise re-scaled initialization before training")
+    _add_run_options(p)
+    p.set_defaults(run=run_train)
+
+
+def _add_data_arguments(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    p.add_argument("--data", default=default, metavar="DATASET",
+                   help="digits" + (" (default, offline)" if default == "digits" else "")
+                   + ", synthetic, cifar10, cifar100, cifar10-jpeg:PATH, imagefolder:PATH")
     p.add_argument("--image-size", type=_positive_int, metavar="S", help="resize images to S x S")
     p.add_argument("--val-split", type=float, metavar="F", help="hold out F of the training set for validation")
     p.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier outputs (default: the dataset's)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--masks", metavar="FILE", help="a .safetensors mask file")
-    group.add_argument("--sparsity", type=float, metavar="S", help="random mask pruning S of every conv/linear weight (default 0.9)")
-    p.add_argument("--recipe", metavar="FILE", help="recipe YAML (default: ToST, conv1x1 ghost skips + PSwish); 'none' for plain training")
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, help="default 180; LR milestones scale with it (50%%, 75%%)")
     p.add_argument("--batch-size", type=_positive_int, help="global batch (default 128)")
     p.add_argument("--lr", type=float, help="base learning rate (default 0.1)")
     p.add_argument("--optimizer", help="sgd (default), adamw or adam")
     p.add_argument("--lr-schedule", help="step (default, x0.1 at 50%% and 75%%) or cosine")
-    p.add_argument("--label-smoothing", type=float, metavar="A", help="constant label smoothing (default 0)")
-    p.add_argument("--lrsi", action="store_true", help="layer-wise re-scaled initialization before training")
-    _add_run_options(p)
-    p.set_defaults(run=run_train)
+
+
+def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | None = None) -> None:
+    p.add_argument("--method", metavar="NAME", help="mask method (default random; `surgery prune --list` lists them)")
+    p.add_argument("--sparsity", type=float, metavar="S",
+                   help="fraction of the prunable weights to prune" + (f" (default {default_sparsity})" if default_sparsity else ""))
+    p.add_argument("--scope", choices=("global", "layer"), help="rank all layers together or each alone (default: the method's)")
+    p.add_argument("--distribution", choices=("uniform", "erk"), help="layer budgets with --scope layer (default: the method's)")
+    p.add_argument("--dense-first", action="store_true", help="keep the first conv dense")
+    p.add_argument("--dense-last", action="store_true", help="keep the last linear dense")
+    p.add_argument("--prunable", default="conv,linear", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")
 
 
 def _add_run(commands) -> None:
@@ -452,7 +495,9 @@ def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size:
         data["batch_size"] = args.batch_size
     config: dict[str, Any] = {"name": name, "model": {"spec": args.model, "num_classes": args.num_classes}, "data": data}
-    config["mask"] = {"file": args.masks} if args.masks else {"sparsity": 0.9 if args.sparsity is None else args.sparsity}
+    if args.masks and (args.method or args.sparsity is not None):
+        raise ConfigError("give --masks FILE or --method / --sparsity, not both: a mask file is already a mask.")
+    config["mask"] = {"file": args.masks} if args.masks else finder_config(args, default_sparsity=0.9)
     if args.recipe:
         config["recipe"] = {} if args.recipe == "none" else Recipe.from_yaml(args.recipe).to_dict()
     epochs = args.epochs or 180
@@ -467,6 +512,127 @@ def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
     if args.lrsi:
         config["lrsi"] = {"enabled": True}
     return config
+
+
+def finder_config(args: argparse.Namespace, default_sparsity: float) -> dict[str, Any]:
+    """The ``mask`` section the finder flags describe."""
+    mask: dict[str, Any] = {"method": args.method or "random",
+                            "sparsity": default_sparsity if args.sparsity is None else args.sparsity,
+                            "prunable": [k.strip() for k in args.prunable.split(",") if k.strip()],
+                            "dense_first": args.dense_first, "dense_last": args.dense_last,
+                            "options": dict(_option(text) for text in args.options)}
+    for key in ("scope", "distribution"):
+        if getattr(args, key):
+            mask[key] = getattr(args, key)
+    return mask
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--option '{text}' is not of the form KEY=VALUE, e.g. --option rounds=3.")
+    return key.strip(), yaml.safe_load(value)
+
+
+def run_prune(args: argparse.Namespace, console: Console) -> int:
+    from surgery.pruning import METHODS
+    from surgery.pruning.registry import method
+
+    if args.list:
+        method("random")  # loads every finder
+        print_methods(console, METHODS)
+        return 0
+    if not args.model or not args.method or args.sparsity is None:
+        raise ConfigError("surgery prune needs MODEL, --method NAME and --sparsity S (e.g. --method snip --sparsity 0.9); "
+                          "`surgery prune --list` lists the methods.")
+    found = method(args.method)
+    out = Path(args.output or f"{_model_slug(args.model)}-{args.method}-{args.sparsity:g}.safetensors")
+    if found.training:
+        result = _prune_by_training(args, out, console)
+    else:
+        result = _prune_oneshot(args, found, out)
+    print_mask_table(console, result, out)
+    return 0
+
+
+def _model_slug(spec: str) -> str:
+    return spec.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
+
+
+def _prune_oneshot(args: argparse.Namespace, found, out: Path):
+    from surgery.prune import prune_oneshot
+    from surgery.train.data import load_dataset, make_loader
+
+    batches, num_classes, size = None, args.num_classes, args.input_size
+    if args.data:
+        dataset = load_dataset(args.data, root=args.data_root, download=args.download, image_size=args.image_size,
+                               seed=args.seed or 0)
+        num_classes = num_classes or dataset.num_classes
+        size = size or dataset.image_size
+        if found.data:
+            loader = make_loader(dataset, "train", args.batch_size or 128, train=True, seed=args.seed or 0, workers=0)
+            loader.set_epoch(0)
+            batches = [b for _, b in zip(range(args.batches), loader.batches(0))]
+    elif found.data:
+        raise ConfigError(f"mask method '{args.method}' scores weights with gradients on real data: give --data DATASET "
+                          "(e.g. --data cifar10-jpeg:PATH or --data digits).")
+    torch.manual_seed(args.seed or 0)
+    model = build_model(args.model, num_classes)
+    if args.weights:
+        load_weights(model, args.weights)
+    mask = finder_config(args, default_sparsity=0.0)
+    options = dict(mask["options"])
+    if args.method == "synflow":
+        side = size or default_input_size(model, args.model)
+        options.setdefault("input_shape", (1, input_channels(model), side, side))
+    return prune_oneshot(model, args.method, args.sparsity, out, spec=args.model, batches=batches, seed=args.seed or 0,
+                         scope=args.scope, distribution=args.distribution, prunable=mask["prunable"],
+                         dense_first=args.dense_first, dense_last=args.dense_last, **options)
+
+
+def _prune_by_training(args: argparse.Namespace, out: Path, console: Console):
+    from surgery.prune import prune_by_training
+    from surgery.train.config import RunConfig
+
+    if not args.data:
+        raise ConfigError(f"mask method '{args.method}' trains the model: give --data DATASET (e.g. --data digits).")
+    args.masks, args.recipe, args.label_smoothing, args.lrsi = None, "none", None, False
+    config = train_config_dict(args)
+    config["name"] = args.name or f"prune-{_model_slug(args.model)}-{args.method}"
+    config["export"] = {"verify": False, "onnx": False}
+    config = RunConfig.from_dict(config).with_overrides(list(_run_overrides(args)) + list(args.overrides))
+    return prune_by_training(config, out, console)
+
+
+def print_methods(console: Console, methods) -> None:
+    table = Table(title="mask methods", title_justify="left")
+    for column in ("method", "needs", "budget", "what it does"):
+        table.add_column(column)
+    for name, m in sorted(methods.items()):
+        needs = "training" if m.training else "data" if m.data else "nothing"
+        table.add_row(name, needs, f"{m.scope}" + (f", {m.distribution}" if m.distribution != "uniform" else ""), m.about)
+    console.print(table)
+
+
+def print_mask_table(console: Console, result, out: Path) -> None:
+    from surgery.prune import layer_rows, metadata_summary
+
+    table = Table(title=f"{out}: {metadata_summary(result.metadata)}", title_justify="left")
+    for column, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("of", "right"), ("sparsity", "right")):
+        table.add_column(column, justify=justify)
+    rows = layer_rows(result.masks)
+    for name, shape, kept, total, sparsity in rows:
+        table.add_row(name, shape, f"{kept:,}", f"{total:,}", f"{sparsity:.1%}")
+    kept = sum(r[2] for r in rows)
+    total = sum(r[3] for r in rows)
+    table.add_row("all", "", f"{kept:,}", f"{total:,}", f"{1 - kept / max(total, 1):.2%}", style="bold")
+    console.print(table)
+    if result.run_dir is not None:
+        shown = [n for n in ("summary.md", "metrics.csv", "rounds.csv", "start-weights.safetensors") if (result.run_dir / n).exists()]
+        console.print(f"training run: {result.run_dir} ({', '.join(shown)})")
+        if "start-weights.safetensors" in shown:
+            console.print(f"train the mask from its starting weights: surgery run CONFIG --set mask.file={out} "
+                          f"--set init.rewind={result.run_dir / 'start-weights.safetensors'}")
 
 
 def run_config(args: argparse.Namespace, console: Console) -> int:

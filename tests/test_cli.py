@@ -321,3 +321,65 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
     assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
     assert "cifar:resnet20 on digits" in out and "epoch 2/2" in out and "LRsI" in out
     assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out
+
+
+# ------------------------------------------------------------------ prune
+
+
+def test_prune_lists_every_method(capsys):
+    code, out, _ = run(capsys, "prune", "--list")
+    assert code == 0
+    for name in ("random", "magnitude", "snip", "grasp", "synflow", "imp", "gmp", "rigl", "asni", "optg", "learned"):
+        assert f"│ {name} " in out, name
+
+
+def test_prune_writes_a_mask_file_with_metadata_and_a_layer_table(capsys, tmp_path):
+    out_file = tmp_path / "r20.safetensors"
+    code, out, err = run(capsys, "prune", "cifar:resnet20", "--method", "random", "--sparsity", "0.9",
+                         "--distribution", "erk", "--dense-last", "--seed", "3", "-o", out_file)
+    assert code == 0, err
+    masks, meta = load_masks(out_file)
+    assert meta["method"] == "random" and meta["distribution"] == "erk" and meta["model"] == "cifar:resnet20"
+    assert meta["seed"] == "3" and meta["version"] == surgery.__version__ and float(meta["target_sparsity"]) == 0.9
+    assert abs(float(meta["sparsity"]) - 0.9) < 1e-4 and "fc.weight" not in masks
+    assert "layer1.0.conv1.weight" in out and "90.00%" in out
+
+
+def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
+    mask_file = tmp_path / "snip.safetensors"
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "snip", "--sparsity", "0.8", "--data", "synthetic",
+                       "--image-size", "8", "-o", mask_file)
+    assert code == 0, err
+    code, out, err = run(capsys, "train", "cifar:resnet20", *TINY_RUN, "--epochs", "2", "--masks", mask_file,
+                         "--out", tmp_path / "run", "--set", "export.onnx=false")
+    assert code == 0, err
+    assert "80.0% of conv/linear weights are zero" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--method", "snip", "--sparsity", "1.0", "--data", "synthetic"], "sparsity 1.0 is outside [0, 1)"),
+        (["--method", "snip", "--sparsity", "0.9"], "'snip' scores weights with gradients on real data: give --data"),
+        (["--method", "imp", "--sparsity", "0.9"], "'imp' trains the model: give --data"),
+        (["--method", "snipp", "--sparsity", "0.9"], "unknown mask method 'snipp'. Did you mean 'snip'"),
+        (["--method", "imp", "--sparsity", "0.9", "--data", "synthetic", "--option", "rounds=2", "--option", "rate=0.2"],
+         "short of the target 0.9"),
+        (["--sparsity", "0.9"], "needs MODEL, --method NAME and --sparsity S"),
+    ],
+)
+def test_prune_bad_input(capsys, tmp_path, flags, expected):
+    code, _, err = run(capsys, "prune", "cifar:resnet20", *flags, "--image-size", "8", "-o", tmp_path / "m.safetensors",
+                       "--out", tmp_path / "run", "--no-progress")
+    assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_a_mask_file_for_another_model_lists_what_differs(capsys, tmp_path):
+    mask_file = tmp_path / "r20.safetensors"
+    assert run(capsys, "prune", "cifar:resnet20", "--method", "random", "--sparsity", "0.5", "-o", mask_file)[0] == 0
+    code, _, err = run(capsys, "train", "cifar:resnet32", *TINY_RUN, "--epochs", "2", "--masks", mask_file,
+                       "--num-classes", "7", "--out", tmp_path / "run")
+    assert code == 2 and "does not fit" in err and "(made for cifar:resnet20)" in err
+    assert "fc.weight: (10, 64) in the file, (7, 64) in the model" in err
+    code, _, err = run(capsys, "train", "cifar:vgg11", *TINY_RUN, "--epochs", "2", "--masks", mask_file, "--out", tmp_path / "v")
+    assert code == 2 and "22 names the model does not have: conv1.weight, fc.weight, layer1.0.conv1.weight" in err

@@ -1,0 +1,105 @@
+"""`surgery prune`: one mask file for a model, from any method in the registry.
+
+One-shot methods (random, magnitude / OMP, SNIP, GraSP, SynFlow) score the model
+directly, on batches of the dataset when they need data. Methods that train (IMP,
+learned masks, GMP, RigL, ASNI, OptG) run as a plain training run (``surgery.train``,
+no ghosts, no export) in a run directory, and the mask they end with is the file.
+Either way the file carries its metadata: method, target and achieved sparsity, budget,
+model, seed, software version (and, for ASNI, the centroids).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgery.masks import load_masks, save_masks
+from surgery.pruning import find_masks, method
+from surgery.pruning.budget import achieved_sparsity
+
+
+@dataclass
+class PruneResult:
+    masks: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    path: Path
+    run_dir: Path | None = None  # where a training method's run went
+
+
+def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, spec: str, batches=None, seed: int = 0,
+                  **budget_and_options: Any) -> PruneResult:
+    """Score ``model`` with a one-shot method and write the mask file ``out``."""
+    masks = find_masks(model, name, sparsity, batches=batches, seed=seed, **budget_and_options)
+    found = method(name)
+    meta = {"method": name, "target_sparsity": sparsity, "model": spec, "seed": seed,
+            "scope": budget_and_options.get("scope") or found.scope,
+            "distribution": budget_and_options.get("distribution") or found.distribution}
+    path = save_masks(masks, out, **meta)
+    return PruneResult(masks, load_masks(path)[1], path)
+
+
+def prune_by_training(config, out: Path, console=None) -> PruneResult:
+    """A training method's mask: a ``before`` method's rounds (IMP, learned), or a whole ``during``
+    run (GMP, RigL, ASNI, OptG) through ``surgery.train.run``; the mask is copied to ``out``."""
+    found = method(config.mask.method)
+    if found.stage == "before":
+        return _rounds_only(config, out, console)
+    from surgery.train import run
+
+    result = run(config, console=console)
+    trained = result.run_dir / "masks.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if trained.resolve() != out.resolve():
+        shutil.copyfile(trained, out)
+    masks, metadata = load_masks(out)
+    return PruneResult(masks, metadata, out, result.run_dir)
+
+
+def _rounds_only(config, out: Path, console=None) -> PruneResult:
+    """Run the method's own training rounds and keep their mask (no retraining of it)."""
+    from rich.console import Console
+
+    from surgery.train import pipeline
+    from surgery.train.distributed import Distributed
+    from surgery.train.masking import plan_masks, save_start_weights
+
+    console = console or Console(stderr=True)
+    dist = Distributed.from_env(config.train.device)
+    torch.manual_seed(config.train.seed)
+    dataset = pipeline.load_data(config)
+    model = pipeline.initialized(config, pipeline.build(config, dataset))
+    train_loader, eval_loaders = pipeline.loaders(config, dataset, dist)
+    plan = plan_masks(config, model, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console)
+    m = config.mask
+    path = save_masks(plan.masks, out, method=m.method, target_sparsity=m.sparsity, model=config.model.spec,
+                      seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options)
+    if plan.weights is not None and dist.is_main:  # IMP's rewind point / learned masks' folded weights
+        save_start_weights(config.run_dir, plan.weights)
+    dist.close()
+    return PruneResult(plan.masks, load_masks(path)[1], path, config.run_dir)
+
+
+def layer_rows(masks: dict[str, torch.Tensor]) -> list[tuple[str, str, int, int, float]]:
+    """(layer, shape, kept, total, sparsity) per masked weight, in the file's order."""
+    sparsity = achieved_sparsity(masks)
+    return [(name, "x".join(map(str, m.shape)), int(m.count_nonzero()), m.numel(), sparsity[name])
+            for name, m in masks.items()]
+
+
+def metadata_summary(metadata: dict[str, str]) -> str:
+    keys = ("method", "target_sparsity", "sparsity", "scope", "distribution", "model", "seed", "version")
+    return ", ".join(f"{k} {_plain(metadata[k])}" for k in keys if k in metadata)
+
+
+def _plain(value: str) -> str:
+    try:
+        decoded = json.loads(value)
+    except (TypeError, ValueError):
+        return value
+    return f"{decoded:g}" if isinstance(decoded, float) else str(decoded)
