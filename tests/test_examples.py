@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torchvision
 
 import surgery
-from surgery.train import pipeline
+from surgery.pruning import method
 from surgery.train.config import RunConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -37,29 +38,49 @@ def test_tost_config_compiles_a_model():
 RUN_CONFIGS = sorted(p for p in (EXAMPLES / "configs").glob("*.yaml") if p.name != "tost.yaml")
 
 
-def shrunk(config: RunConfig) -> RunConfig:
-    """The same recipe, schedules and optimizer on a tiny model and data set for three epochs."""
-    overrides = ["model.spec=cifar:resnet20", "data.dataset=synthetic", "data.image_size=8", "data.batch_size=100",
-                 "train.epochs=3", "train.progress=false", "train.tensorboard=false", "lrsi.iterations=5"]
-    if config.lr_schedule.kind == "step":
-        overrides.append("lr_schedule.milestones=[2]")
-    if isinstance(config.ghosts.remove_at, int):
-        overrides.append("ghosts.remove_at=2")
-    if config.label_smoothing.epochs:
-        overrides.append("label_smoothing.epochs=2")
-    return config.with_overrides(overrides)
+WORKFLOWS = {"tost-cifar10", "lottery-retrain", "pruning-pipeline", "optg", "asni", "asni-centroids"}
 
 
 def test_there_is_a_run_config_per_paper_workflow():
-    assert {p.stem for p in RUN_CONFIGS} >= {"tost-cifar10", "lottery-retrain", "pipeline-post-pruning"}
+    assert {p.stem for p in RUN_CONFIGS} == WORKFLOWS
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
-def test_each_run_config_is_valid_and_runs_shrunk(path, tmp_path):
-    config = RunConfig.from_yaml(path)
+def test_each_run_config_is_a_valid_paper_scale_run_that_a_script_runs(path):
+    config = RunConfig.from_yaml(path)  # validates every field, the mask method and its options' names
     assert config.train.epochs >= 160 and config.data.dataset in ("cifar10", "cifar100")
-    config = shrunk(config).with_overrides([f"output={tmp_path}"])
-    result = pipeline.run(config)
-    keeps_ghosts = config.ghosts.remove_at == "never"
-    assert (result.verify is None) == keeps_ghosts
-    assert (tmp_path / "summary.md").is_file() and result.test_accuracy is not None
+    method(config.mask.method)
+    # The configs run (scaled down) through their workflow scripts, tested below.
+    assert any(f'load("{path.stem}")' in script.read_text() for script in EXAMPLES.glob("*.py"))
+
+
+def test_asni_centroids_config_retrains_the_asni_configs_mask():
+    asni, again = (RunConfig.from_yaml(EXAMPLES / "configs" / f"{n}.yaml") for n in ("asni", "asni-centroids"))
+    run_from_the_repo_root = EXAMPLES.parent / asni.run_dir / "masks.safetensors"
+    assert Path(again.mask.file).resolve() == run_from_the_repo_root.resolve() and again.init.centroids
+    assert again.model == asni.model  # the mask fits: same architecture and classes
+
+
+SCRIPTS = {  # extra arguments; lines the output must hold (methods and the sparsity reached)
+    "tost_any_mask.py": (["--methods", "random"], ["random  ToST      ", "90.0%     verified"]),
+    "lottery_ticket.py": (["--rounds", "2"], ["ticket at 80.0%", "AT + TRT (rewound)"]),
+    "pruning_pipeline.py": ([], ["ZerO + learned mask", "90.0%"]),
+    "optg.py": ([], ["optg", "gmp", "rigl", "90.0%"]),
+    "asni.py": ([], ["-> 90%", "retrained from the centroids", "90.0% sparse"]),
+}
+
+
+def test_there_is_a_script_per_paper_workflow():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {*SCRIPTS, "round_trip.py", "workflow.py"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_workflow_script_runs_tiny(script, tmp_path, monkeypatch, capsys):
+    """Run as ``python examples/SCRIPT ...`` would, in this process (a subprocess costs seconds of imports)."""
+    extra, expected = SCRIPTS[script]
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the script's own directory, for `import workflow`
+    monkeypatch.setattr(sys, "argv", [script, "--data", "synthetic", "--image-size", "8", "--epochs", "2",
+                                      "--out", str(tmp_path), "--no-export", *extra])
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert all(line in out for line in expected), out[-2000:]
