@@ -18,3 +18,4 @@ bench:  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(PYTHON) benchmarks/compile_time.py
 	$(PYTHON) benchmarks/onnx_export.py
 	$(PYTHON) benchmarks/overhead.py
+	$(PYTHON) benchmarks/pruning_cost.py
