@@ -29,7 +29,6 @@ from surgery.errors import (
     UnknownModelError,
     VerificationError,
 )
-from surgery.export import ExportInfo, export_onnx
 from surgery.ghosts import ghost_parameters, set_ghost_strength
 from surgery.manifest import Manifest, manifest_of
 from surgery.passes.deghost import deghost
@@ -38,6 +37,15 @@ from surgery.tracing import trace
 from surgery.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``export_onnx`` / ``ExportInfo`` load onnx on first use, so ``import surgery`` (and the CLI) stays quick."""
+    if name in ("ExportInfo", "export_onnx"):
+        from surgery import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'surgery' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointError",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,27 +38,31 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 def _mode_dependent_leaves() -> tuple[type[nn.Module], ...]:
     """Modules that read ``self.training`` in Python; as leaves they keep obeying ``.train()``."""
     leaves: list[type[nn.Module]] = []
-    try:
+    if "torchvision" in sys.modules:  # a model holding torchvision's modules has imported it (seconds to load)
         from torchvision.ops import StochasticDepth
 
         leaves.append(StochasticDepth)
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        pass
-    try:
-        from timm.layers import DropBlock2d, DropPath
-
-        leaves += [DropPath, DropBlock2d]
-    except ImportError:  # pragma: no cover - timm is a dependency
-        pass
+    layers = _timm_layers()
+    if layers is not None:
+        leaves += [layers.DropPath, layers.DropBlock2d]
     return tuple(leaves)
 
 
 def _timm_notrace() -> tuple[tuple[type[nn.Module], ...], tuple[Any, ...]]:
-    try:
-        from timm.layers import get_notrace_functions, get_notrace_modules
-    except ImportError:  # pragma: no cover - timm is a dependency
+    layers = _timm_layers()
+    if layers is None:
         return (), ()
-    return tuple(get_notrace_modules()), tuple(f for f in get_notrace_functions() if callable(f))
+    return tuple(layers.get_notrace_modules()), tuple(f for f in layers.get_notrace_functions() if callable(f))
+
+
+def _timm_layers() -> Any:
+    """``timm.layers`` if timm is already imported, else None: a model holding timm modules or calling
+    timm functions has imported timm, and importing it here would add seconds to every trace."""
+    if "timm" not in sys.modules:
+        return None
+    import timm.layers
+
+    return timm.layers
 
 
 @dataclass(frozen=True)

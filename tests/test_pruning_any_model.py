@@ -56,7 +56,7 @@ TRAINING = sorted(name for name, m in METHODS.items() if m.training)
 def config(tmp_path, name: str) -> RunConfig:
     return RunConfig.from_dict({
         "name": name, "output": str(tmp_path / name), "recipe": {}, "lr_schedule": {"kind": "constant"},
-        "optimizer": {"lr": 0.01}, "train": {"epochs": 2, "progress": False, "tensorboard": False, "checkpoint_every": 0},
+        "optimizer": {"lr": 0.01}, "train": {"epochs": 1, "progress": False, "tensorboard": False, "checkpoint_every": 0},
     })
 
 
