@@ -16,7 +16,9 @@ from surgery.models import build_model, default_input_size
 
 NUM_CLASSES = 10
 
-# Real models, small inputs: numeric parity (c), (d) and ONNX parity in CI.
+# Real models, small inputs: numeric parity (c), (d) and ONNX parity in CI. One per implementation
+# family: timm's resnet18 / mobilenetv3 / regnetx and torchvision's regnet_y repeat blocks listed here
+# (the structural test and `make zoo` still cover them).
 NUMERIC: list[tuple[str, int]] = [
     ("torchvision:resnet18", 32),
     ("torchvision:resnet50", 32),
@@ -30,14 +32,10 @@ NUMERIC: list[tuple[str, int]] = [
     ("torchvision:mnasnet0_5", 32),
     ("torchvision:efficientnet_b0", 32),
     ("torchvision:regnet_x_400mf", 32),
-    ("torchvision:regnet_y_400mf", 32),
     ("torchvision:convnext_tiny", 32),
     ("torchvision:alexnet", 64),
-    ("timm:resnet18", 32),
     ("timm:efficientnet_b0", 32),
-    ("timm:mobilenetv3_small_050", 32),
     ("timm:convnext_atto", 32),
-    ("timm:regnetx_002", 32),
     ("timm:rexnet_100", 32),
     ("timm:ghostnet_100", 32),
     ("timm:dla34", 32),
