@@ -7,7 +7,11 @@ whole state_dict), in eval mode (BatchNorm uses those statistics), an all-ones i
 weight's score is ``|dR/dw * w|``. For linear layers and positive-homogeneous
 activations ``R = 1^T |W_L| ... |W_1| 1`` and every layer's scores sum to ``R``
 (conservation), which is why iterating avoids layer collapse: a layer's last weights
-hold its whole flow and rank high.
+hold its whole flow and rank high. That argument covers the layers every path crosses; a
+layer beside others (a residual block's 1x1 shortcut conv) carries only its share of the
+flow, and at 99% and above SynFlow may prune it entirely, as the paper's algorithm does
+(cifar:resnet18 at 99% keeps no weight in any of its three shortcuts; every other layer keeps
+1,550 or more, so the network stays connected).
 
 Iterated ``rounds`` times (default 100) on the paper's exponential schedule: after
 round ``k`` of ``n`` the model keeps exactly ``round((1 - s)^(k/n) N)`` weights, ranked
