@@ -262,11 +262,13 @@ def _add_demo(commands) -> None:
     p = _command(
         commands, "demo",
         "The embedded default job, offline on CPU in about two minutes: a CIFAR ResNet-20 on scikit-learn's digits, a "
-        "random 90%% mask, full ToST, trained, de-ghosted, verified, exported to sparse ONNX, with a report.",
-        "surgery demo --out runs/demo",
+        "random 90% mask, full ToST, trained, de-ghosted, verified, exported to sparse ONNX, with a report.",
+        "surgery demo --out runs/demo\n  surgery demo --set mask.method=synflow --set lrsi.enabled=false",
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
     p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {demo.EPOCHS})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the demo's config, e.g. --set mask.sparsity=0.95 (repeatable)")
     p.set_defaults(run=run_demo)
 
 
@@ -703,7 +705,7 @@ def _ghost_story(result) -> str:
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    config = demo.demo_config(Path(args.out), epochs=args.epochs)
+    config = demo.demo_config(Path(args.out), epochs=args.epochs).with_overrides(args.overrides)
     result = demo.run(config, console)
     print_run_summary(console, config, result)
     return 0

@@ -313,13 +313,13 @@ def test_run_of_a_missing_config_names_the_file(capsys, tmp_path):
 
 
 def test_demo_trains_verifies_and_exports(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--out", tmp_path, "--epochs", "2")
+    code, out, err = run(capsys, "demo", "--out", tmp_path, "--epochs", "2", "--set", "lrsi.iterations=3")
     assert code == 0, err
     assert {p.name for p in tmp_path.iterdir()} >= {
         "masks.safetensors", "model.onnx", "model.onnx.json", "summary.md", "curves.png", "verify.txt"}
     masks, metadata = load_masks(tmp_path / "masks.safetensors")
     assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
-    assert "cifar:resnet20 on digits" in out and "epoch 2/2" in out and "LRsI" in out
+    assert "cifar:resnet20 on digits" in out and "epoch 2/2" in out and "learned in 3 iterations" in out
     assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out
 
 
