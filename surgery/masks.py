@@ -182,15 +182,7 @@ def _parameter_order(module: nn.Module) -> tuple[str, ...]:
 
 def masked_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{param_name: mask}`` for every parameter currently masked in ``model``."""
-    masks: dict[str, torch.Tensor] = {}
-    for module_name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for attr, plist in module.parametrizations.items():
-            for p in plist:
-                if isinstance(p, Mask):
-                    masks[f"{module_name}.{attr}" if module_name else attr] = p.mask
-    return masks
+    return {name: mask.mask for name, (mask, _) in mask_parametrizations(model).items()}
 
 
 def mask_parametrizations(model: nn.Module) -> dict[str, tuple[Mask, nn.Parameter]]:

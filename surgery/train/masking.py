@@ -25,7 +25,7 @@ from rich.console import Console
 from torch import nn
 
 import surgery
-from surgery.masks import load_masks, save_masks
+from surgery.masks import load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.random import find_random
@@ -106,7 +106,7 @@ class RoundRunner:
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.console.print(f"{tag}: training {self.config.train.epochs} epochs"
-                               + (f" at sparsity {1 - _density(masks):.1%}" if masks else " dense"))
+                               + (f" at sparsity {overall_sparsity(masks):.1%}" if masks else " dense"))
         trainer = Trainer(compiled, self.config, self.train_loader, self.eval_loaders, dist=self.dist,
                           run_dir=run_dir, console=self.console, hooks=list(hooks))
         resume = self.resume and trainer.store.latest() is not None
@@ -147,11 +147,6 @@ def write_rounds(config: RunConfig, rounds: list[dict[str, Any]]) -> None:
             accuracy = row.get("accuracy")
             writer.writerow([row["round"], f"{row['trained_sparsity']:.6f}", "" if accuracy is None else f"{accuracy:.6f}",
                              f"{row['sparsity']:.6f}", str(path)])
-
-
-def _density(masks: dict[str, torch.Tensor]) -> float:
-    return sum(int(m.count_nonzero()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-
 
 
 def save_start_weights(run_dir: Path, weights: dict[str, torch.Tensor]) -> Path:

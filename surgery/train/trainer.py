@@ -34,7 +34,7 @@ from surgery.ghosts import (
     ghosts,
     set_ghost_strength,
 )
-from surgery.masks import masked_parameters
+from surgery.masks import masked_parameters, overall_sparsity
 from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
@@ -315,10 +315,7 @@ class Trainer:
     def mask_sparsity(self) -> float | None:
         """Fraction of the masked weights pruned now (None: no masks)."""
         masks = masked_parameters(self.module)
-        if not masks:
-            return None
-        total = sum(m.numel() for m in masks.values())
-        return 1.0 - sum(int(m.count_nonzero()) for m in masks.values()) / total
+        return overall_sparsity(masks) if masks else None
 
     def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
         factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
