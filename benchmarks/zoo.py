@@ -87,10 +87,11 @@ def structural(row: dict) -> bool:
 
 
 def table(rows: list[dict]) -> str:
-    header = "| model | trace | compile | de-ghost | isomorphic | strict load | outputs equal | ONNX parity | convs covered / total | s | note |"
+    header = "| model | trace | compile | de-ghost | isomorphic | strict load | outputs equal | ONNX parity | convs covered / targeted / found | s | note |"
     lines = [header, "|" + "---|" * 11]
     for r in rows:
-        convs = f"{r.get('convs_covered')} / {r.get('convs_total')}" if r.get("convs_total") is not None else "-"
+        convs = (f"{r.get('convs_covered')} / {r.get('convs_targeted')} / {r.get('convs_total')}"
+                 if r.get("convs_total") is not None else "-")
         note = (r.get("note") or "").replace("|", "\\|").replace("\n", " ")[:160]
         if r.get("timm_cannot_trace"):
             note = f"xfail, timm itself cannot FX-trace it: {r['timm_cannot_trace'][:100]}"
@@ -116,15 +117,18 @@ def summary(name: str, rows: list[dict]) -> str:
 def write_doc(groups: dict[str, list[dict]], max_params: float) -> None:
     from report import machine, write_section
 
+    from surgery import zoo
+
     parts = [
         "# Zoo conformance\n",
-        "Written by `make zoo` (`benchmarks/zoo.py`). Each model: trace -> compile (conv1x1 ghost skips, PSwish, "
-        "90% random masks) -> forward + backward -> de-ghost -> verify (a) labelled-graph isomorphism, "
+        "Written by `make zoo` (`benchmarks/zoo.py`). Each model: trace -> compile (the default recipe: conv1x1 "
+        "ghost skips around the body's spatial convs, PSwish, 90% random masks; a model whose only conv is its "
+        "stem gets skips around its Linear layers) -> forward + backward -> de-ghost -> verify (a) labelled-graph isomorphism, "
         "(b) strict `load_state_dict` into the original class, (c) equal outputs and (d) ghosted-at-alpha-0 "
         "parity (max abs diff <= 1e-5), then ONNX export with sparse initializers and onnxruntime parity. "
         f"Real models at their default input size; models over {max_params / 1e6:.0f}M parameters run "
         "structurally on the meta device (numeric cells '-'). CI runs the structural part for every model "
-        "here and the numeric part on 24 models (`tests/test_zoo.py`).\n",
+        f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`).\n",
         f"Machine: {machine()}\n",
         "\n".join(summary(name, rows) for name, rows in groups.items()) + "\n",
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from surgery.ghosts import Ghost
+from surgery.ghosts import Ghost, ghost_parameters
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes
 from surgery.manifest import MANIFEST_KEY, Manifest, Unreached
 from surgery.passes import REGISTRY
@@ -53,6 +53,7 @@ def compile(
         gm = run_pass(gm, options)
         gm.graph.lint()
         gm.recompile()
+    manifest.ghost_parameters = sum(p.numel() for p in ghost_parameters(gm))
     return gm
 
 

@@ -1,6 +1,6 @@
 """Conformance: the whole round trip on one model, as a row of pass/fail cells.
 
-trace -> compile (ghost skips, PSwish, masks) -> forward + backward -> de-ghost ->
+trace -> compile (ToST's ghost skips, PSwish, masks) -> forward + backward -> de-ghost ->
 verify (a) isomorphic, (b) strict load, (c) outputs equal -> ONNX parity.
 The zoo tests and ``make zoo`` (docs/zoo.md) run it over torchvision and timm; it
 works for any model. On the meta device only the structural cells are filled.
@@ -47,6 +47,7 @@ class Row:
     outputs_equal: bool | None = None
     onnx_parity: bool | None = None
     convs_covered: int | None = None
+    convs_targeted: int | None = None  # the recipe's ghost_skip targets (default: the body's spatial convs)
     convs_total: int | None = None
     note: str = ""  # the first failure, or what was adapted (e.g. Linear skips for a conv-free model)
     seconds: float = 0.0
@@ -100,9 +101,9 @@ def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict) -> nn.Modul
     recipe = {**TOST_RECIPE, "masks": masks}
     try:
         ghosted = surgery.compile(model, inputs, recipe)
-    except NoTargetsError:  # no conv at all: the pipeline paper's soft skips around Linear layers
+    except NoTargetsError:  # no spatial body conv (a ViT's only conv is its stem): skips around Linear layers
         recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
-        row.note = "no conv: skips around Linear layers"
+        row.note = "no body conv: skips around Linear layers"
         return _compile_with(row, model, inputs, recipe)
     except TraceError as error:
         row.trace = False
@@ -124,7 +125,8 @@ def _compile_with(row: Row, model, inputs, recipe) -> nn.Module | None:
 def _compiled(row: Row, ghosted) -> nn.Module:
     row.trace = row.compile = True
     summary = surgery.manifest_of(ghosted).summary()
-    row.convs_covered, row.convs_total = summary["convs_covered"], summary["convs_found"]
+    row.convs_covered, row.convs_targeted = summary["convs_covered"], summary["convs_targeted"]
+    row.convs_total = summary["convs_found"]
     return ghosted
 
 
@@ -172,7 +174,7 @@ def _stage(row: Row, cell: str, run: Callable[[], Any]) -> Any:
         result = run()
     except Exception as error:
         setattr(row, cell, False)
-        if not row.note or row.note.startswith("no conv"):
+        if not row.note or row.note.startswith("no body conv"):
             row.note = (row.note + "; " if row.note else "") + f"{cell}: {type(error).__name__}: {error}"
         return None
     setattr(row, cell, True)

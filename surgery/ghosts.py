@@ -78,17 +78,24 @@ def match_channels(x: torch.Tensor, channels: int, dim: int = 1) -> torch.Tensor
 
 
 class ConvProjection(nn.Module):
-    """The papers' reference projection: a stride-matched 1x1 conv followed by BatchNorm."""
+    """The papers' reference projection: a stride-matched 1x1 conv, followed by BatchNorm when
+    ``norm`` (the pass asks for one exactly where the conv it skips is batch-normed, so the
+    ghost never normalizes fewer values per channel than the original does)."""
 
-    def __init__(self, dims: int, in_channels: int, out_channels: int, stride: tuple[int, ...], **factory: Any):
+    def __init__(
+        self, dims: int, in_channels: int, out_channels: int, stride: tuple[int, ...], norm: bool = True, **factory: Any
+    ):
         super().__init__()
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
-        norm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
+        batch_norm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
         self.conv = conv(in_channels, out_channels, 1, stride=stride, bias=False, **factory)
-        self.norm = norm(out_channels, **factory)
+        self.norm = batch_norm(out_channels, **factory) if norm else None
 
     def forward(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        return align_spatial(self.norm(self.conv(x)), shape)
+        y = self.conv(x)
+        if self.norm is not None:
+            y = self.norm(y)
+        return align_spatial(y, shape)
 
 
 class ParameterFreeProjection(nn.Module):

@@ -1,6 +1,6 @@
 """Recipe: which passes run, in which order, with which options. From Python, a dict or YAML.
 
-    ghost_skip:      {projection: conv1x1}       # parameter_free | none; targets: [conv, linear]
+    ghost_skip:      {projection: conv1x1}       # parameter_free | none; targets: [conv, stem, pointwise, pooled, linear]
     soft_activation: {kind: pswish, beta: 1.0}   # swish | mish; targets: [relu, gelu, ...]
     masks:           path/to/mask.safetensors    # or {source: ..., prunable: [conv, linear]}
     trace:           {leaf_modules: [MyBlock, features.3]}
@@ -24,7 +24,8 @@ from surgery.passes import REGISTRY
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL
 
 TRACE_SECTION = "trace"
-# The papers' architecture tweaks: conv1x1-projected ghost skips around every conv, PSwish for every ReLU.
+# ToST's architecture tweaks: ghost skips around the body's spatial convs (conv1x1-projected where shapes
+# change), PSwish for every ReLU.
 TOST_RECIPE: dict[str, Any] = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
 TRACE_OPTIONS = ("leaf_modules",)
 

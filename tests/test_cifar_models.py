@@ -60,6 +60,7 @@ def test_cifar_specs_default_to_32_pixels():
         ("resnet18", 11.16e6, 11.18e6),  # 11.17M: the CIFAR ResNet-18 of the papers' code
         ("resnet20", 0.265e6, 0.275e6),  # He et al.: 0.27M
         ("resnet110", 1.70e6, 1.75e6),  # He et al.: 1.7M
+        ("grasp_resnet32", 1.85e6, 1.87e6),  # GraSP / ToST Table 2: twice He et al.'s widths
     ],
 )
 def test_parameter_counts_match_the_published_ones(name, low, high):
@@ -71,6 +72,15 @@ def test_parameter_counts_match_the_published_ones(name, low, high):
 def test_vgg16_has_the_parameter_count_the_papers_report():
     with torch.device("meta"):
         assert parameter_count(build_model("cifar:vgg16", num_classes=10)) == 14_728_266
+
+
+def test_tost_table2_resnet32_is_grasps_double_width_resnet32():
+    model = seeded(build_model, "cifar:grasp_resnet32")
+    stages = [model.layer1, model.layer2, model.layer3]
+    assert [len(stage) for stage in stages] == [5, 5, 5]  # 6n + 2 = 32
+    assert [stage[0].conv1.out_channels for stage in stages] == [32, 64, 128]
+    assert model.layer2[0].shortcut is not None and model.layer1[0].shortcut is None
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.1) and not model.fc.bias.any()
 
 
 def test_resnet18_has_a_stride_one_stem_no_max_pool_and_projection_shortcuts():
@@ -98,8 +108,10 @@ def test_cifar_model_survives_the_full_round_trip(name):
     ghosted = surgery.compile(model, X, {**TOST, "masks": masks})
 
     summary = surgery.manifest_of(ghosted).summary()
-    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert summary["convs_covered"] == summary["convs_found"] == convs  # the graph sees every conv
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert summary["convs_found"] == len(convs)  # the graph sees every conv
+    body = sum(m.kernel_size == (3, 3) for m in convs) - 1  # ToST's placement: every 3x3 conv but the stem
+    assert summary["convs_covered"] == summary["convs_targeted"] == body
     assert summary["activations_swapped"] == relu_calls(model) and summary["weights_masked"] == len(masks)
 
     ghosted.train()

@@ -14,10 +14,12 @@ from torch import fx, nn
 import surgery
 from surgery.ghosts import ghosts
 from surgery.passes import REGISTRY
+from surgery.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-FULL = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {}}
+# every conv kind, so these small models (often a single stem conv) exercise the mechanics
+FULL = {"ghost_skip": {"projection": "conv1x1", "targets": list(CONV_KINDS)}, "soft_activation": {}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +96,11 @@ def test_example_inputs_may_be_a_tensor_or_a_tuple():
         def forward(self, x, y):
             return self.a(x).mean() + self.b(y).mean()
 
-    single = surgery.compile(seeded(SmallCNN), X, {"ghost_skip": {}})
+    skips = {"ghost_skip": FULL["ghost_skip"]}
+    single = surgery.compile(seeded(SmallCNN), X, skips)
     assert len(surgery.manifest_of(single).skips) == 2
     y = torch.randn(2, 3, 16, 16)
-    two = surgery.compile(TwoInputs(), (X, y), {"ghost_skip": {}})
+    two = surgery.compile(TwoInputs(), (X, y), skips)
     shapes = {s.site: (s.input_shape, s.output_shape) for s in surgery.manifest_of(two).skips}
     assert shapes == {"a": ((2, 3, 8, 8), (2, 4, 8, 8)), "b": ((2, 3, 16, 16), (2, 4, 8, 8))}
     assert two(X, y).shape == ()
@@ -114,8 +117,8 @@ def test_defaulted_forward_arguments_follow_the_number_of_example_inputs():
             return y if mask is None else y * mask
 
     model, mask = seeded(Masked).eval(), torch.zeros(2, 3, 8, 8)
-    one = surgery.compile(model, X, {"ghost_skip": {}}).eval()
-    two = surgery.compile(model, (X, mask), {"ghost_skip": {}}).eval()
+    one = surgery.compile(model, X, {"ghost_skip": FULL["ghost_skip"]}).eval()
+    two = surgery.compile(model, (X, mask), {"ghost_skip": FULL["ghost_skip"]}).eval()
     surgery.set_ghost_strength(one, alpha=0.0)
     surgery.set_ghost_strength(two, alpha=0.0)
     assert torch.equal(one(X), model(X))  # `mask` fixed to its default, None
@@ -137,7 +140,7 @@ def test_manifest_records_skips_activations_and_masks(small_cnn):
     manifest = surgery.manifest_of(ghosted)
     assert manifest.model == f"{SmallCNN.__module__}.SmallCNN"
     assert [(s.site, s.kind, s.projection, s.anchor) for s in manifest.skips] == [
-        ("conv1", "conv", "identity", "bn1"),
+        ("conv1", "stem", "identity", "bn1"),
         ("conv2", "conv", "conv1x1", "bn2"),
     ]
     assert [(s.input_shape, s.output_shape) for s in manifest.skips][1] == ((2, 3, 8, 8), (2, 6, 4, 4))
@@ -149,8 +152,12 @@ def test_manifest_records_skips_activations_and_masks(small_cnn):
     ((record),) = manifest.masks
     assert record.param == "conv2.weight" and record.sparsity == pytest.approx(1 - masks["conv2.weight"].float().mean().item())
     summary = manifest.summary()
-    assert summary["convs_found"] == summary["convs_covered"] == 2
+    assert summary["convs_found"] == summary["convs_targeted"] == summary["convs_covered"] == 2
     assert summary["projections"] == {"identity": 1, "conv1x1": 1}
+    assert summary["ghost_parameters"] == sum(p.numel() for p in surgery.ghost_parameters(ghosted)) == 3 * 6 + 2 * 6
+    assert summary["kept_weights"] == int(masks["conv2.weight"].sum())
+    assert manifest.ghost_cost() == f"30 dense training-only parameters = {30 / summary['kept_weights']:.0%} of the " \
+        f"{summary['kept_weights']} kept weights"
     assert summary["activations_swapped"] == 2 and summary["weights_masked"] == 1
     assert summary["deghosted"] is False
     assert surgery.manifest_of(surgery.deghost(ghosted)).deghosted is True
@@ -184,8 +191,9 @@ def test_manifest_lists_convs_and_activations_hidden_in_leaf_modules():
 
 def test_recipe_trace_section_and_leaf_modules_argument_both_make_leaves():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), Hidden())
-    from_recipe = surgery.compile(model, X, {"trace": {"leaf_modules": ["1"]}, "ghost_skip": {}})
-    from_argument = surgery.compile(model, X, {"ghost_skip": {}}, leaf_modules=["1"])
+    skips = {"targets": list(CONV_KINDS)}
+    from_recipe = surgery.compile(model, X, {"trace": {"leaf_modules": ["1"]}, "ghost_skip": skips})
+    from_argument = surgery.compile(model, X, {"ghost_skip": skips}, leaf_modules=["1"])
     for gm in (from_recipe, from_argument):
         assert [u.module for u in surgery.manifest_of(gm).unreached] == ["1.conv", "1.act"]
 
@@ -212,7 +220,7 @@ def test_untraceable_model_is_a_trace_error_from_compile():
 
 
 def test_a_model_without_conv_makes_the_skip_pass_say_so():
-    with pytest.raises(surgery.NoTargetsError, match="ghost_skip found no Conv1d/2d/3d in .*MLP"):
+    with pytest.raises(surgery.NoTargetsError, match="leave nothing to wrap in .*MLP.*2 linear"):
         surgery.compile(MLP(), torch.randn(2, 8), FULL)
 
 

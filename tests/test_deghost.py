@@ -15,9 +15,11 @@ from torch.nn.utils import parametrize
 import surgery
 from surgery.ghosts import GHOSTS_ROOT, Ghost, ghosts
 from surgery.masks import masked_parameters
+from surgery.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
-FULL = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
+# every conv kind: these tests are about stripping ghosts, on small models whose first conv is a stem
+FULL = {"ghost_skip": {"projection": "conv1x1", "targets": list(CONV_KINDS)}, "soft_activation": {"kind": "pswish"}}
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 LABELS = torch.arange(4) % 5
 
@@ -68,7 +70,7 @@ def test_soft_activations_are_restored_to_the_exact_original_nodes():
 
 def test_ghost_skip_strips_to_its_main_input():
     model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())
-    clean = surgery.deghost(surgery.compile(model, X, {"ghost_skip": {}}))
+    clean = surgery.deghost(surgery.compile(model, X, {"ghost_skip": {"targets": list(CONV_KINDS)}}))
     relu = next(n for n in clean.graph.nodes if n.target == "2")
     assert relu.args[0].target == "1"  # the norm the skip was anchored on
 
@@ -106,7 +108,7 @@ def test_alpha_zero_ghosted_with_relu_restored_equals_deghosted(small_cnn):
     ghosted = surgery.compile(small_cnn, X, full_recipe(small_cnn))
     train_steps(ghosted, torch.optim.SGD(ghosted.parameters(), lr=0.05, momentum=0.9))
     clean = surgery.deghost(ghosted).eval()
-    probe = surgery.compile(small_cnn, X, {"ghost_skip": {}, "masks": full_recipe(small_cnn)["masks"]})
+    probe = surgery.compile(small_cnn, X, {"ghost_skip": FULL["ghost_skip"], "masks": full_recipe(small_cnn)["masks"]})
     probe.load_state_dict({k: v for k, v in ghosted.state_dict().items() if "_ghosts.act" not in k}, strict=True)
     surgery.set_ghost_strength(probe, alpha=0.0)
     assert torch.equal(probe.eval()(X), clean(X))

@@ -20,6 +20,7 @@ from surgery.ghosts import (
     ghosts,
     match_channels,
 )
+from surgery.passes.ghost_skip import CONV_KINDS
 
 # ------------------------------------------------------------------ GhostSkip
 
@@ -156,7 +157,8 @@ def test_soft_activation_strip_recreates_the_original_node_exactly():
 def compiled_small_cnn():
     model = seeded(SmallCNN).eval()
     x = torch.randn(2, 3, 8, 8)
-    ghosted = surgery.compile(model, x, {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"beta": 3.0}})
+    skips = {"projection": "conv1x1", "targets": list(CONV_KINDS)}  # conv1 is the stem: wrap it too
+    ghosted = surgery.compile(model, x, {"ghost_skip": skips, "soft_activation": {"beta": 3.0}})
     return model, ghosted.eval(), x
 
 
@@ -203,7 +205,8 @@ def test_ghost_parameters_are_exactly_the_projection_parameters():
 
 def test_parameter_free_ghosts_have_no_parameters():
     x = torch.randn(2, 3, 8, 8)
-    ghosted = surgery.compile(seeded(SmallCNN), x, {"ghost_skip": {"projection": "parameter_free"}})
+    skips = {"projection": "parameter_free", "targets": list(CONV_KINDS)}
+    ghosted = surgery.compile(seeded(SmallCNN), x, {"ghost_skip": skips})
     assert surgery.ghost_parameters(ghosted) == []
     assert len(ghosts(ghosted)) == 2
 

@@ -90,7 +90,7 @@ def test_from_a_trainer_checkpoint_with_ghosts(tmp_path, target):
     dense = early_dense()
     ghosted_source = surgery.compile(dense, EXAMPLE, {**RECIPE, "masks": random_masks(dense, 5)})  # other masks
     with torch.no_grad():
-        ghosted_source.get_submodule("_ghosts.skip.conv1.projection.conv").weight.fill_(0.25)
+        ghosted_source.get_submodule("_ghosts.skip.layer2_0_conv1.projection.conv").weight.fill_(0.25)
     state = {"model": ghosted_source.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 33}
     path = CheckpointStore(tmp_path / "checkpoints").save(state, epoch=33, step=330)
 
@@ -99,7 +99,7 @@ def test_from_a_trainer_checkpoint_with_ghosts(tmp_path, target):
     assert report.ghosts_loaded
     source = {plain_key(k): v for k, v in ghosted_source.state_dict().items() if plain_key(k)}
     assert_rewound(target, source)  # kept weights: the source's stored ones (zero where its own mask pruned)
-    assert (target.get_submodule("_ghosts.skip.conv1.projection.conv").weight == 0.25).all()
+    assert (target.get_submodule("_ghosts.skip.layer2_0_conv1.projection.conv").weight == 0.25).all()
 
     plain = build_model("cifar:resnet20", 10)  # a model without ghosts ignores the checkpoint's ghosts
     report = rewind(plain, state)

@@ -152,7 +152,7 @@ def test_a_masked_compiled_model_keeps_pruned_weights_at_zero():
     masks = {n: torch.rand(p.shape, generator=generator) > 0.5 for n, p in prunable_weights(model).items()}
     recipe = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}, "masks": masks}
     ghosted = surgery.compile(model, torch.randn(2, 3, 32, 32), recipe)
-    ghost_weight = ghosted.get_submodule("_ghosts.skip.conv1.projection.conv").weight.clone()
+    ghost_weight = ghosted.get_submodule("_ghosts.skip.layer2_0_conv1.projection.conv").weight.clone()
 
     result = zero_init(ghosted)
 
@@ -164,7 +164,7 @@ def test_a_masked_compiled_model_keeps_pruned_weights_at_zero():
         if name in result.identity:  # kept entries hold the ZerO value
             center = (slice(None), slice(None), 1, 1) if original.dim() == 4 else (slice(None), slice(None))
             assert torch.equal(original[center], torch.eye(*original.shape[:2]) * mask[center])
-    assert torch.equal(ghosted.get_submodule("_ghosts.skip.conv1.projection.conv").weight, ghost_weight)
+    assert torch.equal(ghosted.get_submodule("_ghosts.skip.layer2_0_conv1.projection.conv").weight, ghost_weight)
     assert torch.isfinite(ghosted(torch.randn(2, 3, 32, 32))).all()
 
 

@@ -9,11 +9,13 @@ from conftest import SmallCNN, seeded
 from torch import nn
 
 import surgery
+from surgery.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 from surgery.verify import check_graph, node_label, to_networkx
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-RECIPE = {"ghost_skip": {}, "soft_activation": {}}
+EVERY_CONV = {"targets": list(CONV_KINDS)}  # small models whose convs are stems: wrap them anyway
+RECIPE = {"ghost_skip": EVERY_CONV, "soft_activation": {}}
 
 
 def compiled(model, recipe=RECIPE):
@@ -192,7 +194,7 @@ def test_verify_uses_the_leaves_the_module_was_compiled_with():
             return self.conv(x).relu()
 
     model = nn.Sequential(nn.Conv2d(3, 3, 1), Block())
-    clean = surgery.deghost(surgery.compile(model, X, {"ghost_skip": {}}, leaf_modules=["1"]))
+    clean = surgery.deghost(surgery.compile(model, X, {"ghost_skip": EVERY_CONV}, leaf_modules=["1"]))
     assert surgery.verify(model, clean, X).isomorphic
     with pytest.raises(surgery.VerificationError):
         surgery.verify(model, clean, X, leaf_modules=[])  # traced through, the original has more nodes
@@ -218,8 +220,8 @@ def test_a_python_branch_on_training_is_explained_and_eval_mode_compiles_inferen
     x = torch.randn(2, 3, 8, 8)
     model = AuxHead()
     with pytest.raises(surgery.VerificationError, match=r"compile it in eval mode"):
-        surgery.verify(model, surgery.deghost(surgery.compile(model, x, {"ghost_skip": {}})), x)
+        surgery.verify(model, surgery.deghost(surgery.compile(model, x, {"ghost_skip": EVERY_CONV})), x)
     model.eval()
-    ghosted = surgery.compile(model, x, {"ghost_skip": {}})
+    ghosted = surgery.compile(model, x, {"ghost_skip": EVERY_CONV})
     report = surgery.verify(model, surgery.deghost(ghosted), x, ghosted=ghosted)
     assert report.strict_load and report.outputs_max_abs_diff == 0  # the unused aux head is still in the state_dict

@@ -1,12 +1,17 @@
-"""Ghost skips (ToST's GSk): ``y + alpha * P(x)`` around every conv, optionally every Linear.
+"""Ghost skips (ToST's GSk): ``y + alpha * P(x)`` around the spatial convs of the network body.
 
-``x`` is the conv's input; ``y`` is the output of the norm layer that directly follows
-the conv (or the conv itself when none does), i.e. before the activation, as in the
-papers' modified ResNet block. ``P`` is the identity where shapes match; elsewhere a
-stride-matched 1x1 conv + BatchNorm (``conv1x1``, the papers' reference), a
-parameter-free pool + channel pad/fold (``parameter_free``), or no skip at all
-(``none``: identity skips only). Shapes come from the shape propagation that
+ToST adds a skip "from the input of each (3x3) convolution ... to their output before the
+activation". ``x`` is the conv's input; ``y`` is the output of the norm layer that directly
+follows the conv (or the conv itself when none does). ``P`` is the identity where shapes
+match; elsewhere a stride-matched 1x1 conv (``conv1x1``, the papers' reference; followed by
+a BatchNorm exactly where the conv itself is followed by one, so no ghost normalizes values
+the original does not), a parameter-free pool + channel pad/fold (``parameter_free``), or no
+skip at all (``none``: identity skips only). Shapes come from the shape propagation that
 ``surgery.compile`` runs on the example inputs. One ghost per call site.
+
+Which call sites are wrapped is decided from the graph and the shapes, never from names:
+every site has one kind (``SITE_KINDS``, the first that applies), and ``targets`` lists the
+kinds to wrap. The default, ``[conv]``, is ToST's placement: the spatial convs of the body.
 """
 
 from __future__ import annotations
@@ -33,7 +38,18 @@ from surgery.manifest import SkipRecord, ensure_manifest
 from surgery.options import check_choice, check_number, check_patterns, check_subset
 
 PROJECTIONS = ("conv1x1", "parameter_free", "none")
-TARGETS = ("conv", "linear")
+
+# A call site's kind: the first entry that applies (a conv is a stem before it is pooled or
+# pointwise). ``ghost_skip.targets`` names the kinds to wrap; each value says what the kind is.
+SITE_KINDS: dict[str, str] = {
+    "stem": "reads a model input (no conv or Linear upstream)",
+    "pooled": "its output has a single spatial position (SE gate, conv head, conv classifier)",
+    "pointwise": "a 1x1 conv (kernel 1 in every dimension)",
+    "conv": "a spatial conv inside the network",
+    "linear": "a Linear layer",
+}
+TARGETS = tuple(SITE_KINDS)
+CONV_KINDS = ("stem", "pooled", "pointwise", "conv")
 
 CONV_MODULE_DIMS = ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3))
 CONV_FUNCTION_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -44,7 +60,7 @@ NORM_FUNCTIONS = (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
 @dataclass(frozen=True)
 class GhostSkipOptions:
     projection: str = "conv1x1"
-    targets: tuple[str, ...] = ("conv",)
+    targets: tuple[str, ...] = ("conv",)  # site kinds to wrap: conv stem pointwise pooled linear
     alpha: float = 1.0
     exclude: tuple[str, ...] = ()  # fnmatch patterns over call sites, e.g. "fc", "layer4.*"
 
@@ -58,48 +74,93 @@ class GhostSkipOptions:
 @dataclass
 class _Site:
     node: fx.Node
-    kind: str  # conv | linear
+    kind: str  # one of SITE_KINDS
     name: str
     module: nn.Module | None
     dims: int = 0  # spatial dims of a conv
 
+    @property
+    def is_conv(self) -> bool:
+        return self.kind in CONV_KINDS
+
 
 def ghost_skip(gm: fx.GraphModule, options: GhostSkipOptions = GhostSkipOptions()) -> fx.GraphModule:
-    """Add a GhostSkip around every conv (and Linear, with ``targets: [conv, linear]``) call site."""
+    """Add a GhostSkip around every call site whose kind ``options.targets`` names."""
     manifest = ensure_manifest(gm)
-    sites = [site for node in list(gm.graph.nodes) if (site := _site(gm, node, options.targets))]
-    manifest.conv_sites = sum(1 for s in sites if s.kind == "conv")
-    if not sites:
-        raise NoTargetsError(_nothing_found(gm, options, manifest))
+    sites = _sites(gm)
+    manifest.conv_sites = sum(1 for s in sites if s.is_conv)
+    targeted = [s for s in sites if s.kind in options.targets]
+    manifest.untargeted = [(s.name, s.kind) for s in sites if s.kind not in options.targets and s.is_conv]
+    if not targeted:
+        raise NoTargetsError(_nothing_targeted(gm, sites, options, manifest))
     added = 0
-    for site in sites:
+    for site in targeted:
         if any(fnmatch.fnmatchcase(site.name, pattern) for pattern in options.exclude):
             manifest.skipped.append((site.name, "excluded by ghost_skip.exclude"))
             continue
         added += _add_skip(gm, site, options, manifest)
     if not added:
         raise NoTargetsError(
-            f"ghost_skip found {len(sites)} {'/'.join(options.targets)} call sites in {manifest.model} "
-            f"but added no skip: {manifest.skipped[:3]}. Loosen ghost_skip.exclude or the projection."
+            f"ghost_skip found {len(targeted)} call sites of kinds {list(options.targets)} in {manifest.model} "
+            f"but added no skip: {manifest.skipped[:3]}. Loosen ghost_skip.exclude or choose another projection."
         )
     manifest.passes.append("ghost_skip")
     return gm
 
 
-def _site(gm: fx.GraphModule, node: fx.Node, targets: tuple[str, ...]) -> _Site | None:
+# ------------------------------------------------------------------ which sites, of which kind
+
+
+def _sites(gm: fx.GraphModule) -> list[_Site]:
+    """Every conv and Linear call site, each with its kind, in graph order."""
+    sites: list[_Site] = []
+    downstream: set[fx.Node] = set()  # nodes some conv or Linear feeds, directly or not
+    for node in gm.graph.nodes:
+        fed = any(i in downstream for i in node.all_input_nodes)
+        site = _layer_site(gm, node)
+        if site is not None:
+            if site.is_conv:
+                site.kind = _conv_kind(gm, node, site, reads_input=not fed)
+            sites.append(site)
+        if fed or site is not None:
+            downstream.add(node)
+    return sites
+
+
+def _layer_site(gm: fx.GraphModule, node: fx.Node) -> _Site | None:
     module = module_of(gm, node)
-    if "conv" in targets:
-        for cls, dims in CONV_MODULE_DIMS:
-            if isinstance(module, cls):
-                return _Site(node, "conv", node.target, module, dims)
-        if node.op == "call_function" and node.target in CONV_FUNCTION_DIMS:
-            return _Site(node, "conv", node.name, None, CONV_FUNCTION_DIMS[node.target])
-    if "linear" in targets:
-        if isinstance(module, nn.Linear):
-            return _Site(node, "linear", node.target, module)
-        if node.op == "call_function" and node.target is F.linear:
-            return _Site(node, "linear", node.name, None)
+    for cls, dims in CONV_MODULE_DIMS:
+        if isinstance(module, cls):
+            return _Site(node, "conv", node.target, module, dims)
+    if node.op == "call_function" and node.target in CONV_FUNCTION_DIMS:
+        return _Site(node, "conv", node.name, None, CONV_FUNCTION_DIMS[node.target])
+    if isinstance(module, nn.Linear):
+        return _Site(node, "linear", node.target, module)
+    if node.op == "call_function" and node.target is F.linear:
+        return _Site(node, "linear", node.name, None)
     return None
+
+
+def _conv_kind(gm: fx.GraphModule, node: fx.Node, site: _Site, reads_input: bool) -> str:
+    if reads_input:
+        return "stem"
+    output = shape_of(node)
+    if output is not None and len(output) >= site.dims and math.prod(output[-site.dims :]) == 1:
+        return "pooled"
+    if all(k == 1 for k in _kernel_size(gm, node, site)):
+        return "pointwise"
+    return "conv"
+
+
+def _kernel_size(gm: fx.GraphModule, node: fx.Node, site: _Site) -> tuple[int, ...]:
+    if site.module is not None:
+        return tuple(site.module.kernel_size)
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    shape = shape_of(weight)
+    return tuple(shape[2:]) if shape is not None else (0,)  # unknown: not pointwise
+
+
+# ------------------------------------------------------------------ one skip
 
 
 def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manifest) -> int:
@@ -131,22 +192,37 @@ def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manife
     return 1
 
 
-def _anchor(gm: fx.GraphModule, conv: fx.Node) -> fx.Node:
-    """The norm node that is the conv's only user, else the conv itself."""
+def _norm_after(gm: fx.GraphModule, conv: fx.Node) -> fx.Node | None:
+    """The norm node that is the conv's only user and reads it as its input, else None."""
     if len(conv.users) != 1:
-        return conv
+        return None
     (user,) = conv.users
     if first_input(user) is not conv:
-        return conv
-    module = module_of(gm, user)
-    if isinstance(module, NORM_MODULES) and not _fused_activation(module):
+        return None
+    if isinstance(module_of(gm, user), NORM_MODULES):
         return user
     if user.op == "call_function" and user.target in NORM_FUNCTIONS:
         return user
-    return conv
+    return None
 
 
-def _fused_activation(norm: nn.Module) -> bool:
+def _anchor(gm: fx.GraphModule, conv: fx.Node) -> fx.Node:
+    """Where the skip lands: the norm right after the conv, else the conv itself."""
+    norm = _norm_after(gm, conv)
+    if norm is None or _fused_activation(module_of(gm, norm)):
+        return conv
+    return norm
+
+
+def _batch_normed(gm: fx.GraphModule, conv: fx.Node) -> bool:
+    """True when a BatchNorm (fused with an activation or not) directly normalizes the conv's output."""
+    norm = _norm_after(gm, conv)
+    if norm is None:
+        return False
+    return isinstance(module_of(gm, norm), nn.modules.batchnorm._BatchNorm) or norm.target is F.batch_norm
+
+
+def _fused_activation(norm: nn.Module | None) -> bool:
     """A norm that also applies an activation (timm's BatchNormAct2d): the skip must go before it."""
     act = getattr(norm, "act", None)
     return isinstance(act, nn.Module) and not isinstance(act, nn.Identity)
@@ -170,7 +246,8 @@ def _projection(gm, site: _Site, xs, ys, mode: str) -> tuple[str, nn.Module | No
         return f"unbatched input {xs}"
     stride = _stride(site, xs, ys)
     if mode == "conv1x1":
-        return "conv1x1", ConvProjection(site.dims, xs[1], ys[1], stride, **factory)
+        norm = _batch_normed(gm, site.node)
+        return "conv1x1", ConvProjection(site.dims, xs[1], ys[1], stride, norm=norm, **factory)
     return "parameter_free", ParameterFreeProjection(site.dims, ys[1], stride)
 
 
@@ -196,15 +273,26 @@ def _factory(gm: fx.GraphModule, site: _Site) -> dict[str, Any]:
     return {"device": weight.device, "dtype": weight.dtype}
 
 
-def _nothing_found(gm: fx.GraphModule, options: GhostSkipOptions, manifest) -> str:
-    what = " or ".join({"conv": "Conv1d/2d/3d", "linear": "Linear"}[t] for t in options.targets)
+# ------------------------------------------------------------------ nothing to wrap
+
+
+def _nothing_targeted(gm: fx.GraphModule, sites: list[_Site], options: GhostSkipOptions, manifest) -> str:
+    """Why no site was targeted: which kinds the model has, and the option that re-includes each."""
+    wanted = " or ".join(options.targets)
+    if sites:
+        counts = {kind: sum(1 for s in sites if s.kind == kind) for kind in SITE_KINDS}
+        found = "; ".join(
+            f"{n} {kind} ({SITE_KINDS[kind]}): add '{kind}' to ghost_skip.targets to wrap"
+            f" {'it' if n == 1 else 'them'}"
+            for kind, n in counts.items() if n
+        )
+        return (
+            f"ghost_skip's targets {list(options.targets)} leave nothing to wrap in {manifest.model}: it has no "
+            f"{wanted} call site. It has {found}. Or drop ghost_skip from the recipe."
+        )
+    message = f"ghost_skip found no Conv1d/2d/3d or Linear in {manifest.model}: there is nothing to add skips around."
     hidden = [u for u in manifest.unreached if u.what == "conv"]
-    message = f"ghost_skip found no {what} in {manifest.model}: there is nothing to add skips around."
     if hidden:
         leaves = sorted({u.inside for u in hidden})
         message += f" {len(hidden)} convs hide inside leaf modules ({', '.join(leaves[:5])}); trace through them."
-    if options.targets == ("conv",):
-        message += " Use ghost_skip: {targets: [conv, linear]} to wrap Linear layers, or drop ghost_skip from the recipe."
-    else:
-        message += " Drop ghost_skip from the recipe."
-    return message
+    return message + " Drop ghost_skip from the recipe."
