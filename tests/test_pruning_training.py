@@ -28,7 +28,8 @@ def tiny(tmp_path, name, mask, **sections):
     data = {
         "name": name, "output": str(tmp_path / name), "model": {"spec": "cifar:resnet20"},
         "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
-        "mask": mask, "lr_schedule": {"milestones": [2]},
+        "mask": mask, "recipe": "none",  # the methods' papers train the plain network
+        "lr_schedule": {"milestones": [2]},
         "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 5},
         "export": {"onnx": False},
     }
@@ -65,9 +66,13 @@ def test_rigl_update_fraction_and_drop_grow_keep_the_count():
     assert update_fraction(100, 100, 0.3) == 0.0
     mask = torch.tensor([True, True, True, True, False, False, False, False])
     weight = torch.tensor([0.1, 2.0, 3.0, 4.0, 0, 0, 0, 0])
-    grad = torch.tensor([9.0, 9.0, 9.0, 9.0, 0.1, 5.0, 0.2, 0.3])
+    grad = torch.tensor([0.0, 9.0, 9.0, 9.0, 0.1, 5.0, 0.2, 0.3])
     new = drop_and_grow(mask, weight, grad, 0.25)  # one of four: drop the 0.1 weight, grow the 5.0 gradient
     assert new.tolist() == [False, True, True, True, False, True, False, False]
+    # RigL grows among the connections inactive after the drop: a dropped weight whose gradient
+    # is the largest comes straight back (the official code then keeps its value)
+    grad[0] = 9.0
+    assert drop_and_grow(mask, weight, grad, 0.25).tolist() == mask.tolist()
 
 
 def test_asni_schedule_matches_hand_computed_values():
@@ -97,6 +102,16 @@ def test_optg_scores_get_the_straight_through_gradient():
     out.backward(upstream)
     assert torch.equal(supermask.scores.grad, upstream * weight.detach())  # dL/d(w*m) * w, pruned entry too
     assert torch.equal(weight.grad, upstream * supermask.mask)
+
+
+def test_optg_keeps_ties_at_the_threshold_so_all_zero_scores_start_dense():
+    from surgery.pruning.optg import threshold_masks
+
+    zeros = {"a": torch.zeros(4, 4), "b": torch.zeros(8)}
+    assert all(m.all() for m in threshold_masks(zeros, 0.5).values())  # no arbitrary tied layer is cut away
+    scores = {"a": torch.arange(16.0).view(4, 4), "b": torch.arange(16.0, 24.0)}
+    masks = threshold_masks(scores, 0.75)  # 6 of 24 kept: scores 18..23, all in b
+    assert not masks["a"].any() and masks["b"].tolist() == [False, False, True, True, True, True, True, True]
 
 
 def test_imp_rounds_reach_one_minus_one_minus_p_to_the_k():
@@ -179,6 +194,44 @@ def test_learned_masks_fold_and_prune_by_magnitude(tmp_path):
                   lr_schedule={"milestones": [1]}, train={"epochs": 2, "progress": False, "tensorboard": False})
     result = run(config)
     assert result.sparsity == pytest.approx(0.7, abs=1e-3) and stored_zeros_respect(result)
+
+
+def test_learned_mask_samples_bernoulli_keeps_in_training_and_uses_the_expectation_in_eval():
+    from surgery.pruning.learned import SoftMask
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32)
+    soft = SoftMask(weight)  # stochastic by default, M = 1/2 everywhere
+    with torch.no_grad():
+        soft.values.uniform_(0.2, 0.8)
+    first, second = soft(weight), soft(weight)
+    kept = first != 0
+    assert torch.equal(first[kept], weight[kept]) and 0.3 < kept.float().mean() < 0.7  # w or 0, never w * M
+    assert not torch.equal(first, second)  # a fresh sample every forward pass
+    soft.eval()
+    torch.testing.assert_close(soft(weight), weight * soft.values)  # the expectation at evaluation
+    soft.train()
+    upstream = torch.randn_like(weight)
+    (soft(weight) * upstream).sum().backward()
+    torch.testing.assert_close(soft.values.grad, upstream * weight)  # straight through: as if the sample were M
+
+
+def test_deterministic_learned_mask_multiplies_by_m_itself():
+    from surgery.pruning.learned import LearnedMaskHook, SoftMask
+
+    weight = torch.randn(8, 4)
+    soft = SoftMask(weight, stochastic=False)
+    torch.testing.assert_close(soft(weight), weight * 0.5)
+    assert LearnedMaskHook(["w"]).stochastic and not LearnedMaskHook(["w"], stochastic=False).stochastic
+
+
+@pytest.mark.parametrize(("option", "value"), [("lambda1", -1e-3), ("lambda2", math.nan), ("lambda1", "big"),
+                                               ("stochastic", "yes")])
+def test_learned_mask_options_out_of_range_are_config_errors_naming_them(option, value):
+    from surgery.pruning.learned import LearnedMaskHook
+
+    with pytest.raises(ConfigError, match=option):
+        LearnedMaskHook(["w"], **{option: value})
 
 
 def test_a_hooked_run_resumes_to_the_same_masks(tmp_path):

@@ -6,17 +6,19 @@ trained with the weights on
     loss(f(x, theta * M), y) + lambda1 * sum M (1 - M) + lambda2 * sum M
 
 (the first term pushes M to 0 or 1, the second towards 0) and clipped to [0, 1] after
-every step. The paper reads M_i as the probability of keeping theta_i in each forward
-pass; ``stochastic: true`` samples that Bernoulli mask every step with a
-straight-through gradient, the default uses M itself (deterministic). At the end
-``theta <- theta * M`` and magnitude pruning to the target sparsity gives the mask; the
-post-pruning stage trains on from those weights. The paper's lambda values did not
-survive in our copy of it; the defaults (1e-3 each, per-weight gradients of that size
-against loss gradients of about 1e-3) are ours.
+every step. As the paper reads it, M_i is the probability of keeping theta_i: every
+training forward pass samples a Bernoulli mask from M (a straight-through gradient
+reaches M), and evaluation uses the expectation M. ``stochastic: false`` multiplies by M
+itself, which BatchNorm after a conv makes scale-invariant, so lambda2 can shrink M at
+no cost to the loss. At the end ``theta <- theta * M`` and magnitude pruning to the
+target sparsity gives the mask; the post-pruning stage trains on from those weights. The
+paper's lambda values did not survive in our copy of it; the defaults (1e-3 each,
+per-weight gradients of that size against loss gradients of about 1e-3) are ours.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,9 +50,10 @@ class _BernoulliStraightThrough(torch.autograd.Function):
 
 
 class SoftMask(nn.Module):
-    """Parametrization ``w -> w * M`` with a trainable M in [0, 1]."""
+    """Parametrization ``w -> w * M`` with a trainable M in [0, 1]: ``w * Bernoulli(M)`` in training
+    when ``stochastic`` (the expectation ``w * M`` in eval mode)."""
 
-    def __init__(self, like: torch.Tensor, stochastic: bool = False):
+    def __init__(self, like: torch.Tensor, stochastic: bool = True):
         super().__init__()
         self.values = nn.Parameter(torch.full_like(like, 0.5, dtype=torch.float32))
         self.stochastic = stochastic
@@ -65,9 +68,18 @@ class SoftMask(nn.Module):
 class LearnedMaskHook(TrainingHook):
     name = "learned_mask"
 
-    def __init__(self, names: list[str], *, lambda1: float = 1e-3, lambda2: float = 1e-3, stochastic: bool = False):
-        if lambda1 < 0 or lambda2 < 0:
-            raise ConfigError(f"learned mask lambda1={lambda1}, lambda2={lambda2}: both are penalty weights >= 0.")
+    def __init__(self, names: list[str], *, lambda1: float = 1e-3, lambda2: float = 1e-3, stochastic: bool = True):
+        for option, value in (("lambda1", lambda1), ("lambda2", lambda2)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(
+                    f"learned mask option {option}={value!r} is out of range: it is a penalty weight, a finite "
+                    "number >= 0 (e.g. 1e-3)."
+                )
+        if not isinstance(stochastic, bool):
+            raise ConfigError(
+                f"learned mask option stochastic={stochastic!r} must be true (sample M every training forward, the "
+                "paper's reading) or false (multiply by M itself)."
+            )
         self.names, self.lambda1, self.lambda2, self.stochastic = list(names), lambda1, lambda2, stochastic
         self.soft: dict[str, SoftMask] = {}
 

@@ -11,9 +11,13 @@ start of each epoch k (the gradients accumulate in between), at the sparsity
 
 with the scores' learning rate eta_m,k = eta_w,k / (1 + exp(-alpha (k - 0.5 tau)))
 (Eq. 17), alpha = 0.5 and tau the number of epochs. Global sorting sets the layer
-budgets. Pruned weights keep their stored values while OptG runs (a revived weight
-returns with its value, as the paper's Eq. 11 assumes); at the end the mask is set to
-exactly P from the scores, the pruned weights become zero and plain masks remain.
+budgets: as in the official code (``set_model``), a weight is pruned when its score is
+below the score at rank (1 - P_k) N, so ties at that threshold are kept; the all-zero
+initial scores therefore start the run dense rather than cutting arbitrary tied layers
+away. Pruned weights keep their stored values while OptG runs (a revived weight returns
+with its value, as the paper's Eq. 11 assumes; weight decay still shrinks them, as in the
+official code); at the end the mask is set to exactly P from the scores, the pruned
+weights become zero and plain masks remain.
 """
 
 from __future__ import annotations
@@ -97,17 +101,18 @@ class OptGHook(MaskHook):
         self.apply_from_scores(trainer, optg_sparsity(k, trainer.epochs, self.budget.sparsity, self.alpha))
 
     @torch.no_grad()
-    def apply_from_scores(self, trainer: Trainer, sparsity: float) -> None:
-        """The binary masks at ``sparsity`` from a global ranking of the scores; weights keep their values."""
+    def apply_from_scores(self, trainer: Trainer, sparsity: float, exact: bool = False) -> None:
+        """The binary masks at ``sparsity`` from a global ranking of the scores; weights keep their values.
+        Ties at the threshold are kept (the official rule) unless ``exact`` asks for exactly ``sparsity``."""
         scores = {n: m.scores for n, (m, _) in self.masks.items()}
-        new = masks_from_scores(scores, Budget(sparsity, "global"))
+        new = masks_from_scores(scores, Budget(sparsity, "global")) if exact else threshold_masks(scores, sparsity)
         for name, mask in new.items():
             self.masks[name][0].mask.copy_(mask.to(self.masks[name][0].mask.device))
         trainer.dist.broadcast_masks(trainer.module)
 
     @torch.no_grad()
     def on_train_end(self, trainer: Trainer) -> None:
-        self.apply_from_scores(trainer, self.budget.sparsity)
+        self.apply_from_scores(trainer, self.budget.sparsity, exact=True)
         for name, (supermask, original) in list(self.masks.items()):
             plist = _parametrization_list(trainer.module, name)
             plain = Mask(supermask.mask, supermask.order)
@@ -125,6 +130,16 @@ class OptGHook(MaskHook):
 
     def values(self) -> dict[str, Any]:
         return {"optg_sparsity": self.sparsity()} if self.masks else {}
+
+
+def threshold_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Keep every score >= the one at rank ``(1 - sparsity) * N`` of all scores (ties kept: at most ``sparsity``)."""
+    flat = torch.cat([s.detach().float().flatten().cpu() for s in scores.values()])
+    keep = int((1 - sparsity) * flat.numel())
+    if keep >= flat.numel():
+        return {n: torch.ones(s.shape, dtype=torch.bool) for n, s in scores.items()}
+    threshold = torch.topk(flat, max(keep, 1)).values.min()
+    return {n: s.detach().float().cpu() >= threshold for n, s in scores.items()}
 
 
 def _parametrization_list(model: nn.Module, name: str):

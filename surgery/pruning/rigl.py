@@ -3,10 +3,11 @@
 The run starts from a random mask at the target sparsity (ERK layer budgets by default,
 as in the paper). Every ``every`` steps until ``end`` (a fraction of the run) each layer
 drops the ``f_t`` fraction of its kept weights with the smallest magnitude and grows
-as many of its pruned connections with the largest dense gradient |dL/dw| (among those
-inactive before the update, so a just-dropped weight is not regrown at once), so every
-layer keeps its count. ``f_t = fraction / 2 * (1 + cos(pi t / T_end))`` decays to 0;
-grown weights start at zero. The dense gradient is the gradient of the masked weight
+as many connections with the largest dense gradient |dL/dw| among those inactive after the
+drop (RigL's Algorithm 1 and its official ``_get_update_op``), so every layer keeps its
+count. ``f_t = fraction / 2 * (1 + cos(pi t / T_end))`` decays to 0; newly grown weights
+start at zero; a weight dropped and regrown in the same update keeps its value, as in the
+official code's default. The dense gradient is the gradient of the masked weight
 ``w * mask`` at every position, captured only on update steps (``Mask.capture_grad``).
 """
 
@@ -42,11 +43,10 @@ def drop_and_grow(mask: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, 
     flat_mask = mask.flatten()
     magnitude = torch.where(flat_mask, weight.abs().flatten(), torch.inf)
     dropped = torch.topk(magnitude, k, largest=False).indices
-    candidates = ~flat_mask  # connections inactive before the update: a just-dropped one is not regrown at once
-    growth = torch.where(candidates, grad.abs().flatten().float(), -torch.inf)
-    grown = torch.topk(growth, k).indices
     updated = flat_mask.clone()
     updated[dropped] = False
+    growth = torch.where(updated, -torch.inf, grad.abs().flatten().float())  # inactive after the drop
+    grown = torch.topk(growth, k).indices
     updated[grown] = True
     return updated.view_as(mask)
 

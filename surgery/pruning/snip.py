@@ -3,8 +3,10 @@
 A weight's score is ``|dL/dw * w|``, the first-order change of the loss when the weight
 is removed, at initialization (the paper's ``|dL/dc|`` for a mask ``c = 1``). The
 gradient is summed over every batch given (more data, less noise), with the model in
-train mode as in the paper; the loss is classification cross-entropy. Ranked globally
-by default, as in the paper.
+train mode (BatchNorm on batch statistics) as ToST's mask-making code scores it
+(``pruning_techniques/example.py``, ``train_mode=True``); SNIP's own code scores with the
+running statistics, which at initialization make BatchNorm an identity. The loss is
+classification cross-entropy. Ranked globally by default, as in the paper.
 
 The helpers here (a scoring copy on the data's device, seeded forward passes, the loss)
 are shared by the other gradient-based finders (GraSP).
