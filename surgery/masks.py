@@ -71,9 +71,9 @@ def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
         if not module_name or parts[0] == GHOSTS_ROOT or "parametrizations" in parts:
             continue  # the root's own parameters (pos_embed, cls_token) are not weights to prune
         if "all" in kinds:
-            chosen = _direct_params(module, lambda name, p: p.dim() >= 2)
+            chosen = direct_parameters(module, lambda name, p: p.dim() >= 2)
         elif isinstance(module, types):
-            chosen = _direct_params(module, lambda name, p: name == "weight")
+            chosen = direct_parameters(module, lambda name, p: name == "weight")
         else:
             continue
         for name, param in chosen:
@@ -81,7 +81,7 @@ def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
     return found
 
 
-def _direct_params(module: nn.Module, keep):
+def direct_parameters(module: nn.Module, keep):
     """The module's own parameters that ``keep(name, param)``, seen through parametrizations."""
     params = dict(module.named_parameters(recurse=False))
     if parametrize.is_parametrized(module):

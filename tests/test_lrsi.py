@@ -1,5 +1,6 @@
-"""LRsI: the learned scales are folded in exactly, nothing else of the model changes, the
-one-step loss improves on a badly scaled init, and bad options are ConfigErrors."""
+"""LRsI as GradInit: one hand-computed iteration, the learned scales folded in exactly and nothing
+else of the model changed, fresh batches every iteration, the one-step loss improved on a badly
+scaled init, and bad options as ConfigErrors."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ from surgery.pruning import random_masks
 
 NUM_CLASSES = 5
 RECIPE = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
-MASKED_WEIGHTS = {
-    "conv1.parametrizations.weight.original",
-    "conv2.parametrizations.weight.original",
-    "fc.parametrizations.weight.original",
+# GradInit's set: conv / Linear weights and biases, norm weights and biases (masked ones through the mask)
+SCALED = {
+    "conv1.parametrizations.weight.original", "conv1.bias", "bn1.weight", "bn1.bias",
+    "conv2.parametrizations.weight.original", "bn2.weight", "bn2.bias",
+    "fc.parametrizations.weight.original", "fc.bias",
 }
 
 
-def make_batches(count: int = 3, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(count: int = 6, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A learnable task: each class is a fixed random image plus noise."""
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(NUM_CLASSES, 3, 8, 8, generator=generator)
@@ -57,10 +59,61 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict(keep_vars=True).items()}
 
 
+# ---------------------------------------------------------------------- one iteration by hand
+
+
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((output - target) ** 2).mean()
+
+
+def one_weight_problem():
+    """f(x) = w x with w = 0.5; halves h0 = (1, 0), h1 = (2, 1), h2 = (3, 2): S = {h0, h1}, S~ = {h0, h2}."""
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    batches = [(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [1.0]])),
+               (torch.tensor([[3.0], [4.0]]), torch.tensor([[2.0], [2.0]]))]
+    return model, batches
+
+
+def test_one_iteration_matches_a_hand_computed_gradinit_step():
+    # On S at scale m = 1: residuals (0.5, 0), g = mean(2 r x) = 0.5 <= gamma = 1, so the objective is
+    # the loss after the normalized step w - eta g / |g| = 0.4, on S~: residuals (0.4, -0.8), loss 0.4,
+    # objective 0.4 / eta = 4. d objective / dm = 0.5 * mean(2 r x) / eta = 0.5 * -2 / 0.1 = -10, clipped
+    # to -1; Adam's first step moves m by lr against its sign: m = 1 + 0.01.
+    model, batches = one_weight_problem()
+    objectives = []
+    result = lrsi(model, batches, loss_fn=mse, eta=0.1, iterations=1, scale_lr=0.01,
+                  on_iteration=lambda i, v: objectives.append(v))
+    assert objectives == [pytest.approx(4.0)]
+    assert result.scales == {"weight": pytest.approx(1.01)} and result.constrained_iterations == 0
+    assert model.weight.item() == pytest.approx(0.505)
+    assert result.loss_before == pytest.approx(0.4)
+    # from m = 1.01: g = 0.525, step to 0.405, S~ residuals (0.405, -0.785): loss 0.390125
+    assert result.loss_after == pytest.approx(0.390125) and result.loss_after < result.loss_before
+
+
+def test_a_gradient_above_the_bound_lowers_its_norm_instead():
+    # |g| = 0.5 > gamma = 0.1: the objective is |g|, d|g|/dm = mean(2 * 0.5 x^2) = 2.5 -> clipped 1 -> m = 0.99
+    model, batches = one_weight_problem()
+    objectives = []
+    result = lrsi(model, batches, loss_fn=mse, eta=0.1, iterations=1, scale_lr=0.01, grad_norm_bound=0.1,
+                  on_iteration=lambda i, v: objectives.append(v))
+    assert objectives == [pytest.approx(0.5)]
+    assert result.scales == {"weight": pytest.approx(0.99)} and result.constrained_iterations == 1
+
+
+def test_the_unnormalized_step_is_eta_times_the_gradient():
+    # eta g = 0.1 * 0.5: w'' = 0.45, S~ residuals (0.45, -0.65): loss (0.2025 + 0.4225) / 2 = 0.3125
+    model, batches = one_weight_problem()
+    result = lrsi(model, batches, loss_fn=mse, eta=0.1, iterations=1, normalize=False)
+    assert result.loss_before == pytest.approx(0.3125)
+
+
 # ---------------------------------------------------------------------- the fold
 
 
-def test_fold_multiplies_each_weight_by_its_scale_and_changes_nothing_else():
+def test_fold_multiplies_each_tensor_by_its_scale_and_changes_nothing_else():
     gm = compiled_cnn()
     gm.bn1.train()  # a mixed mode must come back as it was, module by module
     before = snapshot(gm)
@@ -73,14 +126,14 @@ def test_fold_multiplies_each_weight_by_its_scale_and_changes_nothing_else():
     result = lrsi(gm, BATCHES, iterations=4, scale_lr=0.05)
 
     assert isinstance(result, LRsIResult) and result.iterations == 4
-    assert set(result.scales) == MASKED_WEIGHTS  # ghost projection convs are not re-scaled
+    assert set(result.scales) == SCALED  # the ghost projection's conv and norm are not re-scaled
     assert any(abs(s - 1.0) > 1e-3 for s in result.scales.values())
     after = snapshot(gm)
     assert list(after) == list(before)
     for name, value in after.items():
         if name in result.scales:
             torch.testing.assert_close(value, before[name] * result.scales[name], rtol=1e-6, atol=0)
-        else:  # biases, BN affine and running stats, ghost parameters, masks, alpha / beta
+        else:  # running statistics, ghost parameters, masks, alpha / beta
             assert torch.equal(value, before[name]), name
     for name, mask in masked_parameters(gm).items():
         module = gm.get_submodule(name.rpartition(".")[0])
@@ -103,7 +156,8 @@ def test_plain_module_gets_scales_under_its_own_parameter_names():
 
     result = lrsi(model, BATCHES, iterations=3)
 
-    assert set(result.scales) == {"conv2.weight", "fc.weight"}
+    assert set(result.scales) == {"conv1.bias", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias",
+                                  "fc.weight", "fc.bias"}
     assert torch.equal(model.conv1.weight, before["conv1.weight"])
     for name, scale in result.scales.items():
         torch.testing.assert_close(model.get_parameter(name).detach(), before[name] * scale, rtol=1e-6, atol=0)
@@ -116,26 +170,30 @@ def test_plain_module_gets_scales_under_its_own_parameter_names():
 
 
 def test_blown_up_init_is_scaled_down_and_the_one_step_loss_improves():
-    gm = compiled_cnn(weight_factor=10.0)
+    model = seeded(nn.Sequential, nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, NUM_CLASSES))
+    scale_weights(model, 10.0)
     objectives = []
 
-    result = lrsi(gm, BATCHES, iterations=30, scale_lr=0.03, on_iteration=lambda i, v: objectives.append((i, v)))
+    result = lrsi(model, BATCHES, iterations=30, scale_lr=0.05, grad_norm_bound=math.inf,
+                  on_iteration=lambda i, v: objectives.append((i, v)))
 
     assert result.loss_after < result.loss_before
-    # Layers may trade scale among themselves; the network's overall gain is what must fall.
-    assert math.prod(result.scales.values()) < 0.5, result.scales
-    assert min(result.scales.values()) < 1.0, result.scales
+    weights = [result.scales["1.weight"], result.scales["3.weight"]]
+    assert math.prod(weights) < 0.5, result.scales  # the network's gain fell; layers may trade scale
     assert [i for i, _ in objectives] == list(range(1, 31))
     assert all(math.isfinite(v) for _, v in objectives)
 
 
-def test_scales_never_go_below_min_scale():
-    gm = compiled_cnn(weight_factor=10.0)
-
-    result = lrsi(gm, BATCHES, iterations=12, scale_lr=0.2, min_scale=0.6)
-
-    assert min(result.scales.values()) == pytest.approx(0.6)  # the floor was reached and held
-    assert all(scale >= 0.6 - 1e-7 for scale in result.scales.values())
+def test_scales_never_go_below_their_floors():
+    # targets 0: ||g|| falls with every scale, so each iteration pushes all of them down
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.5), model.bias.fill_(0.3)
+    batches = [(torch.tensor([[1.0], [2.0]]), torch.zeros(2, 1)), (torch.tensor([[3.0], [4.0]]), torch.zeros(2, 1))]
+    result = lrsi(model, batches, loss_fn=mse, iterations=40, scale_lr=0.1, min_scale=0.6, grad_norm_bound=1e-6)
+    assert result.constrained_iterations == 40
+    assert result.scales["weight"] == pytest.approx(0.6)  # the floor was reached and held
+    assert 0.0 <= result.scales["bias"] < 0.6  # a bias may shrink to 0 (GradInit's floor for biases)
 
 
 def test_gradient_norm_bound_switches_the_objective_to_the_gradient_norm():
@@ -145,14 +203,31 @@ def test_gradient_norm_bound_switches_the_objective_to_the_gradient_norm():
     free = lrsi(compiled_cnn(), BATCHES, iterations=4, grad_norm_bound=math.inf)
 
     assert constrained.constrained_iterations == 4 and free.constrained_iterations == 0
-    assert objectives[-1] < objectives[0]  # it lowered ||g||_2
     assert constrained.scales != free.scales
 
 
-# ---------------------------------------------------------------------- batches, determinism
+# ---------------------------------------------------------------------- batches, modes, determinism
 
 
-def test_same_batches_give_the_same_scales_and_a_generator_is_cycled():
+class Counting:
+    """An iterable of distinct batches that records which ones were read."""
+
+    def __init__(self, batches):
+        self.batches, self.read = batches, []
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            self.read.append(index)
+            yield batch
+
+
+def test_every_iteration_reads_fresh_data():
+    batches = Counting(make_batches(count=20))
+    lrsi(compiled_cnn(), batches, iterations=4)
+    assert batches.read == list(range(6))  # three fresh half-batches per iteration, none repeated
+
+
+def test_same_batches_give_the_same_scales_and_a_generator_is_replayed():
     first = lrsi(compiled_cnn(), BATCHES, iterations=5)
     again = lrsi(compiled_cnn(), BATCHES, iterations=5)
     from_generator = lrsi(compiled_cnn(), (batch for batch in BATCHES), iterations=5)
@@ -162,20 +237,23 @@ def test_same_batches_give_the_same_scales_and_a_generator_is_cycled():
     assert from_generator.scales == first.scales
 
 
-def test_dropout_inside_the_procedure_is_deterministic():
-    def dropout_net():
+def test_dropout_is_off_and_batch_norm_uses_batch_statistics_as_in_gradinit():
+    def net(p):
         torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.Dropout(0.5), nn.Linear(32, NUM_CLASSES))
+        return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.BatchNorm1d(32), nn.Dropout(p),
+                             nn.Linear(32, NUM_CLASSES))
 
-    first = lrsi(dropout_net(), BATCHES, iterations=3)
-    again = lrsi(dropout_net(), BATCHES, iterations=3)
-
-    assert first.scales == again.scales
+    with_dropout, without = lrsi(net(0.5).eval(), BATCHES, iterations=3), lrsi(net(0.0).eval(), BATCHES, iterations=3)
+    assert with_dropout.scales == without.scales  # dropout off; and eval() did not freeze BatchNorm
+    model = net(0.0).eval()
+    with torch.no_grad():
+        model[2].running_var.fill_(1e4)  # running statistics would shrink the signal 100x
+    assert lrsi(model, BATCHES, iterations=3).scales == without.scales
 
 
 def test_one_batch_is_enough():
     result = lrsi(compiled_cnn(), BATCHES[:1], iterations=3)
-    assert set(result.scales) == MASKED_WEIGHTS
+    assert set(result.scales) == SCALED
 
 
 @requires_cuda
@@ -193,14 +271,16 @@ def test_runs_on_cuda_with_cpu_batches():
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("lr", 0.0),
-        ("lr", math.nan),
+        ("eta", 0.0),
+        ("eta", math.nan),
         ("iterations", 0),
+        ("iterations", -3),
         ("iterations", 2.5),
         ("scale_lr", -1.0),
         ("grad_norm_bound", 0.0),
         ("min_scale", 0.0),
         ("min_scale", 2.0),
+        ("grad_clip", 0.0),
         ("on_iteration", 5),
     ],
 )
@@ -216,9 +296,9 @@ def test_no_batches_is_a_config_error():
         lrsi(compiled_cnn(), iter([]))
 
 
-def test_a_model_without_conv_or_linear_weights_is_a_config_error():
-    with pytest.raises(ConfigError, match="no conv or linear weight"):
-        lrsi(nn.Sequential(nn.BatchNorm1d(4)), [(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))])
+def test_a_model_without_conv_linear_or_norm_parameters_is_a_config_error():
+    with pytest.raises(ConfigError, match="no trainable conv, Linear or norm-layer weight"):
+        lrsi(nn.Sequential(nn.Flatten()), [(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))])
 
 
 def test_malformed_batches_and_losses_are_reported():

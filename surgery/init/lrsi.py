@@ -1,22 +1,26 @@
-"""Layer-wise Re-scaled Initialization (LRsI): learn one scale per weight tensor, then fold it in.
+"""Layer-wise Re-scaled Initialization (LRsI): GradInit's learned scales, then folded into the weights.
 
-ToST keeps a sparse mask's initialization and only re-scales each weight tensor by a
-learned scalar, following GradInit (Zhu et al. 2021): the scales are chosen so that the
-first SGD step lowers the training loss the most. With ``theta_i' = m_i * theta_i``:
+ToST keeps a sparse mask's initialization and only re-scales each parameter tensor by a
+learned scalar, following GradInit (Zhu et al. 2021) as the official ToST code does (its
+``LRsI/gradinit_utils.py`` is GradInit's ``gradinit_utils.py``). With ``theta_i' = m_i * theta_i``
+for every conv / Linear weight and bias and every norm layer's weight and bias:
 
-    g       = grad L(theta'; x, y)                      (differentiable in m)
-    theta'' = theta' - lr * g                           (the trainer's first SGD step, simulated)
-    minimize  L(theta''; x', y')   over m,   subject to   ||g||_2 <= grad_norm_bound
+    S  = two half-batches (h0, h1),  S~ = (h0, h2)          fresh data every iteration
+    g  = grad L(theta'; S)                                  (differentiable in m)
+    if ||g||_2 > gamma:   minimize ||g||_2                  (GradInit's constraint step)
+    else:                 minimize L(theta' - eta g / ||g||_2; S~) / eta
 
-When the constraint is violated the iteration minimizes ``||g||_2`` instead (GradInit's
-projection step). ``(x, y)`` is batch ``t`` and ``(x', y')`` batch ``t + 1`` of the cycled
-batches, so the step is judged on data it was not computed from (the same batch when only
-one is given). The scales are updated by Adam and clamped to ``>= min_scale``.
+The step is GradInit's normalized SGD step (``normalize=False``: ``eta * g``, the official ToST
+script's default). The scales are updated by GradInit's Adam variant: each scale's gradient is
+clipped to [-grad_clip, grad_clip]; the objective and the constraint keep their own first
+moments and share the second; weights' scales stay >= min_scale, biases' >= 0.
 
-The model is evaluated at substituted parameters with ``torch.func.functional_call`` on
-copies of its buffers: nothing of the model changes until the final fold, which multiplies
-each weight in place (``original`` of a masked weight, so masked zeros stay exactly zero
-and an optimizer built before keeps the same parameter objects).
+The model runs as GradInit runs it: dropout and other train-only randomness off, BatchNorm
+on batch statistics, its running statistics untouched (the model is evaluated at substituted
+parameters with ``torch.func.functional_call`` on copies of its buffers). Nothing of the
+model changes until the final fold, which multiplies each tensor in place (``original`` of a
+masked weight, so masked zeros stay exactly zero and an optimizer built before keeps the same
+parameter objects).
 """
 
 from __future__ import annotations
@@ -33,25 +37,27 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from surgery.errors import ConfigError, DataError, DivergedError
-from surgery.masks import prunable_weights
+from surgery.ghosts import GHOSTS_ROOT
+from surgery.masks import PRUNABLE_KINDS, direct_parameters
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-# Adam moves a scale by at most about scale_lr per iteration: 100 x 0.01 lets a scale
-# travel ~1 (halve, double, or shrink to min_scale), which covers the mis-scalings a
-# sparse mask causes. GradInit uses 390 iterations with 1e-3 (BN ResNets) to 1e-1 (VGG).
-DEFAULT_ITERATIONS = 100
-DEFAULT_SCALE_LR = 1e-2
-# GradInit's constraint for SGD is on the l2 norm (l1 is its Adam variant), with gamma = 1
-# for a step of fixed length eta. Our step is lr * g itself, so the bound caps the first
-# step's length at lr * bound; 10 leaves default-initialized CIFAR ResNets unconstrained
-# (their ||g||_2 is ~1-5) and stops the scales from running to an exploding step.
-DEFAULT_GRAD_NORM_BOUND = 10.0
-# Scale gradients are clipped like GradInit's, so one sharp iteration cannot swamp Adam's
-# second-moment estimate and freeze the scales afterwards.
-SCALE_GRAD_CLIP = 1.0
-RNG_SEED = 0  # dropout inside the procedure draws from a fixed, private stream
+# GradInit's defaults for SGD-trained CIFAR networks (launch/run_gradinit.sh, and ToST's LRsI
+# script): 390 iterations (an epoch of CIFAR-10 at batch 128), eta 0.1, gamma 1 with the
+# normalized step, scale learning rate 1e-3 (BN ResNets; GradInit uses 1e-1 for VGG-19 with BN),
+# per-scale gradient clipping at 1, scales of weights kept >= 0.01.
+DEFAULT_ITERATIONS = 390
+DEFAULT_SCALE_LR = 1e-3
+DEFAULT_GRAD_NORM_BOUND = 1.0
+DEFAULT_GRAD_CLIP = 1.0
+DEFAULT_MIN_SCALE = 0.01
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+RNG_SEED = 0  # randomness left inside the procedure draws from a fixed, private stream
+
+SCALED_MODULES = (*PRUNABLE_KINDS["conv"], *PRUNABLE_KINDS["linear"], nn.modules.batchnorm._NormBase,
+                  nn.GroupNorm, nn.LayerNorm)
 
 
 @dataclass
@@ -59,8 +65,8 @@ class LRsIResult:
     """What ``lrsi`` learned and folded into the model."""
 
     scales: dict[str, float]  # parameter name (as in model.named_parameters()) -> learned scale
-    loss_before: float  # loss after one simulated SGD step from the unscaled init
-    loss_after: float  # loss after one simulated SGD step from the scaled init
+    loss_before: float  # loss on S~ after one simulated step on S from the unscaled init
+    loss_after: float  # the same from the scaled init
     iterations: int
     constrained_iterations: int = 0  # iterations spent lowering ||g|| instead of the loss
 
@@ -70,52 +76,61 @@ def lrsi(
     batches: Iterable[Batch],
     *,
     loss_fn: LossFn = F.cross_entropy,
-    lr: float = 0.1,
+    eta: float = 0.1,
     iterations: int = DEFAULT_ITERATIONS,
     scale_lr: float = DEFAULT_SCALE_LR,
     grad_norm_bound: float = DEFAULT_GRAD_NORM_BOUND,
-    min_scale: float = 0.01,
+    normalize: bool = True,
+    min_scale: float = DEFAULT_MIN_SCALE,
+    grad_clip: float = DEFAULT_GRAD_CLIP,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> LRsIResult:
-    """Learn one scale per conv / linear weight (GradInit style) and multiply it into the weight.
+    """Learn one scale per conv / Linear / norm weight and bias (GradInit) and multiply it in.
 
     ``model`` is a compiled ghosted ``GraphModule`` (masked weights are parametrized) or any
-    ``nn.Module``. Every conv / linear weight outside the ghosts (``prunable_weights``) that
-    requires grad gets a scale; the simulated step moves every trainable parameter, ghosts
-    and norms included, because the real first step does.
+    ``nn.Module``. Ghost parameters are not scaled (they leave with the ghosts), but the
+    simulated step moves every trainable parameter, ghosts included, because the real first
+    step does.
 
-    - ``batches``: ``(inputs, targets)`` pairs, cycled when fewer than ``iterations + 1``;
-      moved to the model's device. Iteration ``t`` takes its gradient on batch ``t`` and
-      judges the step on batch ``t + 1``; ``loss_before`` / ``loss_after`` use batches 0 and 1.
-    - ``lr``: the SGD learning rate of the training run (ToST: 0.1), i.e. the step simulated.
-    - ``iterations``: Adam steps on the scales (default 100).
-    - ``scale_lr``: Adam's learning rate for the scales (default 1e-2).
-    - ``grad_norm_bound``: the largest ``||g||_2`` allowed before an iteration lowers the
-      gradient norm instead of the loss (default 10; ``math.inf`` turns the constraint off).
-    - ``min_scale``: scales are clamped to at least this after every update (GradInit's 0.01),
-      so no layer can be switched off.
+    - ``batches``: ``(inputs, targets)`` pairs, e.g. the training DataLoader. Each iteration
+      reads three fresh half-batches (1.5 batches); an iterable is re-iterated and a generator
+      replayed when it runs out, so a short list works but repeats its data.
+    - ``eta``: the length of the simulated step, GradInit's eta: the training run's learning
+      rate (ToST: 0.1).
+    - ``iterations``: updates of the scales (GradInit: 390).
+    - ``scale_lr``: the scales' Adam learning rate (GradInit: 1e-3 for BN ResNets).
+    - ``grad_norm_bound``: gamma; above it an iteration lowers ``||g||_2`` instead of the loss
+      (GradInit: 1 with the normalized step; ``math.inf`` turns the constraint off).
+    - ``normalize``: step ``eta * g / ||g||`` (GradInit's); False steps ``eta * g``.
+    - ``min_scale``: the floor of every weight's scale (GradInit: 0.01); biases' floor is 0.
+    - ``grad_clip``: each scale's gradient is clipped to [-grad_clip, grad_clip] (GradInit: 1).
     - ``on_iteration(i, objective)``: called after iteration ``i`` (1 .. iterations).
 
-    The model runs in train mode (BatchNorm on batch statistics) but its buffers, modes,
-    gradients and RNG state are left as they were; only the scaled weights change.
-    Deterministic for a fixed sequence of batches.
+    The model's buffers, modes, gradients and the global RNG are left as they were; only the
+    scaled tensors change. Deterministic for a fixed sequence of batches.
     """
-    _check_options(lr, iterations, scale_lr, grad_norm_bound, min_scale, on_iteration)
-    weights = _weights_to_scale(model)
+    check_options(eta, iterations, scale_lr, grad_norm_bound, min_scale, grad_clip)
+    if on_iteration is not None and not callable(on_iteration):
+        raise ConfigError(
+            f"lrsi's on_iteration is a {type(on_iteration).__name__}, not a callable; "
+            "pass a function (iteration, objective) -> None, or None."
+        )
+    scaled, biases = _tensors_to_scale(model)
     device = _device_of(model)
-    stream = _batch_stream(batches, device)
-    probe = (_first_batch(stream), next(stream))
+    halves = _half_batches(_batch_stream(batches, device))
 
-    problem = _OneStepProblem(model, list(weights), loss_fn, lr)
-    with _untouched_model(model, device):
-        ones = torch.ones(len(weights), device=device)
+    problem = _OneStepProblem(model, list(scaled), loss_fn, eta, normalize)
+    with _gradinit_mode(model, device):
+        probe = _draw(halves)
+        ones = torch.ones(len(scaled), device=device)
         loss_before = problem.loss_after_step(ones, *probe)
+        floors = torch.tensor([0.0 if name in biases else min_scale for name in scaled], device=device)
         scales, constrained = _learn_scales(
-            problem, stream, probe, iterations, scale_lr, grad_norm_bound, min_scale, on_iteration
+            problem, halves, probe, iterations, scale_lr, grad_norm_bound, grad_clip, floors, on_iteration
         )
         loss_after = problem.loss_after_step(scales, *probe)
-    learned = dict(zip(weights, scales.tolist()))
-    _fold(weights, learned)
+    learned = dict(zip(scaled, scales.tolist()))
+    _fold(scaled, learned)
     return LRsIResult(learned, loss_before, loss_after, iterations, constrained)
 
 
@@ -124,71 +139,96 @@ def lrsi(
 
 def _learn_scales(
     problem: _OneStepProblem,
-    stream: Iterator[Batch],
-    first_pair: tuple[Batch, Batch],
+    halves: Iterator[Batch],
+    first: tuple[Batch, Batch],
     iterations: int,
     scale_lr: float,
     grad_norm_bound: float,
-    min_scale: float,
+    grad_clip: float,
+    floors: Tensor,
     on_iteration: Callable[[int, float], None] | None,
 ) -> tuple[Tensor, int]:
-    """Adam on the scales for ``iterations`` steps; returns the scales and the constrained count."""
-    scales = torch.ones(len(problem.scaled), device=first_pair[0][0].device, requires_grad=True)
-    optimizer = torch.optim.Adam([scales], lr=scale_lr)
-    batch, next_batch = first_pair
-    constrained = 0
+    """GradInit's loop; returns the scales and how many iterations the norm constraint took."""
+    scales = torch.ones(len(problem.scaled), device=floors.device, requires_grad=True)
+    adam = _RescaleAdam(scales, scale_lr)
+    batch, next_batch = first
     for iteration in range(1, iterations + 1):
-        objective, was_constrained = problem.objective(scales, batch, next_batch, grad_norm_bound)
+        objective, constrained = problem.objective(scales, batch, next_batch, grad_norm_bound)
         value = float(objective.detach())
         if not math.isfinite(value):
             raise DivergedError(
                 f"LRsI's objective became {value} at iteration {iteration}; the simulated SGD step blew up. "
-                f"Lower lr (now {problem.lr:g}) or grad_norm_bound (now {grad_norm_bound:g})."
+                f"Lower eta (now {problem.eta:g}) or grad_norm_bound (now {grad_norm_bound:g})."
             )
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        torch.nn.utils.clip_grad_norm_([scales], SCALE_GRAD_CLIP)
-        optimizer.step()
-        with torch.no_grad():
-            scales.clamp_(min=min_scale)
-        constrained += was_constrained
+        (gradient,) = torch.autograd.grad(objective, [scales])
+        adam.step(gradient.clamp(-grad_clip, grad_clip), constrained, floors)
         if on_iteration is not None:
             on_iteration(iteration, value)
         if iteration < iterations:
-            batch, next_batch = next_batch, next(stream)
-    return scales.detach(), constrained
+            batch, next_batch = _draw(halves)
+    return scales.detach(), adam.constraint_steps
+
+
+class _RescaleAdam:
+    """GradInit's Adam on the scales: separate first moments for the objective and the
+    constraint steps, one shared second moment, each step's bias corrections from its counts.
+    (torch.optim.Adam keeps one first moment, so it cannot follow the two objectives apart.)"""
+
+    def __init__(self, scales: Tensor, lr: float):
+        self.scales, self.lr = scales, lr
+        self.first = {False: torch.zeros_like(scales), True: torch.zeros_like(scales)}  # by constrained
+        self.second = torch.zeros_like(scales)
+        self.steps = {False: 0, True: 0}
+
+    @property
+    def constraint_steps(self) -> int:
+        return self.steps[True]
+
+    @torch.no_grad()
+    def step(self, gradient: Tensor, constrained: bool, floors: Tensor) -> None:
+        beta1, beta2 = ADAM_BETAS
+        self.steps[constrained] += 1
+        first = self.first[constrained].mul_(beta1).add_(gradient, alpha=1 - beta1)
+        self.second.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+        correction1 = 1 - beta1 ** self.steps[constrained]
+        correction2 = 1 - beta2 ** (self.steps[False] + self.steps[True])
+        denominator = (self.second / correction2).sqrt_().add_(ADAM_EPS)
+        self.scales.sub_(self.lr / correction1 * first / denominator)
+        torch.maximum(self.scales, floors, out=self.scales)
 
 
 class _OneStepProblem:
-    """The model as a function of its parameters, with ``scaled`` weights multiplied by scales."""
+    """The model as a function of its parameters, with ``scaled`` tensors multiplied by scales."""
 
-    def __init__(self, model: nn.Module, scaled: list[str], loss_fn: LossFn, lr: float):
-        self.model = model
-        self.scaled = scaled
-        self.loss_fn = loss_fn
-        self.lr = lr
+    def __init__(self, model: nn.Module, scaled: list[str], loss_fn: LossFn, eta: float, normalize: bool):
+        self.model, self.scaled, self.loss_fn = model, scaled, loss_fn
+        self.eta, self.normalize = eta, normalize
         self.parameters = dict(model.named_parameters())
         self.trainable = [name for name, p in self.parameters.items() if p.requires_grad]
         self._is_trainable = frozenset(self.trainable)
 
     def objective(self, scales: Tensor, batch: Batch, next_batch: Batch, grad_norm_bound: float) -> tuple[Tensor, bool]:
-        """GradInit's objective, differentiable in ``scales``; True when the norm constraint bound."""
+        """GradInit's objective, differentiable in ``scales``; True when the norm constraint took it."""
         theta = self._parameters_at(scales)
         grads = self._gradient(theta, batch, create_graph=True)
-        grad_norm = torch.sqrt(sum(g.square().sum() for g in grads.values()))
+        grad_norm = _norm(grads)
         if float(grad_norm.detach()) > grad_norm_bound:
             return grad_norm, True
-        return self._loss(_sgd_step(theta, grads, self.lr), next_batch), False
+        return self._loss(self._step(theta, grads, grad_norm), next_batch) / self.eta, False
 
     def loss_after_step(self, scales: Tensor, batch: Batch, next_batch: Batch) -> float:
-        """The loss on ``next_batch`` after one SGD step on ``batch`` from the scaled weights."""
+        """The loss on ``next_batch`` after one simulated step on ``batch`` from the scaled tensors."""
         theta = self._as_leaves(self._parameters_at(scales))
         grads = self._gradient(theta, batch, create_graph=False)
         with torch.no_grad():
-            return float(self._loss(_sgd_step(theta, grads, self.lr), next_batch))
+            return float(self._loss(self._step(theta, grads, _norm(grads)), next_batch))
+
+    def _step(self, theta: dict[str, Tensor], grads: dict[str, Tensor], grad_norm: Tensor) -> dict[str, Tensor]:
+        size = self.eta / grad_norm.clamp_min(1e-12) if self.normalize else self.eta
+        return {name: (t - size * grads[name]) if name in grads else t for name, t in theta.items()}
 
     def _parameters_at(self, scales: Tensor) -> dict[str, Tensor]:
-        """Every parameter as a tensor: scaled weights as ``m_i * theta_i``, the rest as leaves."""
+        """Every parameter as a tensor: scaled ones as ``m_i * theta_i``, the rest as leaves."""
         theta = self._as_leaves(self.parameters)
         for index, name in enumerate(self.scaled):
             theta[name] = theta[name].detach() * scales[index].to(theta[name].dtype)
@@ -222,43 +262,49 @@ class _OneStepProblem:
         return loss
 
 
-def _sgd_step(theta: dict[str, Tensor], grads: dict[str, Tensor], lr: float) -> dict[str, Tensor]:
-    return {name: (t - lr * grads[name]) if name in grads else t for name, t in theta.items()}
+def _norm(grads: dict[str, Tensor]) -> Tensor:
+    return torch.sqrt(sum(g.square().sum() for g in grads.values()))
 
 
 # ---------------------------------------------------------------------- the model
 
 
-def _weights_to_scale(model: nn.Module) -> dict[str, nn.Parameter]:
-    """``{named_parameters name: parameter}`` of every trainable conv / linear weight, ghosts excluded."""
+def _tensors_to_scale(model: nn.Module) -> tuple[dict[str, nn.Parameter], set[str]]:
+    """``{named_parameters name: parameter}``: trainable weights and biases of conv, Linear and norm
+    layers (GradInit's set), seen through mask parametrizations, ghosts excluded; and the biases' names."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"lrsi needs a torch.nn.Module, got a {type(model).__name__}.")
     names = {id(p): name for name, p in model.named_parameters()}
-    weights = {names[id(p)]: p for p in prunable_weights(model).values() if id(p) in names}
-    if not weights:
+    found: dict[str, nn.Parameter] = {}
+    biases: set[str] = set()
+    for module_name, module in model.named_modules():
+        parts = module_name.split(".")
+        if parts[0] == GHOSTS_ROOT or "parametrizations" in parts or not isinstance(module, SCALED_MODULES):
+            continue
+        for attribute, param in direct_parameters(module, lambda name, p: name in ("weight", "bias")):
+            if id(param) in names and param.requires_grad:
+                found.setdefault(names[id(param)], param)
+                if attribute == "bias":
+                    biases.add(names[id(param)])
+    if not found:
         raise ConfigError(
-            f"{type(model).__name__} has no conv or linear weight for LRsI to re-scale; "
-            "turn LRsI off for this model (it re-scales nn.Conv*d and nn.Linear weights only)."
+            f"{type(model).__name__} has no trainable conv, Linear or norm-layer weight for LRsI to re-scale; "
+            "unfreeze them or turn LRsI off for this model."
         )
-    trainable = {name: p for name, p in weights.items() if p.requires_grad}
-    if not trainable:
-        raise ConfigError(
-            f"every conv / linear weight of {type(model).__name__} is frozen (requires_grad=False), so "
-            "LRsI has nothing to re-scale; unfreeze them or turn LRsI off."
-        )
-    return trainable
+    return found, biases
 
 
 @torch.no_grad()
-def _fold(weights: dict[str, nn.Parameter], scales: dict[str, float]) -> None:
-    """Multiply each weight by its scale in place: same parameter objects, masked zeros stay zero."""
-    for name, weight in weights.items():
-        weight.mul_(scales[name])
+def _fold(tensors: dict[str, nn.Parameter], scales: dict[str, float]) -> None:
+    """Multiply each tensor by its scale in place: same parameter objects, masked zeros stay zero."""
+    for name, tensor in tensors.items():
+        tensor.mul_(scales[name])
 
 
 @contextlib.contextmanager
-def _untouched_model(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Train mode and a private seeded RNG inside; every module's mode and the RNG restored after."""
+def _gradinit_mode(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """GradInit's modes: eval (dropout off) with BatchNorm on batch statistics; a private seeded RNG.
+    Every module's mode and the global RNG are restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.enable_grad():
@@ -266,7 +312,10 @@ def _untouched_model(model: nn.Module, device: torch.device) -> Iterator[None]:
         if cuda:
             torch.cuda.default_generators[cuda[0]].manual_seed(RNG_SEED)
         try:
-            model.train()
+            model.eval()
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
             yield
         finally:
             for module, training in modes:
@@ -283,11 +332,11 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _batch_stream(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
-    """Endless batches on ``device``: re-iterates an iterable, caches a one-shot iterator."""
+    """Endless batches on ``device``: re-iterates an iterable, replays a one-shot iterator."""
     if not isinstance(batches, Iterable) or isinstance(batches, (Tensor, str, bytes)):
         raise ConfigError(
             f"lrsi's batches is a {type(batches).__name__}; give an iterable of (inputs, targets) pairs, "
-            "e.g. a DataLoader or [(x, y)]."
+            "e.g. the training DataLoader or [(x, y)]."
         )
     if isinstance(batches, Iterator):  # a generator can be read once: keep what it yields
         seen: list[Batch] = []
@@ -307,14 +356,31 @@ def _batch_stream(batches: Iterable[Batch], device: torch.device) -> Iterator[Ba
             return
 
 
-def _first_batch(stream: Iterator[Batch]) -> Batch:
+def _half_batches(stream: Iterator[Batch]) -> Iterator[Batch]:
+    """Each batch as two halves (GradInit's loader serves half the training batch); a batch of one whole."""
+    for inputs, targets in stream:
+        half = len(inputs) // 2
+        if half:
+            yield inputs[:half], targets[:half]
+            yield inputs[half:], targets[half:]
+        else:
+            yield inputs, targets
+
+
+def _draw(halves: Iterator[Batch]) -> tuple[Batch, Batch]:
+    """GradInit's pair: S = (h0, h1) for the gradient, S~ = (h0, h2) to judge the step."""
     try:
-        return next(stream)
+        h0, h1, h2 = next(halves), next(halves), next(halves)
     except StopIteration:
         raise ConfigError(
             "lrsi got no batches; pass the training data, e.g. the train DataLoader or a list of "
-            "(inputs, targets) pairs (a few batches are enough, they are cycled)."
+            "(inputs, targets) pairs."
         ) from None
+    return _cat(h0, h1), _cat(h0, h2)
+
+
+def _cat(a: Batch, b: Batch) -> Batch:
+    return torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
 
 
 def _on_device(batch: object, device: torch.device) -> Batch:
@@ -330,29 +396,27 @@ def _on_device(batch: object, device: torch.device) -> Batch:
 # ---------------------------------------------------------------------- options
 
 
-def _check_options(
-    lr: float,
+def check_options(
+    eta: float,
     iterations: int,
     scale_lr: float,
     grad_norm_bound: float,
     min_scale: float,
-    on_iteration: Callable[[int, float], None] | None,
+    grad_clip: float = DEFAULT_GRAD_CLIP,
+    prefix: str = "",
 ) -> None:
+    """A ConfigError naming the first option out of range (``prefix``: where a config keeps them)."""
     checks = [
-        ("lr", lr, _positive(lr) and math.isfinite(lr), "the training run's SGD learning rate, e.g. 0.1"),
-        ("iterations", iterations, _whole(iterations) and iterations >= 1, "a whole number of updates >= 1, e.g. 100"),
-        ("scale_lr", scale_lr, _positive(scale_lr) and math.isfinite(scale_lr), "Adam's step size, e.g. 0.01"),
-        ("grad_norm_bound", grad_norm_bound, _positive(grad_norm_bound), "a bound > 0, e.g. 10 (math.inf: none)"),
+        ("eta", eta, _positive(eta) and math.isfinite(eta), "the training run's learning rate, e.g. 0.1"),
+        ("iterations", iterations, _whole(iterations) and iterations >= 1, "a whole number of updates >= 1, e.g. 390"),
+        ("scale_lr", scale_lr, _positive(scale_lr) and math.isfinite(scale_lr), "Adam's step size, e.g. 0.001"),
+        ("grad_norm_bound", grad_norm_bound, _positive(grad_norm_bound), "a bound > 0, e.g. 1 (math.inf: none)"),
         ("min_scale", min_scale, _positive(min_scale) and min_scale <= 1.0, "a floor in (0, 1], e.g. 0.01"),
+        ("grad_clip", grad_clip, _positive(grad_clip), "a clip > 0, e.g. 1 (math.inf: none)"),
     ]
     for option, value, ok, wanted in checks:
         if not ok:
-            raise ConfigError(f"lrsi option {option}={value!r} is out of range; give {wanted}.")
-    if on_iteration is not None and not callable(on_iteration):
-        raise ConfigError(
-            f"lrsi's on_iteration is a {type(on_iteration).__name__}, not a callable; "
-            "pass a function (iteration, objective) -> None, or None."
-        )
+            raise ConfigError(f"lrsi option {prefix}{option}={value!r} is out of range; give {wanted}.")
 
 
 def _positive(value: object) -> bool:
