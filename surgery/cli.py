@@ -29,7 +29,7 @@ import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
-from surgery.ghosts import ghost_parameters
+from surgery.manifest import ghost_cost
 from surgery.graph import device_of, scalar_loss
 from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
@@ -124,7 +124,10 @@ def _add_inspect(commands) -> None:
         "surgery inspect timm:resnet50 --recipe recipe.yaml --json",
     )
     _add_model_arguments(p)
-    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: conv1x1 ghost skips + PSwish)")
+    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: ToST, conv1x1 ghost skips around the "
+                   "body's spatial convs + PSwish)")
+    p.add_argument("--sparsity", type=float, metavar="S",
+                   help="compare the ghosts' parameters with what an S-sparse mask keeps, e.g. 0.98")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=run_inspect)
 
@@ -136,7 +139,8 @@ def _add_verify(commands) -> None:
         "surgery verify torchvision:resnet18 --sparsity 0.9 --input-size 64",
     )
     _add_model_arguments(p)
-    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: conv1x1 ghost skips + PSwish)")
+    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: ToST, conv1x1 ghost skips around the "
+                   "body's spatial convs + PSwish)")
     _add_mask_arguments(p)
     p.add_argument("--device", choices=("cpu", "meta"), default="cpu", help="meta: structure only, no numeric checks")
     p.set_defaults(run=run_verify)
@@ -193,7 +197,8 @@ def _add_train(commands) -> None:
     _add_data_arguments(p)
     p.add_argument("--masks", metavar="FILE", help="a .safetensors mask file (instead of --method)")
     _add_finder_arguments(p, default_sparsity=0.9)
-    p.add_argument("--recipe", metavar="FILE", help="recipe YAML (default: ToST, conv1x1 ghost skips + PSwish); 'none' for plain training")
+    p.add_argument("--recipe", metavar="NAME|FILE", help="tost (the default: conv1x1 ghost skips around the body's "
+                   "spatial convs + PSwish), none (plain sparse training, e.g. a baseline), or a recipe YAML file")
     _add_training_arguments(p)
     p.add_argument("--label-smoothing", type=float, metavar="A", help="constant label smoothing (default 0)")
     p.add_argument("--lrsi", action="store_true", help="layer-wise re-scaled initialization before training")
@@ -318,8 +323,10 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
+    if args.sparsity is not None and not 0.0 <= args.sparsity < 1.0:
+        raise ConfigError(f"--sparsity {args.sparsity} is outside [0, 1): give the fraction a mask prunes, e.g. 0.98.")
     model, x, ghosted = compile_for_inspection(args)
-    report = inspection_report(args.model, model, ghosted, x)
+    report = inspection_report(args.model, model, ghosted, x, sparsity=args.sparsity)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -354,26 +361,34 @@ def _build_and_compile(args: argparse.Namespace, device: str):
     return model, x, ghosted
 
 
-def inspection_report(spec: str, model: nn.Module, ghosted: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
+def inspection_report(
+    spec: str, model: nn.Module, ghosted: torch.fx.GraphModule, x: torch.Tensor, sparsity: float | None = None
+) -> dict[str, Any]:
     manifest = surgery.manifest_of(ghosted)
     summary = manifest.summary()
     maskable = prunable_weights(model)
+    maskable_parameters = sum(w.numel() for w in maskable.values())
+    kept = summary["kept_weights"]
+    if kept is None and sparsity is not None:
+        kept = round(maskable_parameters * (1 - sparsity))
     return {
         "model": spec,
         "class": summary.pop("model"),
         "input_shape": list(x.shape),
         "device": str(device_of(model)),
         "parameters": parameter_count(model),
-        "ghost_parameters": sum(p.numel() for p in ghost_parameters(ghosted)),
-        **{k: v for k, v in summary.items() if k != "deghosted"},
+        **{k: v for k, v in summary.items() if k not in ("deghosted", "kept_weights")},
+        "kept_weights": kept,
+        "ghost_cost": ghost_cost(summary["ghost_parameters"], kept),
         "activations_by_original": dict(Counter(a.original for a in manifest.activations)),
         "activations_unreached": sum(1 for u in manifest.unreached if u.what == "activation"),
         "maskable_weights": len(maskable),
-        "maskable_parameters": sum(w.numel() for w in maskable.values()),
+        "maskable_parameters": maskable_parameters,
         "leaf_modules": [{"module": path, "class": cls} for path, cls in leaf_modules_in(ghosted)],
         "unreached": [
             {"module": u.module, "class": u.cls, "inside": u.inside, "what": u.what} for u in manifest.unreached
         ],
+        "not_targeted": [{"site": site, "kind": kind} for site, kind in manifest.untargeted],
         "skipped": [{"site": site, "why": why} for site, why in manifest.skipped],
     }
 
@@ -398,7 +413,8 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("input", " x ".join(map(str, report["input_shape"])) + f" on {report['device']}"),
         ("passes", ", ".join(report["passes"]) or "none"),
         ("parameters", f"{report['parameters']:,} (+{report['ghost_parameters']:,} in ghosts, training only)"),
-        ("convs covered", f"{report['convs_covered']} of {report['convs_found']} found"),
+        ("ghost cost", _ghost_cost_text(report)),
+        ("convs covered", _convs_covered_text(report)),
         ("skip projections", projections),
         ("activations swapped", f"{report['activations_swapped']} ({originals})"),
         ("weights maskable", f"{report['maskable_weights']} ({report['maskable_parameters']:,} parameters)"),
@@ -409,6 +425,23 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report["linears_covered"]:
         rows.insert(4, ("linears covered", str(report["linears_covered"])))
     return rows
+
+
+def _convs_covered_text(report: dict[str, Any]) -> str:
+    text = f"{report['convs_covered']} of {report['convs_found']} found"
+    left_out = report["convs_not_targeted"]
+    if left_out:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in left_out.items())
+        text += f" (not targeted: {kinds}; add a kind to ghost_skip.targets to wrap it)"
+    return text
+
+
+def _ghost_cost_text(report: dict[str, Any]) -> str:
+    if report["kept_weights"] is not None or not report["ghost_parameters"] or not report["maskable_parameters"]:
+        return report["ghost_cost"]
+    share = report["ghost_parameters"] / report["maskable_parameters"]
+    return (f"{report['ghost_cost']} ({share:.1%} of the {report['maskable_parameters']:,} maskable weights; "
+            "--sparsity S compares with what a mask keeps)")
 
 
 def _print_listing(console: Console, title: str, rows: list[dict], columns: tuple[str, ...], limit: int = 20) -> None:
@@ -455,7 +488,7 @@ def _coverage(ghosted: torch.fx.GraphModule) -> str:
     s = surgery.manifest_of(ghosted).summary()
     return (
         f"{s['convs_covered']}/{s['convs_found']} convs covered, {s['activations_swapped']} activations swapped, "
-        f"{s['weights_masked']} weights masked"
+        f"{s['weights_masked']} weights masked; ghosts: {surgery.manifest_of(ghosted).ghost_cost()}"
     )
 
 
@@ -501,7 +534,7 @@ def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("give --masks FILE or --method / --sparsity, not both: a mask file is already a mask.")
     config["mask"] = {"file": args.masks} if args.masks else finder_config(args, default_sparsity=0.9)
     if args.recipe:
-        config["recipe"] = {} if args.recipe == "none" else Recipe.from_yaml(args.recipe).to_dict()
+        config["recipe"] = args.recipe  # tost | none | a recipe YAML file (RunConfig resolves it)
     epochs = args.epochs or 180
     config["train"] = {"epochs": epochs}
     schedule = args.lr_schedule or "step"
@@ -679,9 +712,12 @@ def print_run_summary(console: Console, config, result) -> None:
     table.add_column()
     table.add_row("model", f"{config.model.spec} on {config.data.dataset}")
     if result.test_accuracy is not None:
-        table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+        table.add_row("test accuracy", _accuracy_story(result))
     table.add_row("sparsity", f"{result.sparsity:.1%} of conv/linear weights are zero")
+    table.add_row("tweaks", escape(result.tweaks_text))
     table.add_row("ghosts", _ghost_story(result))
+    if result.ghost_parameters:
+        table.add_row("ghost cost", result.ghost_cost)
     if result.verify is not None:
         table.add_row("verified", escape(str(result.verify)))
     if result.export is not None:
@@ -690,6 +726,18 @@ def print_run_summary(console: Console, config, result) -> None:
     table.add_row("report", str(result.run_dir / "summary.md"))
     table.add_row("time", f"{result.seconds:.1f} s training")
     console.print(table)
+
+
+def _accuracy_story(result) -> str:
+    """The result's test accuracy; with a validation split, which epoch it comes from and the other one."""
+    best = result.best_val
+    if best is None or best.get("test_acc") is None:
+        return f"{result.test_accuracy:.2%}"
+    last = "n/a" if result.test_accuracy_last is None else f"{result.test_accuracy_last:.2%}"
+    if result.selected == "best_val":
+        return (f"{result.test_accuracy:.2%} (weights of the best-validation epoch {best['epoch']}, val "
+                f"{best['val_acc']:.2%}); last epoch {last}")
+    return f"{result.test_accuracy:.2%} (last epoch); at the best-validation epoch {best['epoch']}: {best['test_acc']:.2%}"
 
 
 def _ghost_story(result) -> str:

@@ -29,7 +29,7 @@ def demo_config(out: Path = Path("runs/demo"), *, epochs: int | None = None) -> 
         "data": {"dataset": "digits", "image_size": 16, "batch_size": 128},
         "mask": {"method": "random", "sparsity": 0.9},
         "recipe": {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}},
-        "lrsi": {"enabled": True, "iterations": 20, "batches": 2},
+        "lrsi": {"enabled": True, "iterations": 20},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
         "lr_schedule": {"kind": "step", "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else [], "gamma": 0.1},
         "ghosts": {"alpha": {"kind": "linear", "start": 1.0, "end": 0.0},

@@ -57,6 +57,14 @@ NETS = textwrap.dedent(
 
 
 @pytest.fixture
+def every_conv(tmp_path) -> Path:
+    """A recipe that wraps the stem too: TinyNet's only conv outside its gate is its stem."""
+    path = tmp_path / "every-conv.yaml"
+    path.write_text("ghost_skip: {targets: [conv, stem, pointwise, pooled]}\nsoft_activation: {}\n")
+    return path
+
+
+@pytest.fixture
 def nets(tmp_path) -> Path:
     path = tmp_path / "nets.py"
     path.write_text(NETS)
@@ -97,7 +105,7 @@ def test_installed_console_script():
         [script, "inspect", "torchvision:resnet18"], capture_output=True, text=True, timeout=120
     )
     assert inspect.returncode == 0, inspect.stderr
-    assert "20 of 20 found" in inspect.stdout
+    assert "16 of 20 found" in inspect.stdout
 
 
 # ----------------------------------------------------------------- inspect
@@ -106,15 +114,24 @@ def test_installed_console_script():
 def test_inspect_table(capsys):
     code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--num-classes", "10")
     assert code == 0
-    for text in ["20 of 20 found", "7 conv1x1, 13 identity", "17 (17 x nn.ReLU(inplace=True))", "on meta"]:
+    for text in ["16 of 20 found (not targeted: 1 stem, 3 pointwise", "13 identity, 3 conv1x1",
+                 "17 (17 x nn.ReLU(inplace=True))", "on meta", "173,824 dense training-only parameters"]:
         assert text in out
+
+
+def test_inspect_compares_the_ghosts_with_what_a_mask_keeps(capsys):
+    code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--num-classes", "10", "--sparsity", "0.98", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kept_weights"] == round(11_172_032 * 0.02)
+    assert report["ghost_cost"] == "173,824 dense training-only parameters = 78% of the 223,441 kept weights"
 
 
 def test_inspect_json(capsys):
     code, out, _ = run(capsys, "inspect", "timm:resnet18", "--input-size", "64", "--json")
     report = json.loads(out)
     assert code == 0
-    assert report["convs_found"] == report["convs_covered"] == 20
+    assert report["convs_found"] == 20 and report["convs_covered"] == report["convs_targeted"] == 16
+    assert report["convs_not_targeted"] == {"stem": 1, "pointwise": 3}
     assert report["activations_swapped"] == 17
     assert report["maskable_weights"] == 21
     assert report["input_shape"] == [2, 3, 64, 64]
@@ -122,8 +139,9 @@ def test_inspect_json(capsys):
     assert report["parameters"] == sum(p.numel() for p in build_model("timm:resnet18").parameters())
 
 
-def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets):
-    code, out, _ = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16", "--json")
+def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets, every_conv):
+    code, out, _ = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16", "--json",
+                       "--recipe", every_conv)
     report = json.loads(out)
     assert code == 0
     assert [leaf["module"] for leaf in report["leaf_modules"]] == ["gate"]
@@ -131,12 +149,18 @@ def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets):
     assert report["convs_found"] == 2 and report["convs_covered"] == 1
 
 
+def test_a_recipe_that_leaves_no_conv_to_wrap_says_which_option_brings_it_back(capsys, nets):
+    code, out, err = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "1 stem (reads a model input" in err and "add 'stem' to ghost_skip.targets" in err
+
+
 def test_inspect_recipe_file(capsys, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("ghost_skip: {projection: parameter_free}\nsoft_activation: {kind: mish}\n")
     code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--recipe", recipe, "--json")
     report = json.loads(out)
-    assert code == 0 and report["projections"] == {"parameter_free": 7, "identity": 13}
+    assert code == 0 and report["projections"] == {"identity": 13, "parameter_free": 3}
     assert report["ghost_parameters"] == 0
 
 
@@ -191,10 +215,10 @@ def test_bad_sparsity(capsys, nets):
 
 
 def test_verify_on_cpu_with_random_masks(capsys):
-    argv = ["verify", "torchvision:resnet18", "--num-classes", "10", "--input-size", "32", "--sparsity", "0.8"]
+    argv = ["verify", "torchvision:resnet18", "--num-classes", "10", "--input-size", "64", "--sparsity", "0.8"]
     code, out, _ = run(capsys, *argv)
     assert code == 0
-    for text in ["20/20 convs covered", "21 weights masked", "(a) graph", "(c) outputs", "(d) ghosted", "80.0%"]:
+    for text in ["16/20 convs covered", "21 weights masked", "(a) graph", "(c) outputs", "(d) ghosted", "80.0%"]:
         assert text in out
 
 
@@ -204,10 +228,11 @@ def test_verify_on_meta_checks_structure_only(capsys):
     assert "(b) state_dict loads strictly" in out and "(c)" not in out and "skipped on the meta device" in out
 
 
-def test_verify_with_a_mask_file_and_leaf(capsys, nets, tmp_path):
+def test_verify_with_a_mask_file_and_leaf(capsys, nets, tmp_path, every_conv):
     masks = random_masks(build_model(f"{nets}:gated"), 0.5, seed=1)
     path = save_masks(masks, tmp_path / "masks.safetensors")
-    code, out, _ = run(capsys, "verify", f"{nets}:gated", "--leaf", "gate", "--masks", path, "--input-size", "16")
+    code, out, _ = run(capsys, "verify", f"{nets}:gated", "--leaf", "gate", "--masks", path, "--input-size", "16",
+                       "--recipe", every_conv)
     assert code == 0 and "1/2 convs covered" in out and "3 weights masked" in out and "(d) ghosted" in out
 
 
@@ -265,7 +290,7 @@ def test_train_runs_the_whole_pipeline_and_reports(capsys, tmp_path):
 def test_run_takes_a_config_and_overrides(capsys, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({
-        "name": "tiny", "model": {"spec": "cifar:resnet20"}, "mask": {"sparsity": 0.5},
+        "name": "tiny", "model": {"spec": "cifar:resnet20"}, "mask": {"sparsity": 0.5}, "recipe": "tost",
         "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
         "lr_schedule": {"milestones": [1]}, "train": {"epochs": 2, "tensorboard": False},
     }))

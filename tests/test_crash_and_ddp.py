@@ -19,6 +19,7 @@ TINY = {
     "model": {"spec": "cifar:resnet20"},
     "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
     "mask": {"sparsity": 0.8},
+    "recipe": "tost",
     "lr_schedule": {"milestones": [2]},
     "label_smoothing": {"start": 0.1},
     "train": {"epochs": 4, "progress": False, "tensorboard": False, "log_every": 1, "checkpoint_every": 1},

@@ -19,7 +19,7 @@ def test_yaml_round_trip_with_relative_paths(tmp_path):
     (tmp_path / "configs").mkdir()
     path = tmp_path / "configs" / "run.yaml"
     path.write_text(
-        "name: r\nmask: {file: masks/m.safetensors}\noptimizer: {weight_decay: 5e-4}\n"
+        "name: r\nrecipe: tost\nmask: {file: masks/m.safetensors}\noptimizer: {weight_decay: 5e-4}\n"
         "train: {epochs: 10}\nlr_schedule: {milestones: [5, 8]}\n"
     )
     c = RunConfig.from_yaml(path)
@@ -27,12 +27,38 @@ def test_yaml_round_trip_with_relative_paths(tmp_path):
     assert c.mask.file == str(tmp_path / "configs" / "masks" / "m.safetensors")
     again = RunConfig.from_dict(c.to_dict())
     assert again == c
+    assert c.recipe == {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
+
+
+def test_a_config_file_must_say_which_recipe_trains(tmp_path):
+    path = tmp_path / "gmp.yaml"
+    path.write_text("name: gmp-baseline\nmask: {method: gmp, sparsity: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"does not say which recipe trains: add 'recipe: tost'.*'recipe: none'"):
+        RunConfig.from_yaml(path)
+    path.write_text("name: gmp-baseline\nmask: {method: gmp, sparsity: 0.9}\nrecipe: none\n")
+    assert RunConfig.from_yaml(path).recipe_object().passes == []
+
+
+def test_recipe_by_name_or_file(tmp_path):
+    (tmp_path / "skips.yaml").write_text("ghost_skip: {projection: parameter_free, targets: [conv, stem]}\n")
+    config = tmp_path / "run.yaml"
+    config.write_text("recipe: skips.yaml\n")
+    assert RunConfig.from_yaml(config).recipe["ghost_skip"]["targets"] == ["conv", "stem"]
+    assert RunConfig.from_dict({"recipe": "none"}).recipe == {}
+    assert [n for n, _ in RunConfig.from_dict({"recipe": "tost"}).recipe_object().passes] == ["ghost_skip", "soft_activation"]
+    with pytest.raises(ConfigError, match=r"recipe: 'tots' is not a recipe.*Did you mean 'tost'"):
+        RunConfig.from_dict({"recipe": "tots"})
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"optimiser": {}}, "no field 'optimiser'.*optimizer"),
+        ({"lrsi": {"enabled": True, "iterations": 0}}, r"lrsi option lrsi.iterations=0 is out of range"),
+        ({"lrsi": {"enabled": True, "scale_lr": -1}}, r"lrsi.scale_lr=-1"),
+        ({"lrsi": {"batches": 4}}, r"section 'lrsi' has no field 'batches'"),
+        ({"train": {"select": "best"}}, r"unknown train.select 'best'.*best_val"),
+        ({"train": {"select": "best_val"}}, r"no validation split: set data.val_split"),
         ({"optimizer": {"name": "sgdd"}}, "unknown optimizer 'sgdd'.*sgd"),
         ({"optimizer": {"lr": "fast"}}, "optimizer.lr"),
         ({"lr_schedule": {"kind": "poly"}}, "unknown learning-rate schedule 'poly'"),

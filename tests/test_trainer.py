@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import surgery
-from surgery.errors import CheckpointError, DivergedError
+from surgery.errors import CheckpointError, ConfigError, DivergedError
 from surgery.ghosts import ghost_parameters, ghosts
 from surgery.masks import masked_parameters
 from surgery.pruning import random_masks
@@ -76,6 +76,72 @@ def test_a_run_moves_the_schedules_removes_ghosts_and_verifies(tmp_path):
         assert (run_dir / name).is_file(), name
     assert result.test_accuracy is not None and result.sparsity == pytest.approx(0.8, abs=0.01)
     assert not ghosts(result.model) and not masked_parameters(result.model)
+    assert result.tweaks_text == "ghost skips: 18 (16 identity, 2 conv1x1), soft activations: 19 pswish, " \
+        "label smoothing 0.1 -> 0"
+    assert result.ghost_parameters == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64  # two 1x1 projections + their norms
+    summary = (run_dir / "summary.md").read_text()
+    assert "| tweaks | ghost skips: 18 (16 identity, 2 conv1x1), soft activations: 19 pswish" in summary
+    assert f"| ghost cost | {result.ghost_parameters:,} dense training-only parameters = " in summary
+
+
+def test_a_baseline_says_it_trained_no_tweaks(tmp_path):
+    config = tiny_config(tmp_path, recipe="none", label_smoothing={"start": 0.0, "kind": "constant"},
+                         train={"epochs": 1}, lr_schedule={"milestones": []})
+    result = pipeline.run(config)
+    assert result.tweaks_text == "none (plain sparse training)" and result.ghost_parameters == 0
+    summary = (config.run_dir / "summary.md").read_text()
+    assert "| tweaks | none (plain sparse training) |" in summary and "ghost cost" not in summary
+
+
+# ------------------------------------------------------------------ validation split
+
+
+def scripted_evaluation(monkeypatch, val, test):
+    """Trainer.evaluate returns these accuracies, epoch by epoch, for the val and test splits."""
+    def evaluate(self, loader):
+        split = next(name for name, candidate in self.eval_loaders.items() if candidate is loader)
+        return 1.0, {"val": val, "test": test}[split][self.epoch]
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+def test_best_validation_weights_come_from_an_epoch_without_ghosts(tmp_path, monkeypatch):
+    # ghosts leave before epoch 3 (the decay at 2): epoch 1's best validation score does not count
+    scripted_evaluation(monkeypatch, val=[0.9, 0.5, 0.7, 0.6], test=[0.1, 0.2, 0.3, 0.4])
+    trainer = build_trainer(tiny_config(tmp_path, data={"val_split": 0.2}, train={"epochs": 4}))
+    snapshots = {}
+    track = Trainer._track_best
+
+    def snapshot(self, row):
+        snapshots[row["epoch"]] = weights(self.module)
+        track(self, row)
+
+    monkeypatch.setattr(Trainer, "_track_best", snapshot)
+    result = trainer.fit()
+    assert result.selected == "best_val" and result.best == {"epoch": 3, "val_acc": 0.7, "test_acc": 0.3}
+    final = weights(result.model)
+    assert all(torch.equal(final[k], snapshots[3][k]) for k in final)
+    state, _ = trainer.store.load_latest()  # a resumed run knows the best epoch and its weights
+    assert state["best"]["epoch"] == 3 and all(torch.equal(state["best_state"][k], snapshots[3][k]) for k in final)
+
+
+def test_the_run_reports_last_and_best_validation_test_accuracy(tmp_path, monkeypatch):
+    scripted_evaluation(monkeypatch, val=[0.5, 0.8, 0.6], test=[0.2, 0.35, 0.4])
+    config = tiny_config(tmp_path, data={"val_split": 0.2}, lr_schedule={"milestones": [1]})
+    result = pipeline.run(config)
+    assert (result.selected, result.test_accuracy, result.test_accuracy_last) == ("best_val", 0.35, 0.4)
+    summary = (config.run_dir / "summary.md").read_text()
+    assert "35.00% at the best-validation epoch 2 (val 80.00%); 40.00% at the last epoch" in summary
+    last = pipeline.run(tiny_config(tmp_path, "last", data={"val_split": 0.2}, lr_schedule={"milestones": [1]},
+                                    train={"select": "last"}))
+    assert (last.selected, last.test_accuracy, last.best_val["test_acc"]) == ("last", 0.4, 0.35)
+
+
+def test_best_validation_selection_refuses_a_mask_that_changes_during_training(tmp_path):
+    config = tiny_config(tmp_path, data={"val_split": 0.2}, mask={"method": "gmp", "sparsity": 0.8},
+                         train={"select": "best_val"})
+    with pytest.raises(ConfigError, match="best_val needs a fixed mask, but gmp changes the mask"):
+        pipeline.run(config)
 
 
 def test_removing_ghosts_keeps_every_other_parameters_momentum(tmp_path):

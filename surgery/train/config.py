@@ -19,6 +19,7 @@ decay x0.1 at 90 and 135.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -130,14 +131,24 @@ class DistillConfig:
 
 @dataclass
 class LRsIConfig:
+    """GradInit's procedure and defaults (surgery.init.lrsi): a fresh training batch every iteration."""
+
     enabled: bool = False
-    iterations: int = 100
-    batches: int = 4
+    iterations: int = 390  # GradInit / ToST: one epoch of CIFAR at batch 128
+    scale_lr: float = 1e-3  # Adam on the scales (GradInit: 1e-3 for BN ResNets, 1e-1 for VGG-19 with BN)
+    eta: float | None = None  # the simulated step's length; None: optimizer.lr
+    grad_norm_bound: float = 1.0  # gamma; .inf: no constraint
+    normalize: bool = True  # step eta * g / ||g|| (GradInit); false: eta * g
+    min_scale: float = 0.01
+
+
+SELECTIONS = ("auto", "last", "best_val")
 
 
 @dataclass
 class TrainSettings:
     epochs: int = 180
+    select: str = "auto"  # the weights a run ends with: last | best_val (needs data.val_split); auto: best_val when there is a val split
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -165,7 +176,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    recipe: dict[str, Any] = field(default_factory=lambda: dict(TOST_RECIPE))
+    recipe: Any = field(default_factory=lambda: copy.deepcopy(TOST_RECIPE))  # tost | none | a recipe mapping (config files must say)
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -179,8 +190,13 @@ class RunConfig:
     # ------------------------------------------------------------ loading
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> RunConfig:
-        config = _build(cls, data or {}, "")
+    def from_dict(cls, data: Mapping[str, Any] | None, base: Path | None = None) -> RunConfig:
+        """A validated config; a missing ``recipe`` is ToST (what ``surgery train`` trains), and a recipe
+        given by name (``tost``, ``none``) or as a recipe YAML path (relative to ``base``) becomes its passes."""
+        data = dict(data or {})
+        if "recipe" in data:
+            data["recipe"] = recipe_section(data["recipe"], base or Path.cwd())
+        config = _build(cls, data, "")
         config.validate()
         return config
 
@@ -196,7 +212,13 @@ class RunConfig:
             raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from error
         if not isinstance(data, Mapping):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
-        config = cls.from_dict(data)
+        if "recipe" not in data:  # a baseline must not train with ghosts because a line was left out
+            raise ConfigError(
+                f"config file '{path}' does not say which recipe trains: add 'recipe: tost' (ghost skips around the "
+                "body's spatial convs + PSwish, removed before the first LR decay), 'recipe: none' (plain sparse "
+                "training, e.g. a baseline), or a mapping of passes / a recipe file."
+            )
+        config = cls.from_dict(data, base=path.parent)
         config.resolve_paths(path.parent)
         return config
 
@@ -266,6 +288,12 @@ class RunConfig:
                 f"unknown optimizer '{self.optimizer.name}'." + did_you_mean(self.optimizer.name, OPTIMIZERS)
                 + f" Known: {list(OPTIMIZERS)}."
             )
+        if self.train.select not in SELECTIONS:
+            raise ConfigError(f"unknown train.select '{self.train.select}'." + did_you_mean(self.train.select, SELECTIONS)
+                              + f" Known: {list(SELECTIONS)}.")
+        if self.train.select == "best_val" and not self.data.val_split:
+            raise ConfigError("train.select: best_val picks the epoch with the best validation accuracy, but there is no "
+                              "validation split: set data.val_split (e.g. 0.1 holds out 5,000 of CIFAR-10's 50,000).")
         if self.train.amp not in AMP_MODES:
             raise ConfigError(f"unknown train.amp '{self.train.amp}'." + did_you_mean(self.train.amp, AMP_MODES) + f" Known: {list(AMP_MODES)}.")
         if self.optimizer.lr <= 0:
@@ -278,6 +306,12 @@ class RunConfig:
             raise ConfigError(f"mask.sparsity {self.mask.sparsity} is outside [0, 1): give the fraction to prune, e.g. 0.9.")
         if self.mask.batches < 1:
             raise ConfigError(f"mask.batches is {self.mask.batches}; score on at least 1 batch.")
+        if self.lrsi.enabled:
+            from surgery.init.lrsi import check_options
+
+            lrsi = self.lrsi
+            check_options(lrsi.eta or self.optimizer.lr, lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound,
+                          lrsi.min_scale, prefix="lrsi.")
         if self.init.centroids and not self.mask.file:
             raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
         lr = self.lr_plan()
@@ -288,6 +322,25 @@ class RunConfig:
         self.smoothing_plan()
         if self.distill.teacher is not None and self.distill.temperature <= 0:
             raise ConfigError(f"distill.temperature {self.distill.temperature} must be > 0 (Hinton et al. use 1-20, often 4).")
+
+
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}
+
+
+def recipe_section(value: Any, base: Path) -> dict[str, Any]:
+    """The ``recipe`` field as passes: a preset name, a recipe YAML file, or a mapping (kept as written)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value in RECIPE_PRESETS:
+        return {name: dict(options) for name, options in RECIPE_PRESETS[value].items()}
+    if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+        path = Path(value) if Path(value).is_absolute() else base / value
+        return Recipe.from_yaml(path).to_dict()
+    raise ConfigError(
+        f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}"
+        + (did_you_mean(value, RECIPE_PRESETS) if isinstance(value, str) else "")
+        + ", a recipe YAML file, or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
+    )
 
 
 # Fields that change what is computed: a resumed run must agree on all of them.

@@ -9,6 +9,7 @@ original class), ``verify.txt``, ``model.onnx`` + sidecar, plots and ``summary.m
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import surgery
 from surgery.errors import ConfigError, SurgeryError
 from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
+from surgery.manifest import ghost_cost
 from surgery.masks import (
     bake_masks,
     masked_parameters,
@@ -41,13 +43,28 @@ from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
 class RunResult:
     run_dir: Path
     model: nn.Module  # the clean trained model (the original class's structure, masks baked in)
-    test_accuracy: float | None
+    test_accuracy: float | None  # of ``model``: the best-validation epoch's when that was selected, else the last's
     sparsity: float
     history: list[dict[str, Any]]
     verify: Any = None  # surgery.VerifyReport, or None when skipped
     export: Any = None  # surgery.ExportInfo, or None when skipped
     seconds: float = 0.0
     events: list[tuple[int, str]] = field(default_factory=list)  # (step, "ghosts removed" / "LR x0.1")
+    test_accuracy_last: float | None = None  # the last epoch's
+    best_val: dict[str, Any] | None = None  # {epoch, val_acc, test_acc} of the best-validation epoch
+    selected: str = "last"  # whose weights ``model`` holds: "last" or "best_val"
+    tweaks: dict[str, Any] = field(default_factory=dict)  # what trained besides the plain network (tweaks_of)
+    ghost_parameters: int = 0  # training-only parameters the ghosts added
+
+    @property
+    def tweaks_text(self) -> str:
+        return describe_tweaks(self.tweaks)
+
+    @property
+    def ghost_cost(self) -> str:
+        """The ghosts' training-only parameters next to the weights the final mask keeps."""
+        weights = sum(w.numel() for w in prunable_weights(self.model).values())
+        return ghost_cost(self.ghost_parameters, round((1 - self.sparsity) * weights) or None)
 
 
 def run(
@@ -75,6 +92,7 @@ def run(
     if plan.weights is not None:
         start = with_weights(start, plan.weights)
     ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
+    manifest = surgery.manifest_of(ghosted)
     dist.broadcast_masks(ghosted)
     if not resume:
         start_from(config, ghosted, plan)
@@ -89,7 +107,8 @@ def run(
                       teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     trained = trainer.fit(resume=resume)
     mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
-    result = finish(config, original, trained, example, run_dir, dist, console, mask_metadata)
+    result = finish(config, original, trained, example, run_dir, dist, console, mask_metadata,
+                    tweaks=tweaks_of(config, manifest), ghost_parameters=manifest.ghost_parameters)
     dist.close()
     return result
 
@@ -164,18 +183,32 @@ def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
 
 
 def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> None:
-    """LRsI: learn one scale per weight tensor on the first training batches and fold it in."""
+    """LRsI (GradInit): learn one scale per conv / Linear / norm tensor on fresh training batches, fold it in."""
     from surgery.init.lrsi import lrsi
 
     ghosted.to(dist.device)
-    train_loader.set_epoch(0)
-    batches = [b for _, b in zip(range(config.lrsi.batches), train_loader.batches(0))]
-    result = lrsi(ghosted, batches, lr=config.optimizer.lr, iterations=config.lrsi.iterations)
+    options = config.lrsi
+    result = lrsi(ghosted, EveryEpoch(train_loader), eta=options.eta or config.optimizer.lr,
+                  iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
+                  normalize=options.normalize, min_scale=options.min_scale)
     if dist.is_main:
+        constrained = f" ({result.constrained_iterations} on the gradient-norm bound)" if result.constrained_iterations else ""
         console.print(
-            f"LRsI: {len(result.scales)} weight scales learned in {result.iterations} iterations; "
-            f"loss after one SGD step {result.loss_before:.4f} -> {result.loss_after:.4f}"
+            f"LRsI: {len(result.scales)} scales learned in {result.iterations} iterations{constrained}; "
+            f"loss after one step {result.loss_before:.4f} -> {result.loss_after:.4f}"
         )
+
+
+class EveryEpoch:
+    """The training loader's batches, epoch after epoch: LRsI reads a fresh batch every iteration."""
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def __iter__(self):
+        for epoch in itertools.count():
+            self.loader.set_epoch(epoch)
+            yield from self.loader.batches(0)
 
 
 def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
@@ -192,7 +225,8 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
 
 
 def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example: torch.Tensor, run_dir: Path,
-           dist: Distributed, console: Console, mask_metadata: dict[str, str] | None = None) -> RunResult:
+           dist: Distributed, console: Console, mask_metadata: dict[str, str] | None = None, *,
+           tweaks: dict[str, Any] | None = None, ghost_parameters: int = 0) -> RunResult:
     """Bake masks, verify against the original, save weights, export ONNX, write the report (rank 0)."""
     model = trained.model
     kept_ghosts = bool(ghosts(model))
@@ -202,9 +236,11 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     else:
         bake_masks(model)
     model = model.cpu().eval()
-    final = trained.history[-1] if trained.history else {}
-    result = RunResult(run_dir, model, final.get("test_acc"), _sparsity(model), trained.history,
-                       seconds=trained.seconds, events=trained.events)
+    last = next((row["test_acc"] for row in reversed(trained.history) if row.get("test_acc") is not None), None)
+    selected_accuracy = trained.best["test_acc"] if trained.selected == "best_val" else last
+    result = RunResult(run_dir, model, selected_accuracy, _sparsity(model), trained.history,
+                       seconds=trained.seconds, events=trained.events, test_accuracy_last=last, best_val=trained.best,
+                       selected=trained.selected, tweaks=dict(tweaks or {}), ghost_parameters=ghost_parameters)
     if not dist.is_main:
         return result
     notes = {}
@@ -220,8 +256,68 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
                  layer_sparsity=_layer_sparsity(model), events=trained.events,
                  extra={"model": config.model.spec, "dataset": config.data.dataset,
                         "mask": _mask_text(config), "device": str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""),
+                        "tweaks": result.tweaks_text, **_ghost_cost_row(result), **_selection_row(result),
                         "sparsity": f"{result.sparsity:.2%} of conv/linear weights are zero", **notes})
     return result
+
+
+def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
+    """What trained besides the plain sparse network, as data: ghost skips, soft activations, LRsI,
+    label smoothing, distillation (``describe_tweaks`` says it in words)."""
+    smoothing = config.label_smoothing
+    activations = [a.kind for a in manifest.activations]
+    return {
+        "ghost_skips": len(manifest.skips),
+        "ghost_skip_projections": {p: sum(1 for s in manifest.skips if s.projection == p)
+                                   for p in dict.fromkeys(s.projection for s in manifest.skips)},
+        "soft_activations": len(activations),
+        "soft_activation_kind": activations[0] if activations else None,
+        "ghosts_removed_at": config.ghosts.remove_at if manifest.skips or activations else None,
+        "lrsi_iterations": config.lrsi.iterations if config.lrsi.enabled else 0,
+        "label_smoothing": [smoothing.start, smoothing.start if smoothing.end is None else smoothing.end]
+        if smoothing.start or smoothing.end else None,
+        "distillation_teacher": config.distill.teacher,
+    }
+
+
+def describe_tweaks(tweaks: dict[str, Any]) -> str:
+    """e.g. 'ghost skips: 16 (13 identity, 3 conv1x1), soft activations: 17 pswish, LRsI (390 iterations),
+    label smoothing 0.1'; 'none' when the plain network trained with hard labels."""
+    parts = []
+    if tweaks.get("ghost_skips"):
+        projections = ", ".join(f"{n} {p}" for p, n in tweaks.get("ghost_skip_projections", {}).items())
+        parts.append(f"ghost skips: {tweaks['ghost_skips']} ({projections})")
+    if tweaks.get("soft_activations"):
+        parts.append(f"soft activations: {tweaks['soft_activations']} {tweaks.get('soft_activation_kind')}")
+    if tweaks.get("lrsi_iterations"):
+        parts.append(f"LRsI ({tweaks['lrsi_iterations']} iterations)")
+    if tweaks.get("label_smoothing"):
+        start, end = tweaks["label_smoothing"]
+        parts.append(f"label smoothing {start:g}" + (f" -> {end:g}" if end != start else ""))
+    if tweaks.get("distillation_teacher"):
+        parts.append(f"distillation from {tweaks['distillation_teacher']}")
+    return ", ".join(parts) or "none (plain sparse training)"
+
+
+def _ghost_cost_row(result: RunResult) -> dict[str, str]:
+    if not (result.tweaks.get("ghost_skips") or result.tweaks.get("soft_activations")):
+        return {}
+    return {"ghost cost": result.ghost_cost}
+
+
+def _selection_row(result: RunResult) -> dict[str, str]:
+    """The test accuracy of the weights the run ends with, and of the other candidate."""
+    best, last = result.best_val, result.test_accuracy_last
+    if best is None or best.get("test_acc") is None:
+        return {}
+    text = (f"{best['test_acc']:.2%} at the best-validation epoch {best['epoch']} (val {best['val_acc']:.2%}); "
+            f"{_percent(last)} at the last epoch")
+    chosen = "best-validation weights" if result.selected == "best_val" else "last epoch's weights"
+    return {"test accuracy (selected)": f"{text}; the run keeps the {chosen}"}
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
 
 
 def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,

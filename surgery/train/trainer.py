@@ -65,6 +65,8 @@ class TrainResult:
     events: list[tuple[int, str]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    best: dict[str, Any] | None = None  # the best-validation epoch: {epoch, val_acc, test_acc}
+    selected: str = "last"  # whose weights ``model`` holds: the last epoch's or the best-validation epoch's
 
 
 class Trainer:
@@ -112,6 +114,10 @@ class Trainer:
             hook.setup(self)
         self.net = self._wrapped()
 
+        self.keep_best = self._keeps_best_weights()
+        self.best: dict[str, Any] | None = None  # {epoch, val_acc, test_acc} of the best eligible epoch
+        self.best_state: dict[str, torch.Tensor] | None = None  # its weights (only when they become the result)
+
         self.sums = _Sums()
         self.history: list[dict[str, Any]] = []
         self.events: list[tuple[int, str]] = []
@@ -145,6 +151,24 @@ class Trainer:
         names = [hook.name for hook in self.hooks]
         if len(set(names)) != len(names):
             raise ConfigError(f"training hooks {names} share a name; each keeps its own checkpoint state under its name.")
+
+    def _keeps_best_weights(self) -> bool:
+        """``train.select``: auto and best_val pick the best-validation epoch when the run has a val split.
+
+        Only epochs whose model is the one the run ends with compete: after the ghosts left
+        (or all of them, when ghosts are kept), and none while a mask method changes the mask.
+        """
+        select = self.settings.select
+        if select == "last" or "val" not in self.eval_loaders:
+            return False
+        if self.hooks:
+            if select == "best_val":
+                raise ConfigError(
+                    f"train.select: best_val needs a fixed mask, but {', '.join(h.name for h in self.hooks)} changes "
+                    "the mask during training (its paper reports the last epoch); use train.select: last."
+                )
+            return False
+        return True
 
     def _wrapped(self) -> nn.Module:
         net = self.dist.wrap(self.module)
@@ -196,7 +220,27 @@ class Trainer:
         self._save_checkpoint()
         for hook in self.hooks:  # after the checkpoint, which a resume must load into the hooked model
             hook.on_train_end(self)
-        return TrainResult(self.module, self.history, self._all_events(), self.step, time.perf_counter() - start)
+        selected = self._select_best()
+        return TrainResult(self.module, self.history, self._all_events(), self.step, time.perf_counter() - start,
+                           best=self.best, selected=selected)
+
+    def _select_best(self) -> str:
+        """Load the best-validation weights into the model when they are the run's result."""
+        if not (self.keep_best and self.best_state is not None):
+            return "last"
+        if self.best["epoch"] != self.epochs:
+            self.module.load_state_dict(self.best_state)
+        return "best_val"
+
+    def _track_best(self, row: dict[str, Any]) -> None:
+        """Remember the epoch with the best validation accuracy among those that end as the final model."""
+        val = row.get("val_acc")
+        final_structure = not self.hooks and (not self.has_ghosts or self.removal_epoch is None)
+        if val is None or not final_structure or (self.best is not None and val <= self.best["val_acc"]):
+            return
+        self.best = {"epoch": row["epoch"], "val_acc": val, "test_acc": row.get("test_acc")}
+        if self.keep_best:
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
 
     def _loop(self) -> None:
         while self.epoch < self.epochs:
@@ -305,6 +349,7 @@ class Trainer:
         if (self.epoch + 1) % self.settings.eval_every == 0 or self.epoch + 1 == self.epochs:
             for split, loader in self.eval_loaders.items():
                 row[f"{split}_loss"], row[f"{split}_acc"] = self.evaluate(loader)
+        self._track_best(row)
         row["seconds"] = time.perf_counter() - self.started
         if self.log:
             self.log.log_epoch(row)
@@ -360,6 +405,7 @@ class Trainer:
             "events": list(self.events),
             "history": list(self.history),
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
+            "best": self.best, "best_state": self.best_state,
             "seconds": time.perf_counter() - self.started if hasattr(self, "started") else 0.0,
             "rng": rng_state(),
         }
@@ -400,6 +446,7 @@ class Trainer:
         self.sums = _Sums.from_state(state["sums"], self.device)
         self.events, self.history = [tuple(e) for e in state["events"]], list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
+        self.best, self.best_state = state.get("best"), state.get("best_state")
         for hook in self.hooks:
             hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         set_rng_state(state["rng"])
