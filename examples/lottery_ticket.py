@@ -3,7 +3,7 @@
 Draws a ticket with IMP (rounds of training and pruning 20% of the remaining weights by
 magnitude, rewinding to an early epoch of the dense run), then retrains that same ticket
 from the same rewound weights twice: vanilla, and with the paper's architecture tweaks
-(skips around every conv, Swish) and recipe tweaks (LRsI, label smoothing). Prints every
+(skips around the body's 3x3 convs, Swish) and recipe tweaks (LRsI, label smoothing). Prints every
 IMP round and the two retrainings. The full-size run is configs/lottery-retrain.yaml.
 
     python examples/lottery_ticket.py [--epochs 6] [--rounds 3] [--sparsity 0.8]
@@ -27,7 +27,7 @@ def main() -> None:
         f"mask.options={{rounds: {args.rounds}, rewind: {{epoch: {rewind}}}}}"])
     with_tweaks = run(tweaked)  # IMP rounds, then the ticket retrained with AT + TRT
     vanilla = tweaked.with_overrides([
-        "name=lottery-vanilla", f"output={args.out / 'lottery-vanilla'}", "recipe={}", "lrsi.enabled=false",
+        "name=lottery-vanilla", f"output={args.out / 'lottery-vanilla'}", "recipe=none", "lrsi.enabled=false",
         "label_smoothing.start=0", f"mask.file={tweaked.run_dir / 'masks.safetensors'}",
         f"init.rewind={tweaked.run_dir / 'start-weights.safetensors'}"])
     plain = run(vanilla)

@@ -8,6 +8,11 @@
   16/32/64 channels). The paper's zero-padding shortcut ("option A") is replaced by the
   1x1-conv + BN projection ("option B") so the graph is plain torch ops; that adds
   about 3k parameters to ResNet-20 (0.272M rather than 0.270M).
+- ``grasp_resnet20`` ... ``grasp_resnet110``: the CIFAR ResNets of GraSP's code
+  (``models/base/resnet.py``), whose ResNet-32 is the one in ToST's Table 2 (dense CIFAR-10
+  94.80, CIFAR-100 74.64: GraSP's own baselines): He et al.'s 6n + 2 layout with every width
+  doubled (32/64/128; 1.86M parameters at depth 32), 1x1-conv + BN projection shortcuts, and
+  a Linear head drawn from N(0, 0.01) with a zero bias.
 - ``vgg11`` / ``vgg13`` / ``vgg16`` / ``vgg19``: VGG with BatchNorm after every (biased)
   conv and a CIFAR head, one Linear on the 512-d globally pooled features; VGG-16 has
   the 14,728,266 parameters the papers report for 10 classes.
@@ -196,6 +201,8 @@ def kaiming_init(model: nn.Module) -> None:
 
 IMAGENET_STYLE_WIDTHS = (64, 128, 256, 512)
 HE_CIFAR_WIDTHS = (16, 32, 64)
+GRASP_CIFAR_WIDTHS = (32, 64, 128)  # GraSP (and so ToST's Table 2) doubles He et al.'s widths
+HE_DEPTHS = (20, 32, 44, 56, 110)
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
@@ -210,7 +217,8 @@ def resnet50(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(Bottleneck, (3, 4, 6, 3), IMAGENET_STYLE_WIDTHS, num_classes, in_channels)
 
 
-def he_cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+def he_cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3,
+                    widths: Sequence[int] = HE_CIFAR_WIDTHS) -> CifarResNet:
     """He et al.'s CIFAR ResNet of ``depth`` = 6n + 2 layers: n BasicBlocks in each of 3 stages."""
     if depth < 8 or (depth - 2) % 6:
         raise UnknownModelError(
@@ -218,15 +226,23 @@ def he_cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> 
             "(8, 14, 20, 32, 44, 56, 110, ...); pick one of those."
         )
     n = (depth - 2) // 6
-    return CifarResNet(BasicBlock, (n, n, n), HE_CIFAR_WIDTHS, num_classes, in_channels)
+    return CifarResNet(BasicBlock, (n, n, n), widths, num_classes, in_channels)
 
 
-def _he_builder(depth: int) -> Callable[..., CifarResNet]:
+def grasp_cifar_resnet(depth: int, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
+    """GraSP's CIFAR ResNet: He et al.'s layout at twice the width, a Linear head from N(0, 0.01)."""
+    model = he_cifar_resnet(depth, num_classes, in_channels, GRASP_CIFAR_WIDTHS)
+    nn.init.normal_(model.fc.weight, 0.0, 0.01)
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
+def _resnet_builder(name: str, depth: int, make: Callable[..., CifarResNet], about: str) -> Callable[..., CifarResNet]:
     def build(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
-        return he_cifar_resnet(depth, num_classes, in_channels)
+        return make(depth, num_classes, in_channels)
 
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = f"He et al.'s CIFAR ResNet-{depth} (projection shortcuts)."
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = about
     return build
 
 
@@ -243,6 +259,9 @@ CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
-    **{f"resnet{depth}": _he_builder(depth) for depth in (20, 32, 44, 56, 110)},
+    **{f"resnet{d}": _resnet_builder(f"resnet{d}", d, he_cifar_resnet, f"He et al.'s CIFAR ResNet-{d} (projection "
+                                       "shortcuts).") for d in HE_DEPTHS},
+    **{f"grasp_resnet{d}": _resnet_builder(f"grasp_resnet{d}", d, grasp_cifar_resnet, f"GraSP's CIFAR ResNet-{d} "
+                                             "(32/64/128 widths), ToST's Table 2 network at depth 32.") for d in HE_DEPTHS},
     **{name: _vgg_builder(name) for name in VGG_LAYOUTS},
 }
