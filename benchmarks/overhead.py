@@ -80,8 +80,8 @@ def recipes(masks: dict[str, torch.Tensor]) -> dict[str, dict | None]:
         "dense": None,
         "traced": {},
         "masked": {"masks": masks},
-        # parameter_free: identity wherever shapes match, pool + channel padding at the
-        # three strided convs, so every conv gets a skip and no skip adds a parameter
+        # the default placement (the body's 16 3x3 convs); parameter_free: identity wherever shapes
+        # match, pool + channel padding at the three strided convs, so no skip adds a parameter
         "tost_free": {"ghost_skip": {"projection": "parameter_free"}, "soft_activation": {"kind": "pswish"}, "masks": masks},
         "tost_conv1x1": {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}, "masks": masks},
     }
@@ -277,9 +277,11 @@ def report_body(results: dict[Setting, list[Variant]], device: torch.device, bat
         f"model and run round-robin, one step each per round with the order rotating; median (the verdict) and fastest "
         f"of {steps} timed steps after warm-up. The baseline is the plain `nn.Module` (uncompiled); the traced row shows what `torch.fx` "
         "alone costs.\n\n"
-        "\"Identity where possible\" is `projection: parameter_free`: identity skips wherever a conv keeps the shape "
-        "and average pooling + channel zero-padding at the three strided convs, so every conv gets a skip (the full "
-        "ToST recipe) and no skip adds a parameter. `projection: none` would leave the strided convs without a skip."
+        "Both ToST rows use the default placement, ToST's: a ghost skip around each of the body's 16 3x3 convs "
+        "(not the stem, not the three 1x1 shortcut convs), PSwish for each of the 17 ReLUs. `projection: "
+        "parameter_free` makes the skips identities wherever a conv keeps the shape and average pooling + channel "
+        "zero-padding at the three strided convs, so no skip adds a parameter; `conv1x1` projects those three with "
+        "a 1x1 conv + BatchNorm (173,824 training-only parameters)."
     )
     sections = [intro]
     for setting, variants in results.items():

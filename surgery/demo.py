@@ -1,7 +1,7 @@
 """The embedded demo job (``surgery demo``): the whole pipeline, offline, on CPU, in about two minutes.
 
 A CIFAR-style ResNet-20 on scikit-learn's bundled 8x8 digits (upsampled), a random
-90% mask, full ToST (conv1x1 ghost skips around every conv, PSwish for every ReLU,
+90% mask, full ToST (ghost skips around the body's 3x3 convs, PSwish for every ReLU,
 LRsI, label smoothing), trained with SGD while alpha falls 1 -> 0 and beta rises; the
 ghosts leave before the first LR decay, training goes on with the plain ResNet-20,
 and the result is verified against the original, exported to sparse ONNX and
@@ -28,7 +28,7 @@ def demo_config(out: Path = Path("runs/demo"), *, epochs: int | None = None) -> 
         "model": {"spec": "cifar:resnet20"},
         "data": {"dataset": "digits", "image_size": 16, "batch_size": 128},
         "mask": {"method": "random", "sparsity": 0.9},
-        "recipe": {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}},
+        "recipe": "tost",
         "lrsi": {"enabled": True, "iterations": 20},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
         "lr_schedule": {"kind": "step", "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else [], "gamma": 0.1},
