@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _command(commands, name: str, summary: str, example: str) -> argparse.ArgumentParser:
     return commands.add_parser(
         name,
-        help=summary,
+        help=summary.replace("%", "%%"),  # argparse %-formats help strings, not descriptions
         description=summary,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -108,6 +108,12 @@ def test_installed_console_script():
     assert "16 of 20 found" in inspect.stdout
 
 
+@pytest.mark.parametrize("command", [[], ["inspect"], ["verify"], ["export"], ["prune"], ["train"], ["run"], ["demo"]])
+def test_every_help_works(capsys, command):
+    code, out, err = run(capsys, *command, "--help")
+    assert code == 0 and "usage: surgery" in out and "Traceback" not in err
+
+
 # ----------------------------------------------------------------- inspect
 
 

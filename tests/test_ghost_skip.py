@@ -215,7 +215,9 @@ def test_no_ghost_adds_a_batch_norm_over_one_value_per_channel():
 
 
 @pytest.mark.parametrize(
-    "spec", ["timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:regnety_002", "torchvision:mobilenet_v3_small"]
+    "spec",
+    ["timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:regnety_002", "timm:ghostnet_050", "timm:efficientnetv2_rw_t",
+     "timm:resnetv2_18", "torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0"],
 )
 @pytest.mark.parametrize("targets", [["conv"], EVERY_CONV], ids=["default", "every-conv"])
 def test_models_with_se_blocks_and_conv_heads_train_on_a_batch_of_one(spec, targets):
