@@ -35,6 +35,7 @@ from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
+from surgery.train.progress import TaskProgress
 from surgery.train.report import write_report
 from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
 
@@ -188,9 +189,11 @@ def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist:
 
     ghosted.to(dist.device)
     options = config.lrsi
-    result = lrsi(ghosted, EveryEpoch(train_loader), eta=options.eta or config.optimizer.lr,
-                  iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
-                  normalize=options.normalize, min_scale=options.min_scale)
+    with TaskProgress(console, "LRsI", options.iterations, enabled=config.train.progress and dist.is_main) as bar:
+        result = lrsi(ghosted, EveryEpoch(train_loader), eta=options.eta or config.optimizer.lr,
+                      iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
+                      normalize=options.normalize, min_scale=options.min_scale,
+                      on_iteration=lambda i, objective: bar.advance(i, f"objective {objective:.4g}"))
     if dist.is_main:
         constrained = f" ({result.constrained_iterations} on the gradient-norm bound)" if result.constrained_iterations else ""
         console.print(
