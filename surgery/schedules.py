@@ -121,7 +121,8 @@ class LRSchedule:
     ``constant``; optional linear warmup. ``delta`` is ASNI's stretch of the cosine,
     (1 + cos(pi e / ((1 + delta) E))) / 2, which ends at a small positive rate instead of 0.
     (ASNI prints eta_0 cos(pi e / ((1 + delta) E)); taken literally that turns negative after
-    about half the run, so we read it as the annealing it names.)"""
+    about half the run, so we read it as the annealing it names, which is what the authors' own
+    code computes: see docs/fidelity.md, ASNI.)"""
 
     kind: str = "step"
     milestones: tuple[int, ...] = (90, 135)
