@@ -29,8 +29,8 @@ import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
-from surgery.manifest import ghost_cost
 from surgery.graph import device_of, scalar_loss
+from surgery.manifest import ghost_cost
 from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
@@ -485,10 +485,11 @@ def forward_backward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _coverage(ghosted: torch.fx.GraphModule) -> str:
-    s = surgery.manifest_of(ghosted).summary()
+    manifest = surgery.manifest_of(ghosted)
+    s = manifest.summary()
     return (
         f"{s['convs_covered']}/{s['convs_found']} convs covered, {s['activations_swapped']} activations swapped, "
-        f"{s['weights_masked']} weights masked; ghosts: {surgery.manifest_of(ghosted).ghost_cost()}"
+        f"{s['weights_masked']} weights masked; ghosts: {manifest.ghost_cost()}"
     )
 
 

@@ -56,6 +56,7 @@ def test_recipe_by_name_or_file(tmp_path):
         ({"optimiser": {}}, "no field 'optimiser'.*optimizer"),
         ({"lrsi": {"enabled": True, "iterations": 0}}, r"lrsi option lrsi.iterations=0 is out of range"),
         ({"lrsi": {"enabled": True, "scale_lr": -1}}, r"lrsi.scale_lr=-1"),
+        ({"lrsi": {"enabled": True, "eta": 0}}, r"lrsi.eta=0"),
         ({"lrsi": {"batches": 4}}, r"section 'lrsi' has no field 'batches'"),
         ({"train": {"select": "best"}}, r"unknown train.select 'best'.*best_val"),
         ({"train": {"select": "best_val"}}, r"no validation split: set data.val_split"),

@@ -49,7 +49,7 @@ SITE_KINDS: dict[str, str] = {
     "linear": "a Linear layer",
 }
 TARGETS = tuple(SITE_KINDS)
-CONV_KINDS = ("stem", "pooled", "pointwise", "conv")
+CONV_KINDS = tuple(kind for kind in SITE_KINDS if kind != "linear")
 
 CONV_MODULE_DIMS = ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3))
 CONV_FUNCTION_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
@@ -92,7 +92,7 @@ def ghost_skip(gm: fx.GraphModule, options: GhostSkipOptions = GhostSkipOptions(
     targeted = [s for s in sites if s.kind in options.targets]
     manifest.untargeted = [(s.name, s.kind) for s in sites if s.kind not in options.targets and s.is_conv]
     if not targeted:
-        raise NoTargetsError(_nothing_targeted(gm, sites, options, manifest))
+        raise NoTargetsError(_nothing_targeted(sites, options, manifest))
     added = 0
     for site in targeted:
         if any(fnmatch.fnmatchcase(site.name, pattern) for pattern in options.exclude):
@@ -276,9 +276,8 @@ def _factory(gm: fx.GraphModule, site: _Site) -> dict[str, Any]:
 # ------------------------------------------------------------------ nothing to wrap
 
 
-def _nothing_targeted(gm: fx.GraphModule, sites: list[_Site], options: GhostSkipOptions, manifest) -> str:
+def _nothing_targeted(sites: list[_Site], options: GhostSkipOptions, manifest) -> str:
     """Why no site was targeted: which kinds the model has, and the option that re-includes each."""
-    wanted = " or ".join(options.targets)
     if sites:
         counts = {kind: sum(1 for s in sites if s.kind == kind) for kind in SITE_KINDS}
         found = "; ".join(
@@ -288,7 +287,7 @@ def _nothing_targeted(gm: fx.GraphModule, sites: list[_Site], options: GhostSkip
         )
         return (
             f"ghost_skip's targets {list(options.targets)} leave nothing to wrap in {manifest.model}: it has no "
-            f"{wanted} call site. It has {found}. Or drop ghost_skip from the recipe."
+            f"{' or '.join(options.targets)} call site. It has {found}. Or drop ghost_skip from the recipe."
         )
     message = f"ghost_skip found no Conv1d/2d/3d or Linear in {manifest.model}: there is nothing to add skips around."
     hidden = [u for u in manifest.unreached if u.what == "conv"]

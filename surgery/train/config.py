@@ -176,7 +176,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    recipe: Any = field(default_factory=lambda: copy.deepcopy(TOST_RECIPE))  # tost | none | a recipe mapping (config files must say)
+    recipe: Any = field(default_factory=lambda: recipe_section("tost"))  # tost | none | a recipe mapping (config files must say)
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -195,7 +195,7 @@ class RunConfig:
         given by name (``tost``, ``none``) or as a recipe YAML path (relative to ``base``) becomes its passes."""
         data = dict(data or {})
         if "recipe" in data:
-            data["recipe"] = recipe_section(data["recipe"], base or Path.cwd())
+            data["recipe"] = recipe_section(data["recipe"], base)
         config = _build(cls, data, "")
         config.validate()
         return config
@@ -273,6 +273,10 @@ class RunConfig:
         remove_at = int(g.remove_at) if isinstance(g.remove_at, (int, float)) and not isinstance(g.remove_at, bool) else g.remove_at
         return GhostPlan(alpha, beta, g.per, remove_at, g.removal)
 
+    def lrsi_eta(self) -> float:
+        """LRsI's simulated step length: ``lrsi.eta``, else the run's learning rate."""
+        return self.optimizer.lr if self.lrsi.eta is None else self.lrsi.eta
+
     def smoothing_plan(self) -> SmoothingPlan:
         s = self.label_smoothing
         end = s.start if s.end is None else s.end
@@ -310,8 +314,8 @@ class RunConfig:
             from surgery.init.lrsi import check_options
 
             lrsi = self.lrsi
-            check_options(lrsi.eta or self.optimizer.lr, lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound,
-                          lrsi.min_scale, prefix="lrsi.")
+            check_options(self.lrsi_eta(), lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound, lrsi.min_scale,
+                          prefix="lrsi.")
         if self.init.centroids and not self.mask.file:
             raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
         lr = self.lr_plan()
@@ -327,14 +331,15 @@ class RunConfig:
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}
 
 
-def recipe_section(value: Any, base: Path) -> dict[str, Any]:
-    """The ``recipe`` field as passes: a preset name, a recipe YAML file, or a mapping (kept as written)."""
+def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:
+    """The ``recipe`` field as passes: a preset name, a recipe YAML file (relative to ``base``, default the
+    working directory), or a mapping (kept as written)."""
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, str) and value in RECIPE_PRESETS:
-        return {name: dict(options) for name, options in RECIPE_PRESETS[value].items()}
+        return copy.deepcopy(RECIPE_PRESETS[value])
     if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-        path = Path(value) if Path(value).is_absolute() else base / value
+        path = Path(value) if Path(value).is_absolute() else (base or Path.cwd()) / value
         return Recipe.from_yaml(path).to_dict()
     raise ConfigError(
         f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}"

@@ -190,7 +190,7 @@ def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist:
     ghosted.to(dist.device)
     options = config.lrsi
     with TaskProgress(console, "LRsI", options.iterations, enabled=config.train.progress and dist.is_main) as bar:
-        result = lrsi(ghosted, EveryEpoch(train_loader), eta=options.eta or config.optimizer.lr,
+        result = lrsi(ghosted, EveryEpoch(train_loader), eta=config.lrsi_eta(),
                       iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
                       normalize=options.normalize, min_scale=options.min_scale,
                       on_iteration=lambda i, objective: bar.advance(i, f"objective {objective:.4g}"))
@@ -275,7 +275,6 @@ def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
                                    for p in dict.fromkeys(s.projection for s in manifest.skips)},
         "soft_activations": len(activations),
         "soft_activation_kind": activations[0] if activations else None,
-        "ghosts_removed_at": config.ghosts.remove_at if manifest.skips or activations else None,
         "lrsi_iterations": config.lrsi.iterations if config.lrsi.enabled else 0,
         "label_smoothing": [smoothing.start, smoothing.start if smoothing.end is None else smoothing.end]
         if smoothing.start or smoothing.end else None,
