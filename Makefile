@@ -1,21 +1,54 @@
-PYTHON ?= python
+# Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv when it is
+# absent, installs the project into it from the package registry, and reuses it afterwards
+# (re-installing only when pyproject.toml changed). Users who manage their own environment
+# install with pip instead (README, "Install") and run `surgery demo` / `python -m pytest`.
 
-.PHONY: install demo test zoo bench
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Stamps record what is installed in .venv: the package, and the package with its test tools.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
-install:  ## the package and its test tools, editable
-	$(PYTHON) -m pip install -e ".[dev]"
+.PHONY: help demo test test-fast zoo bench install clean-venv
 
-demo:  ## the embedded default job: compile -> train -> de-ghost -> verify -> sparse ONNX
-	surgery demo
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-test:  ## the README's test command (what CI runs)
-	$(PYTHON) -m pytest
+demo: $(RUNTIME)  ## the embedded default job: compile -> train -> de-ghost -> verify -> sparse ONNX
+	$(BIN)/surgery demo
 
-zoo:  ## every torchvision model and timm family, numeric and ONNX parity included -> docs/zoo.md
-	$(PYTHON) benchmarks/zoo.py
+test: $(DEV)  ## every test (the README's test command, what CI runs; <= 15 min on 2 cores)
+	$(BIN)/python -m pytest
 
-bench:  ## timings and sizes measured side by side -> docs/benchmarks.md
-	$(PYTHON) benchmarks/compile_time.py
-	$(PYTHON) benchmarks/onnx_export.py
-	$(PYTHON) benchmarks/overhead.py
-	$(PYTHON) benchmarks/pruning_cost.py
+test-fast: $(DEV)  ## the unit tier for the edit loop (<= 3 min on 2 cores)
+	$(BIN)/python -m pytest -m "not slow"
+
+zoo: $(DEV)  ## every torchvision model and timm family, numeric and ONNX parity included -> docs/zoo.md
+	$(BIN)/python benchmarks/zoo.py
+
+bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
+	$(BIN)/python benchmarks/compile_time.py
+	$(BIN)/python benchmarks/onnx_export.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/pruning_cost.py
+
+install: $(DEV)  ## .venv with the package (editable) and its test tools
+
+clean-venv:  ## remove .venv (the next `make demo` / `make test` builds it again)
+	rm -rf $(VENV)
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "tost-surgery needs Python >= 3.10; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.12 ..." >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || \
+		{ echo "could not create $(VENV) with $(PYTHON) -m venv; install your Python's venv module (Debian/Ubuntu: apt install python3-venv) and run make again" >&2; rm -rf $(VENV); exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@ $(RUNTIME)
