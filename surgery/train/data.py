@@ -52,7 +52,6 @@ import math
 import os
 import random
 import tarfile
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from surgery.errors import DataError, did_you_mean
+from surgery.train.atomic import atomic_write, write_json_atomic
 
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "cifar10-jpeg", "imagefolder", "digits", "synthetic")
 SPEC_FORMS: tuple[str, ...] = (
@@ -618,21 +618,7 @@ def _read_cache(key: str) -> dict[str, np.ndarray] | None:
 
 
 def _write_cache(key: str, arrays: dict[str, np.ndarray]) -> None:
-    _atomic_write(_cache_dir() / f"{key}.npz", lambda f: np.savez(f, **arrays))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file and rename, so concurrent processes never read a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a cache is readable like any file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(_cache_dir() / f"{key}.npz", lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------- streamed folders
@@ -708,7 +694,7 @@ def _streamed_stats(name: str, files: list[str], size: int, key: str) -> tuple[t
 
     cropped = [np.asarray(_resize_center_crop(Image.fromarray(a), size, _EVAL_CROP_FRACTION)) for a in sample]
     mean, std = _channel_stats(torch.from_numpy(np.stack(cropped)).permute(0, 3, 1, 2))
-    _atomic_write(path, lambda f: f.write(json.dumps({"mean": mean, "std": std}).encode()))
+    write_json_atomic({"mean": mean, "std": std}, path)
     return mean, std
 
 
