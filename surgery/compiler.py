@@ -15,14 +15,13 @@ from torch import fx, nn
 
 from surgery.ghosts import Ghost, ghost_parameters
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes
+from surgery.layers import FORWARD_CONV_TYPES
 from surgery.manifest import MANIFEST_KEY, Manifest, Unreached
 from surgery.passes import REGISTRY
-from surgery.passes.ghost_skip import CONV_MODULE_DIMS
 from surgery.passes.soft_activation import ACTIVATIONS
 from surgery.recipe import Recipe
 from surgery.tracing import STRUCTURAL_LEAVES, trace
 
-CONV_TYPES = tuple(cls for cls, _ in CONV_MODULE_DIMS)
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 
 
@@ -67,7 +66,7 @@ def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:
             continue
         seen.add(node.target)
         for name, sub in leaf.named_modules():
-            what = "conv" if isinstance(sub, CONV_TYPES) else "activation" if isinstance(sub, ACTIVATION_TYPES) else None
+            what = "conv" if isinstance(sub, FORWARD_CONV_TYPES) else "activation" if isinstance(sub, ACTIVATION_TYPES) else None
             if what and name:
                 found.append(Unreached(f"{node.target}.{name}", type(sub).__name__, node.target, what))
     return found

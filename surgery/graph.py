@@ -24,10 +24,6 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target)
 
 
-def is_ghost_node(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(module_of(gm, node), Ghost)
-
-
 def add_ghost(gm: fx.GraphModule, group: str, site: str, ghost: Ghost) -> str:
     """Register ``ghost`` as ``_ghosts.<group>.<name>`` (name unique, derived from ``site``)."""
     if not hasattr(gm, GHOSTS_ROOT):

@@ -19,11 +19,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import MaskError, did_you_mean
+from surgery.layers import PRUNABLE_KINDS
 
-PRUNABLE_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
-    "conv": (nn.Conv1d, nn.Conv2d, nn.Conv3d),
-    "linear": (nn.Linear,),
-}
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
 
 

@@ -4,8 +4,9 @@ Leaves (modules kept as one opaque ``call_module`` node) are decided in one plac
 ``SurgeryTracer.is_leaf_module``:
 
 * torch.nn's own modules (fx's default rule);
-* every subclass of ``nn.Conv1d/2d/3d`` and ``nn.Linear`` (timm's ``StdConv2d``,
-  ``Conv2dSame`` ...), so each conv stays one node that passes can find;
+* every subclass of a layer type of ``surgery.layers`` (conv 1-3d, transposed or not, and
+  ``nn.Linear``: timm's ``StdConv2d``, ``Conv2dSame`` ...), so each stays one node that
+  passes can find;
 * modules whose behaviour switches on ``self.training`` inside Python code
   (stochastic depth): traced through, that branch would be frozen into the graph;
 * timm's own notrace registry (``timm.layers.get_notrace_modules``) and functions;
@@ -28,9 +29,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from surgery.errors import TraceError, did_you_mean
+from surgery.layers import LAYER_TYPES
 
 # Always one node: passes look these up by type.
-STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = LAYER_TYPES
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 

@@ -44,29 +44,39 @@ ATOL = 1e-5
 
 @dataclass
 class VerifyReport:
-    nodes: int
-    isomorphic: bool
-    strict_load: bool
-    outputs_max_abs_diff: float | None = None  # None: not checked (meta device or no inputs)
-    ghost_parity_max_abs_diff: float | None = None  # None: no ghosted model given
+    """What ``verify`` checked and measured. Every check that ran passed: a failure raises instead."""
+
+    nodes: int  # (a): nodes of the original's trace, isomorphic to the de-ghosted graph
+    outputs_max_abs_diff: float | None = None  # (c); None: not checked (meta device or no inputs)
+    ghost_parity_max_abs_diff: float | None = None  # (d); None: no ghosted model given
     atol: float = ATOL
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        lines = [
-            f"(a) graph isomorphic to the original trace ({self.nodes} nodes)",
-            "(b) state_dict loads strictly into the original class",
+    def checks(self) -> list[dict[str, Any]]:
+        """One entry per check that ran: its name, its line of text and its number, if it has one."""
+        found = [
+            {"check": "graph", "text": f"(a) graph isomorphic to the original trace ({self.nodes} nodes)",
+             "nodes": self.nodes},
+            {"check": "strict_load", "text": "(b) state_dict loads strictly into the original class"},
         ]
         if self.outputs_max_abs_diff is not None:
-            lines.append(f"(c) outputs equal: max |diff| = {self.outputs_max_abs_diff:.3g} <= {self.atol:g}")
+            found.append({
+                "check": "outputs", "max_abs_diff": self.outputs_max_abs_diff, "atol": self.atol,
+                "text": f"(c) outputs equal: max |diff| = {self.outputs_max_abs_diff:.3g} <= {self.atol:g}",
+            })
         if self.ghost_parity_max_abs_diff is not None:
-            lines.append(
-                f"(d) ghosted at alpha=0 with activations restored equals it: max |diff| = "
-                f"{self.ghost_parity_max_abs_diff:.3g}"
-            )
-        return "\n".join(lines)
+            found.append({
+                "check": "ghost_parity", "max_abs_diff": self.ghost_parity_max_abs_diff, "atol": self.atol,
+                "text": "(d) ghosted at alpha=0 with activations restored equals it: max |diff| = "
+                        f"{self.ghost_parity_max_abs_diff:.3g}",
+            })
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: ``passed`` (always True: a failed check raises), the numbers and every check's text."""
+        return {"passed": True, **asdict(self), "checks": self.checks()}
+
+    def __str__(self) -> str:
+        return "\n".join(check["text"] for check in self.checks())
 
 
 def verify(
@@ -88,7 +98,7 @@ def verify(
     require_clean(clean)
     nodes = check_graph(trace_reference(model, clean, leaf_modules, concrete_args), clean)
     fresh = load_into_original(model, clean)
-    report = VerifyReport(nodes=nodes, isomorphic=True, strict_load=True, atol=atol)
+    report = VerifyReport(nodes=nodes, atol=atol)
     if example_inputs is None or device_of(clean).type == "meta":
         return report
     inputs = as_tuple(example_inputs)

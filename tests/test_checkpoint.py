@@ -156,7 +156,7 @@ def test_failure_during_torch_save_leaves_previous_checkpoint_intact(tmp_path, m
 
     def dies_halfway(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        truncate(Path(f), 100)  # a partial file, as a dying process leaves it
+        f.truncate(100)  # a partial file, as a dying process leaves it
         raise RuntimeError("disk died")
 
     monkeypatch.setattr(torch, "save", dies_halfway)

@@ -121,8 +121,7 @@ def test_cifar_model_survives_the_full_round_trip(name):
     ghosted.eval()
 
     clean = surgery.deghost(ghosted)
-    report = surgery.verify(model, clean, X, ghosted=ghosted)
-    assert report.isomorphic and report.strict_load
+    surgery.verify(model, clean, X, ghosted=ghosted)  # raises on any difference
     state = clean.state_dict()
     assert all(not state[param][~mask].any() for param, mask in masks.items())  # pruned stays zero
 

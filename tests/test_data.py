@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from surgery.errors import DataError
-from surgery.train import data as data_module
+from surgery.train.data import images as images_module
 from surgery.train.data import (
     DATASETS,
     ImageDataset,
@@ -276,8 +276,8 @@ def test_imagefolder_with_val_folder_resizes_and_matches_png_pixels(tmp_path, mo
     assert torch.equal(ds.splits["test"].images[0], expected)  # lossless and flat: exact after resizing
     # a folder's cache is keyed by its files: a second load decodes nothing, a new file invalidates it
     decoded = []
-    real_decode = data_module._decode_image
-    monkeypatch.setattr(data_module, "_decode_image", lambda *a: decoded.append(a) or real_decode(*a))
+    real_decode = images_module.decode_image
+    monkeypatch.setattr(images_module, "decode_image", lambda *a: decoded.append(a) or real_decode(*a))
     assert torch.equal(load_dataset(f"imagefolder:{tmp_path / 'imgs'}", image_size=16).splits["test"].images,
                        ds.splits["test"].images) and decoded == []
     Image.new("RGB", (40, 30)).save(tmp_path / "imgs" / "train" / "ant" / "new.png")
@@ -292,7 +292,7 @@ def test_second_load_reads_the_cache_and_a_changed_archive_is_decoded_again(tmp_
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(data_module, "_decode_image", no_decoding)
+    monkeypatch.setattr(images_module, "decode_image", no_decoding)
     second = load_dataset(f"cifar10-jpeg:{archive}")
     assert torch.equal(first.splits["train"].images, second.splits["train"].images)
     assert first.mean == second.mean and first.classes == second.classes

@@ -58,13 +58,13 @@ from surgery.errors import ConfigError, MaskError, did_you_mean
 from surgery.ghosts import GHOSTS_ROOT
 from surgery.init.rewind import plain_state_dict
 from surgery.init.zero import NORM_TYPES
-from surgery.masks import PRUNABLE_KINDS, Mask, load_masks, masked_parameters, owner_of
+from surgery.layers import LAYER_TYPES
+from surgery.masks import Mask, load_masks, masked_parameters, owner_of
 
 Centroids = dict[str, tuple[float, float]]  # parameter name -> (c_plus, c_minus)
 METADATA_KEY = "asni.centroids"
 SIGNS_METADATA_KEY = "asni.signs"
 SIGN_SUFFIX = ".positive"
-_LAYER_TYPES = tuple(t for types in PRUNABLE_KINDS.values() for t in types)
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _reset_norms_and_biases(model: nn.Module, result: CentroidInitResult) -> Non
         if isinstance(module, NORM_TYPES) and getattr(module, "weight", None) is not None:
             _stored_weight(model, f"{path}.weight" if path else "weight")[0].fill_(1.0)
             result.norms.append(path)
-        if isinstance(module, (*NORM_TYPES, *_LAYER_TYPES)) and getattr(module, "bias", None) is not None:
+        if isinstance(module, (*NORM_TYPES, *LAYER_TYPES)) and getattr(module, "bias", None) is not None:
             _stored_weight(model, f"{path}.bias" if path else "bias")[0].zero_()
             result.biases.append(f"{path}.bias" if path else "bias")
 

@@ -38,7 +38,8 @@ from torch.func import functional_call
 
 from surgery.errors import ConfigError, DataError, DivergedError
 from surgery.ghosts import GHOSTS_ROOT
-from surgery.masks import PRUNABLE_KINDS, direct_parameters
+from surgery.layers import LAYER_TYPES
+from surgery.masks import direct_parameters
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -56,7 +57,7 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 RNG_SEED = 0  # randomness left inside the procedure draws from a fixed, private stream
 
-SCALED_MODULES = (*PRUNABLE_KINDS["conv"], *PRUNABLE_KINDS["linear"], nn.modules.batchnorm._NormBase,
+SCALED_MODULES = (*LAYER_TYPES, nn.modules.batchnorm._NormBase,
                   nn.GroupNorm, nn.LayerNorm)
 
 

@@ -63,7 +63,8 @@ from torch.nn.utils import parametrize
 
 from surgery.errors import ConfigError, TraceError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
-from surgery.masks import PRUNABLE_KINDS, Mask
+from surgery.layers import LAYER_TYPES, PRUNABLE_KINDS, layer_of
+from surgery.masks import Mask
 from surgery.tracing import trace
 
 IDENTITY, PARTIAL_IDENTITY, HADAMARD = "identity", "partial_identity", "hadamard"
@@ -82,7 +83,6 @@ _LAYER_FUNCTIONS = (
     F.linear, F.bilinear, torch.matmul, torch.mm, torch.bmm, torch.einsum, operator.matmul,
 )  # fmt: skip
 _LAYER_METHODS = ("matmul", "mm", "bmm", "__matmul__")
-_LAYER_TYPES = tuple(t for types in PRUNABLE_KINDS.values() for t in types)
 
 
 @dataclass
@@ -135,11 +135,20 @@ def _matrix_and_kind(out_features: int, in_features: int, dtype: torch.dtype) ->
 
 
 def zero_weight(module: nn.Module, shape: torch.Size, dtype: torch.dtype) -> tuple[Tensor, str]:
-    """The ZerO weight of a conv (matrix on the center tap, per group) or linear layer."""
-    if isinstance(module, nn.Linear):
+    """The ZerO weight of a conv (matrix on the center tap, per group) or linear layer.
+
+    A transposed conv stores ``(in, out / groups, ...)``: it gets the transpose of the
+    ``out x in`` matrix, so it maps channels exactly as a conv of the same sizes does.
+    """
+    layer = layer_of(module)
+    if layer.kind == "linear":
         return _matrix_and_kind(shape[0], shape[1], dtype)
     groups = module.groups
-    matrix, kind = _matrix_and_kind(shape[0] // groups, shape[1], dtype)
+    if layer.transposed:
+        matrix, kind = _matrix_and_kind(shape[1], shape[0] // groups, dtype)
+        matrix = matrix.T
+    else:
+        matrix, kind = _matrix_and_kind(shape[0] // groups, shape[1], dtype)
     weight = torch.zeros(shape, dtype=dtype)
     center = tuple(k // 2 for k in shape[2:])
     weight[(slice(None), slice(None), *center)] = matrix.repeat(groups, 1)
@@ -312,7 +321,7 @@ class _Graph:
         return self.gm.get_submodule(node.target) if node.op == "call_module" else None
 
     def is_layer(self, node: fx.Node) -> bool:
-        return isinstance(self.module(node), _LAYER_TYPES)
+        return isinstance(self.module(node), LAYER_TYPES)
 
     def ancestors(self, node: fx.Node) -> set[fx.Node]:
         """``node`` and every data node it depends on."""

@@ -34,6 +34,7 @@ from surgery.ghosts import (
     ParameterFreeProjection,
 )
 from surgery.graph import add_ghost, first_input, module_of, shape_of
+from surgery.layers import layer_of
 from surgery.manifest import SkipRecord, ensure_manifest
 from surgery.options import check_choice, check_number, check_patterns, check_subset
 
@@ -51,7 +52,6 @@ SITE_KINDS: dict[str, str] = {
 TARGETS = tuple(SITE_KINDS)
 CONV_KINDS = tuple(kind for kind in SITE_KINDS if kind != "linear")
 
-CONV_MODULE_DIMS = ((nn.Conv1d, 1), (nn.Conv2d, 2), (nn.Conv3d, 3))
 CONV_FUNCTION_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 NORM_FUNCTIONS = (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
@@ -129,12 +129,12 @@ def _sites(gm: fx.GraphModule) -> list[_Site]:
 
 def _layer_site(gm: fx.GraphModule, node: fx.Node) -> _Site | None:
     module = module_of(gm, node)
-    for cls, dims in CONV_MODULE_DIMS:
-        if isinstance(module, cls):
-            return _Site(node, "conv", node.target, module, dims)
+    layer = layer_of(module)
+    if layer is not None and layer.kind == "conv" and not layer.transposed:  # why not transposed: surgery.layers
+        return _Site(node, "conv", node.target, module, layer.dims)
     if node.op == "call_function" and node.target in CONV_FUNCTION_DIMS:
         return _Site(node, "conv", node.name, None, CONV_FUNCTION_DIMS[node.target])
-    if isinstance(module, nn.Linear):
+    if layer is not None and layer.kind == "linear":
         return _Site(node, "linear", node.target, module)
     if node.op == "call_function" and node.target is F.linear:
         return _Site(node, "linear", node.name, None)

@@ -17,17 +17,15 @@ per layer the mean of its kept positive weights c+ and of its kept negative ones
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView
 from surgery.pruning.budget import Budget
 from surgery.pruning.dynamic import MaskHook
 from surgery.pruning.registry import register
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 
 def sigmoid(x: float) -> float:
@@ -72,14 +70,14 @@ class ASNIHook(MaskHook):
     def target(self, epoch: int, epochs: int) -> float:
         return asni_sparsity(epoch, epochs, **self.plan(epochs))
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         super().setup(trainer)
         self.plan(trainer.epochs)  # a bad plan fails before the first epoch, not after it
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self.apply(trainer, self.magnitude_masks(self.target(trainer.epoch + 1, trainer.epochs)))
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         from surgery.init.centroid import centroids, signs
 
         weights = self.effective()

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError, did_you_mean
+from surgery.layers import layer_kind
 from surgery.masks import prunable_weights
 
 SCOPES = ("global", "layer")
@@ -111,7 +112,7 @@ def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor
 def _weight_kinds(model: nn.Module) -> dict[str, str]:
     kinds = {}
     for name, module in model.named_modules():
-        kind = "conv" if isinstance(module, nn.modules.conv._ConvNd) else "linear" if isinstance(module, nn.Linear) else None
+        kind = layer_kind(module)
         if kind:
             kinds[f"{name}.weight" if name else "weight"] = kind
     return kinds

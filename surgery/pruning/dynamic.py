@@ -1,6 +1,6 @@
 """What every method that rewrites masks during training shares (GMP, RigL, ASNI, OptG).
 
-Such a method is a ``surgery.train.hooks.TrainingHook`` working on the trainer's masked
+Such a method is a ``surgery.hooks.TrainingHook`` working on the trainer's masked
 model. ``MaskHook`` gives it the masked weights by name and ``apply`` for new masks:
 the Mask buffers change in place (no re-parametrization, so the optimizer, DDP and
 ``torch.compile`` keep their tensors), newly pruned weights become exactly zero, and
@@ -13,18 +13,14 @@ broadcast anyway, so a rank cannot drift.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView, TrainingHook
 from surgery.masks import Mask, mask_parametrizations
 from surgery.pruning.budget import Budget, masks_from_scores
-from surgery.train.hooks import TrainingHook
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 
 class MaskHook(TrainingHook):
@@ -35,7 +31,7 @@ class MaskHook(TrainingHook):
         self.budget = budget
         self.masks: dict[str, tuple[Mask, nn.Parameter]] = {}
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         found = mask_parametrizations(trainer.module)
         missing = [n for n in self.names if n not in found]
         if missing:
@@ -57,7 +53,7 @@ class MaskHook(TrainingHook):
         return 1.0 - sum(int(m.mask.count_nonzero()) for m, _ in self.masks.values()) / total
 
     @torch.no_grad()
-    def apply(self, trainer: Trainer, new: Mapping[str, torch.Tensor]) -> None:
+    def apply(self, trainer: TrainerView, new: Mapping[str, torch.Tensor]) -> None:
         """Install ``new`` masks: zero what left, start what grew at zero, clear their optimizer state."""
         for name, mask in new.items():
             holder, _ = self.masks[name]
@@ -83,6 +79,6 @@ def clear_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor,
             value.masked_fill_(where, 0)
 
 
-def steps_in(trainer: Trainer, epochs: float) -> int:
+def steps_in(trainer: TrainerView, epochs: float) -> int:
     """Optimizer steps in ``epochs`` (fractional) epochs of this run."""
     return int(round(epochs * trainer.steps_per_epoch))

@@ -11,15 +11,13 @@ from ``s_i = initial`` to the target ``s_f``; pruned weights never come back. La
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView
 from surgery.pruning.budget import Budget
 from surgery.pruning.dynamic import MaskHook, steps_in
 from surgery.pruning.registry import register
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 
 def cubic_sparsity(step: int, *, start: int, end: int, every: int, initial: float, final: float) -> float:
@@ -48,22 +46,22 @@ class GMPHook(MaskHook):
             raise ConfigError(f"gmp initial sparsity {initial} must lie in [0, target {budget.sparsity}].")
         self.start, self.end, self.every, self.initial = start, end, every, initial
 
-    def schedule(self, trainer: Trainer) -> dict[str, int]:
+    def schedule(self, trainer: TrainerView) -> dict[str, int]:
         total = trainer.epochs * trainer.steps_per_epoch
         return {"start": steps_in(trainer, self.start * trainer.epochs), "end": max(int(self.end * total), 1),
                 "every": self.every}
 
-    def target(self, trainer: Trainer, step: int) -> float:
+    def target(self, trainer: TrainerView, step: int) -> float:
         return cubic_sparsity(step, **self.schedule(trainer), initial=self.initial, final=self.budget.sparsity)
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         plan = self.schedule(trainer)
         step = trainer.step
         due = plan["start"] <= step and ((step - plan["start"]) % plan["every"] == 0 or step == plan["end"])
         if due and step <= plan["end"]:
             self.apply(trainer, self.magnitude_masks(self.target(trainer, step)))
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if self.sparsity() < self.budget.sparsity - 1e-6:  # a run shorter than the schedule: finish it
             self.apply(trainer, self.magnitude_masks(self.budget.sparsity))
 

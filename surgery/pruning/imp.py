@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView, TrainingHook
 from surgery.pruning.budget import Budget, masks_from_scores, weights_of
 from surgery.pruning.registry import StageResult, register
-from surgery.train.hooks import TrainingHook
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 DEFAULT_RATE = 0.2
 
@@ -69,21 +66,21 @@ class RewindPoint(TrainingHook):
         self.epoch, self.step = epoch, step
         self.state: dict[str, torch.Tensor] | None = None
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         limit = trainer.epochs if self.epoch is not None else trainer.epochs * trainer.steps_per_epoch
         point = self.epoch if self.epoch is not None else self.step
         if not 0 <= point < limit:
             raise ConfigError(f"imp rewind point {point} is outside the dense round's 0..{limit - 1} "
                               f"{'epochs' if self.epoch is not None else 'steps'}.")
 
-    def _keep(self, trainer: Trainer) -> None:
+    def _keep(self, trainer: TrainerView) -> None:
         self.state = {k: v.detach().cpu().clone() for k, v in trainer.module.state_dict().items()}
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         if self.epoch is not None and trainer.epoch == self.epoch:
             self._keep(trainer)
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         if self.step is not None and trainer.step == self.step:
             self._keep(trainer)
 

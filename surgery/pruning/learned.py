@@ -19,20 +19,17 @@ per-weight gradients of that size against loss gradients of about 1e-3) are ours
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView, TrainingHook
 from surgery.masks import owner_of
 from surgery.pruning.budget import Budget, masks_from_scores, weights_of
 from surgery.pruning.registry import StageResult, register
-from surgery.train.hooks import TrainingHook
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 VALUE_GROUP = "mask_values"
 
@@ -83,7 +80,7 @@ class LearnedMaskHook(TrainingHook):
         self.names, self.lambda1, self.lambda2, self.stochastic = list(names), lambda1, lambda2, stochastic
         self.soft: dict[str, SoftMask] = {}
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         for name in self.names:
             module, attr = owner_of(trainer.module, name)
             if parametrize.is_parametrized(module, attr):
@@ -94,18 +91,18 @@ class LearnedMaskHook(TrainingHook):
         trainer.optimizer.add_param_group({"params": [s.values for s in self.soft.values()], "name": VALUE_GROUP,
                                            "weight_decay": 0.0})
 
-    def loss(self, trainer: Trainer) -> torch.Tensor:
+    def loss(self, trainer: TrainerView) -> torch.Tensor:
         values = [s.values for s in self.soft.values()]
         binary = sum((m * (1 - m)).sum() for m in values)
         return self.lambda1 * binary + self.lambda2 * sum(m.sum() for m in values)
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         for soft in self.soft.values():
             soft.values.clamp_(0.0, 1.0)
 
     @torch.no_grad()
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         """theta <- theta * M: the mask folds into the weights, which become plain parameters again."""
         group = next(g for g in trainer.optimizer.param_groups if g.get("name") == VALUE_GROUP)
         for p in group["params"]:

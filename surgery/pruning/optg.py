@@ -23,19 +23,17 @@ weights become zero and plain masks remain.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView
 from surgery.masks import Mask
 from surgery.pruning.budget import Budget, masks_from_scores
 from surgery.pruning.dynamic import MaskHook, clear_optimizer_state
 from surgery.pruning.registry import register
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 SCORE_GROUP = "mask_scores"
 
@@ -84,7 +82,7 @@ class OptGHook(MaskHook):
             raise ConfigError(f"optg alpha={alpha} must be > 0 (the paper uses 0.5 in every experiment).")
         self.alpha = alpha
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         super().setup(trainer)
         for name, (mask, original) in list(self.masks.items()):
             plist = _parametrization_list(trainer.module, name)
@@ -95,13 +93,13 @@ class OptGHook(MaskHook):
         trainer.optimizer.add_param_group({"params": scores, "name": SCORE_GROUP, "weight_decay": 0.0,
                                            "lr_scale": ramp(1, trainer.epochs, self.alpha)})
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         k = trainer.epoch + 1
         self._score_group(trainer)["lr_scale"] = ramp(k, trainer.epochs, self.alpha)
         self.apply_from_scores(trainer, optg_sparsity(k, trainer.epochs, self.budget.sparsity, self.alpha))
 
     @torch.no_grad()
-    def apply_from_scores(self, trainer: Trainer, sparsity: float, exact: bool = False) -> None:
+    def apply_from_scores(self, trainer: TrainerView, sparsity: float, exact: bool = False) -> None:
         """The binary masks at ``sparsity`` from a global ranking of the scores; weights keep their values.
         Ties at the threshold are kept (the official rule) unless ``exact`` asks for exactly ``sparsity``."""
         scores = {n: m.scores for n, (m, _) in self.masks.items()}
@@ -111,7 +109,7 @@ class OptGHook(MaskHook):
         trainer.dist.broadcast_masks(trainer.module)
 
     @torch.no_grad()
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         self.apply_from_scores(trainer, self.budget.sparsity, exact=True)
         for name, (supermask, original) in list(self.masks.items()):
             plist = _parametrization_list(trainer.module, name)
@@ -125,7 +123,7 @@ class OptGHook(MaskHook):
             trainer.optimizer.state.pop(p, None)
         trainer.optimizer.param_groups.remove(group)
 
-    def _score_group(self, trainer: Trainer) -> dict[str, Any]:
+    def _score_group(self, trainer: TrainerView) -> dict[str, Any]:
         return next(g for g in trainer.optimizer.param_groups if g.get("name") == SCORE_GROUP)
 
     def values(self) -> dict[str, Any]:

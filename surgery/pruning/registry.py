@@ -8,7 +8,7 @@ many each keeps, ``batches`` is a list of ``(inputs, targets)`` for data-depende
 its own file under ``surgery/pruning/``.
 
 Methods that train have a ``stage``: ``during`` (GMP, RigL, ASNI, OptG: the mask changes
-while the model trains; ``find`` builds a ``surgery.train.hooks.TrainingHook``) or
+while the model trains; ``find`` builds a ``surgery.hooks.TrainingHook``) or
 ``before`` (IMP, learned masks: training runs that end in a mask; ``find`` runs them).
 They need a run config, so they go through ``surgery.train`` (``surgery prune`` and
 ``surgery run`` route them), not ``find_masks``.

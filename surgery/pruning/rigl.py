@@ -14,17 +14,15 @@ official code's default. The dense gradient is the gradient of the masked weight
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from surgery.errors import ConfigError
+from surgery.hooks import TrainerView
 from surgery.pruning.budget import Budget
 from surgery.pruning.dynamic import MaskHook
 from surgery.pruning.registry import register
-
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
 
 
 def update_fraction(step: int, end: int, fraction: float) -> float:
@@ -64,19 +62,19 @@ class RigLHook(MaskHook):
         self.every, self.end, self.fraction = every, end, fraction
         self.updates = 0
 
-    def end_step(self, trainer: Trainer) -> int:
+    def end_step(self, trainer: TrainerView) -> int:
         return max(int(self.end * trainer.epochs * trainer.steps_per_epoch), 1)
 
-    def _due(self, trainer: Trainer, step: int) -> bool:
+    def _due(self, trainer: TrainerView, step: int) -> bool:
         return step > 0 and step % self.every == 0 and step < self.end_step(trainer)
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: TrainerView) -> None:
         capture = self._due(trainer, trainer.step + 1)  # this step's backward feeds the update after it
         for mask, _ in self.masks.values():
             mask.capture_grad, mask.dense_grad = capture, None
 
     @torch.no_grad()
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         if not self._due(trainer, trainer.step):
             return
         fraction = update_fraction(trainer.step, self.end_step(trainer), self.fraction)

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError
+from surgery.layers import layer_of
 from surgery.pruning.budget import Budget, layer_densities, weights_of
 from surgery.pruning.registry import register
 from surgery.pruning.snip import Batches, logits_of, reject_options
@@ -328,10 +329,9 @@ def example_shape(model: nn.Module, input_shape: Sequence[int] | None, batches: 
 def _stem_shape(model: nn.Module) -> tuple[int, ...] | None:
     """The default example shape from the first conv or linear in registration order (the stem)."""
     for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return (module.in_channels, *(SPATIAL,) * len(module.kernel_size))
-        if isinstance(module, nn.Linear):
-            return (module.in_features,)
+        layer = layer_of(module)
+        if layer is not None:
+            return (module.in_channels, *(SPATIAL,) * layer.dims) if layer.kind == "conv" else (module.in_features,)
     return None
 
 

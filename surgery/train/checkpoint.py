@@ -50,29 +50,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import pickle
 import random
 import re
-import secrets
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from surgery.errors import CheckpointError, ConfigError
+from surgery.train.atomic import atomic_write, fsync_directory, is_temp_file, write_json_atomic
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "tost-surgery checkpoint index"
 INDEX_VERSION = 1
 
 _CHECKPOINT_NAME = re.compile(r"^epoch(\d+)-step(\d+)\.pt$")
-_TEMP_MARKER = ".tmp-"
 _CHUNK_BYTES = 1 << 20
 
 _START_FRESH = "Start without --resume to train from scratch, or point --resume at a good checkpoint file."
@@ -108,46 +106,16 @@ def file_digest(path: str | Path) -> FileDigest:
     return FileDigest(size, sha.hexdigest())
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in `directory` durable (POSIX; Windows cannot open directories)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_path_for(path: Path) -> Path:
-    # Hidden, in the same directory (os.replace must not cross filesystems), unique per call.
-    return path.with_name(f".{path.name}{_TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
-
-
-def _is_temp_file(path: Path) -> bool:
-    return path.name.startswith(".") and _TEMP_MARKER in path.name
-
-
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
 
-def _publish(path: Path, write: Callable[[Path], None], verify: Callable[[Path], None] | None) -> FileDigest:
-    """Write through a temporary file, make it durable, hash it, then rename it onto `path`."""
-    tmp = _temp_path_for(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        digest = file_digest(tmp)
-        if verify is not None:
-            verify(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    _fsync_directory(path.parent)
+def _digest_verified(tmp: Path, verify: Callable[[Path], None] | None) -> FileDigest:
+    """The finished temporary file's digest, once ``verify`` accepted it."""
+    digest = file_digest(tmp)
+    if verify is not None:
+        verify(tmp)
     return digest
 
 
@@ -160,12 +128,12 @@ def _write_parent(path: Path) -> None:
         )
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _fsync_directory(path.parent.parent)  # the new directory's own entry must survive power loss too
+        fsync_directory(path.parent.parent)  # the new directory's own entry must survive power loss too
 
 
-def _torch_save(obj: Any, tmp: Path, path: Path) -> None:
+def _torch_save(obj: Any, file: IO[bytes], path: Path) -> None:
     try:
-        torch.save(obj, tmp)
+        torch.save(obj, file)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"cannot write checkpoint {path}: the state cannot be pickled ({exc}). Remove functions, "
@@ -184,23 +152,16 @@ def save_atomic(obj: Any, path: str | Path, *, verify: bool = True) -> FileDiges
     """
     path = Path(path)
     _write_parent(path)
-    check = (lambda tmp: _verify_loadable(tmp, obj, path)) if verify else None
+    loadable = (lambda tmp: _verify_loadable(tmp, obj, path)) if verify else None
     try:
-        return _publish(path, lambda tmp: _torch_save(obj, tmp, path), check)
+        return atomic_write(
+            path, lambda file: _torch_save(obj, file, path), check=lambda tmp: _digest_verified(tmp, loadable)
+        )
     except OSError as exc:
         raise CheckpointError(
             f"could not write checkpoint {path}: {exc}. Free disk space or choose a writable directory; "
             "the previous file under that name, if any, is untouched."
         ) from exc
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-
-    _publish(path, write, verify=None)
 
 
 # ------------------------------------------------------------------ weights_only
@@ -295,7 +256,7 @@ def _read_index(directory: Path) -> dict[str, dict] | None:
 def _write_index(directory: Path, entries: dict[str, dict]) -> None:
     path = directory / INDEX_NAME
     try:
-        _write_json_atomic({"format": INDEX_FORMAT, "version": INDEX_VERSION, "checkpoints": entries}, path)
+        write_json_atomic({"format": INDEX_FORMAT, "version": INDEX_VERSION, "checkpoints": entries}, path)
     except OSError as exc:
         raise CheckpointError(
             f"could not update {path}: {exc}. The checkpoint files are intact (one without an entry is still "
@@ -439,7 +400,7 @@ class CheckpointStore:
         for old in pruned:
             _remove_quietly(old)
         if pruned:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return path
 
     def load_latest(self) -> tuple[dict, Path]:
@@ -517,7 +478,7 @@ class CheckpointStore:
     def _remove_temp_files(self) -> None:
         """Delete temporary files a crashed save left behind (one writer per directory)."""
         for path in self.directory.iterdir():
-            if _is_temp_file(path) and path.is_file():
+            if is_temp_file(path) and path.is_file():
                 _remove_quietly(path)
 
     def _other_files_note(self) -> str:

@@ -25,13 +25,13 @@ from rich.console import Console
 from torch import nn
 
 import surgery
+from surgery.hooks import TrainingHook
 from surgery.masks import load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.random import find_random
 from surgery.train.config import RunConfig
 from surgery.train.distributed import Distributed
-from surgery.train.hooks import TrainingHook
 
 DENSE = "dense"
 START_WEIGHTS = "start-weights.safetensors"  # the weights a `before` method hands the main run (init.rewind)

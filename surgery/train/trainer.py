@@ -34,13 +34,13 @@ from surgery.ghosts import (
     ghosts,
     set_ghost_strength,
 )
+from surgery.hooks import TrainingHook
 from surgery.masks import masked_parameters, overall_sparsity
 from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from surgery.train.config import RunConfig, config_differences
 from surgery.train.distributed import Distributed
-from surgery.train.hooks import TrainingHook
 from surgery.train.losses import Distillation, classification_loss
 from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress

@@ -1,5 +1,9 @@
 """Training hooks: how a method that changes the mask while training plugs into the Trainer.
 
+This module is the contract between the mask methods (``surgery.pruning``) and the
+training runtime (``surgery.train``): the methods see the trainer only through
+``TrainerView``, so ``surgery.pruning`` never imports ``surgery.train``.
+
 GMP, RigL, ASNI, OptG and learned masks are hooks; the Trainer calls them at fixed
 points and stores their state in every checkpoint, so a resumed run continues the
 same mask trajectory. Every method is written against the trainer's model
@@ -23,12 +27,31 @@ Under DDP the hooks run on every rank; a hook that changes masks calls
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from surgery.train.trainer import Trainer
+
+class RankSync(Protocol):
+    """What hooks need of the process group (``surgery.train.distributed.Distributed``)."""
+
+    def all_mean(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+    def broadcast_masks(self, model: nn.Module) -> int: ...
+
+
+class TrainerView(Protocol):
+    """What hooks may read and change of the trainer (``surgery.train.trainer.Trainer``)."""
+
+    module: nn.Module  # the compiled, masked, possibly ghosted GraphModule being trained
+    optimizer: torch.optim.Optimizer
+    dist: RankSync
+    epochs: int
+    steps_per_epoch: int
+    epoch: int  # the current epoch, counted from 0 (epochs completed)
+    batch: int  # batches completed in the current epoch
+    step: int  # optimizer steps taken
 
 
 class TrainingHook:
@@ -36,25 +59,25 @@ class TrainingHook:
 
     name = "hook"
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         pass
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         pass
 
-    def before_step(self, trainer: Trainer) -> None:
+    def before_step(self, trainer: TrainerView) -> None:
         pass
 
-    def loss(self, trainer: Trainer) -> torch.Tensor | None:
+    def loss(self, trainer: TrainerView) -> torch.Tensor | None:
         return None
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, trainer: TrainerView) -> None:
         pass
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         pass
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         pass
 
     def values(self) -> dict[str, float]:

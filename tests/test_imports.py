@@ -1,0 +1,28 @@
+"""Package layering: the mask methods work without the training runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IMPORT_EVERY_PRUNING_MODULE = """
+import importlib, json, pkgutil, sys
+import surgery.pruning
+for found in pkgutil.iter_modules(surgery.pruning.__path__):
+    importlib.import_module(f"surgery.pruning.{found.name}")
+print(json.dumps(sorted(name for name in sys.modules if name.startswith("surgery."))))
+"""
+
+
+def test_importing_every_pruning_module_does_not_import_surgery_train():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", IMPORT_EVERY_PRUNING_MODULE], capture_output=True, text=True,
+                          env=env, check=True)
+    imported = json.loads(done.stdout)
+    assert {"surgery.pruning.learned", "surgery.pruning.rigl", "surgery.hooks"} <= set(imported)
+    assert [name for name in imported if name == "surgery.train" or name.startswith("surgery.train.")] == []
