@@ -70,14 +70,13 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
     from surgery.train import pipeline
     from surgery.train.distributed import Distributed
     from surgery.train.masking import plan_masks, save_start_weights
-    from surgery.train.record import COMPLETED, RunRecord
+    from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord
     from surgery.train.run_files import RunFiles
 
     console = console or Console(stderr=True)
     dist = Distributed.from_env(config.train.device)
     files = RunFiles(config.run_dir)
-    record = RunRecord(config, files, enabled=dist.is_main)
-    record.update(method=config.mask.method)
+    record = RunRecord(config, files, kind=MASK_ROUNDS, enabled=dist.is_main)
     try:
         torch.manual_seed(config.train.seed)
         dataset = pipeline.load_data(config)
@@ -95,7 +94,7 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
                       seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options)
     if plan.weights is not None and dist.is_main:  # IMP's rewind point / learned masks' folded weights
         save_start_weights(config.run_dir, plan.weights)
-    record.update(rounds=plan.rounds, sparsity=overall_sparsity(plan.masks), mask=str(path))
+    record.update(rounds=plan.rounds, sparsity=overall_sparsity(plan.masks), mask_file=str(path))
     record.write(COMPLETED)
     dist.close()
     return PruneResult(plan.masks, load_masks(path)[1], path, config.run_dir)

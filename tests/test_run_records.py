@@ -181,6 +181,7 @@ def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
                        "--no-progress", "--out", out_dir, "-o", tmp_path / "imp.safetensors")
     assert code == 0, err
     record = json.loads(RunFiles(out_dir).result.read_text())
-    assert record["status"] == "completed" and record["method"] == "imp"
+    assert record["status"] == "completed" and record["kind"] == "mask rounds" and record["mask"]["method"] == "imp"
+    assert record["mask_file"] == str(tmp_path / "imp.safetensors")
     assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
     assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0

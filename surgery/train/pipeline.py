@@ -183,6 +183,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
         config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console, resume=resume)
     if plan.weights is not None:
         start = with_weights(start, plan.weights)
+    if plan.rounds:
+        record.update(rounds=plan.rounds)
     ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
     manifest = surgery.manifest_of(ghosted)
     dist.broadcast_masks(ghosted)

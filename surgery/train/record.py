@@ -6,17 +6,20 @@ completes, when a signal interrupts it and when an error fails it (with the erro
 class, first line and the stage it reached). The report, the CLI summary and
 ``--resume`` read this file; nothing reads ``verify.txt`` or a message to decide.
 
-Its keys: ``format``, ``status`` (running / completed / interrupted / failed),
+Its keys: ``format``, ``kind`` (``run``: a training run; ``mask rounds``: ``surgery prune``
+running a ``before`` mask method's rounds alone), ``status`` (running / completed / interrupted / failed),
 ``reason`` (null, or ``{error | signal, message, stage}``), ``config`` (``name`` and
-``hash``), ``model``, ``dataset``, ``num_classes``, ``device``, ``accuracy`` (``test``
+``hash``), ``model``, ``dataset``, ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
+(a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
 of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
 ``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
 ``kept``), ``tweaks`` (``tweaks_of``), ``ghosts`` (``parameters``, ``removed_at``:
 {step, epoch} or null, ``kept``), ``training`` (``epochs``, ``steps``, ``seconds``),
 ``verification`` (``status``: passed / failed / skipped, ``checks``, ``report``:
 ``VerifyReport.to_dict()``, or ``message``), ``export`` (``path``, ``bytes``,
-``dense_bytes``, ``sparse``, ...), ``timings`` and ``versions``. A ``before`` mask
-method's rounds (``surgery prune``) record ``method`` and ``rounds`` instead.
+``dense_bytes``, ``sparse``, ...), ``timings`` (this invocation's start, end and seconds;
+``training.seconds`` adds up every resumed part) and ``versions``. Mask rounds record
+``mask``, ``rounds``, ``sparsity``, ``mask_file`` (the file they wrote) and ``timings``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from typing import Any
 from surgery.train.atomic import write_json_atomic
 from surgery.train.config import IGNORED_ON_RESUME, RunConfig
 from surgery.train.run_files import RunFiles
+from surgery.train.trainer import Interrupted
 
 RESULT_FORMAT = 1
+RUN, MASK_ROUNDS = "run", "mask rounds"
 RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
 SOFTWARE = ("torch", "torchvision", "timm", "onnx", "onnxruntime")
 
@@ -42,16 +47,18 @@ SOFTWARE = ("torch", "torchvision", "timm", "onnx", "onnxruntime")
 class RunRecord:
     """The record of one run in the making; ``write(status)`` puts it in result.json (rank 0 only)."""
 
-    def __init__(self, config: RunConfig, files: RunFiles | None = None, *, enabled: bool = True):
+    def __init__(self, config: RunConfig, files: RunFiles | None = None, *, kind: str = RUN, enabled: bool = True):
         self.files = files or RunFiles(config.run_dir)
         self.enabled = enabled
         self.stage = "setup"  # where the run is: setup, training, finish (a failure names it)
         self.started = datetime.now(timezone.utc)
         self.data: dict[str, Any] = {
             "format": RESULT_FORMAT,
+            "kind": kind,
             "config": {"name": config.name, "hash": config_hash(config)},
             "model": config.model.spec,
             "dataset": config.data.dataset,
+            "mask": {"method": config.mask.method, "sparsity": config.mask.sparsity, "file": config.mask.file},
             "versions": software_versions(),
         }
 
@@ -73,8 +80,6 @@ class RunRecord:
         return self.write(*self.outcome(error))
 
     def outcome(self, error: BaseException) -> tuple[str, dict[str, Any]]:
-        from surgery.train.trainer import Interrupted
-
         message = first_line(error)
         if isinstance(error, Interrupted):
             return INTERRUPTED, {"signal": signal.Signals(error.signum).name, "message": message, "stage": self.stage}
@@ -127,9 +132,9 @@ def read_record(files: RunFiles) -> dict[str, Any] | None:
 
 
 def completed_record(config: RunConfig) -> dict[str, Any] | None:
-    """The record of ``config``'s run when it completed with this very config (same hash), else None."""
+    """The record of ``config``'s training run when it completed with this very config (same hash), else None."""
     record = read_record(RunFiles(config.run_dir))
-    if record is None or record.get("status") != COMPLETED:
+    if record is None or record.get("status") != COMPLETED or record.get("kind") != RUN:
         return None
     return record if record.get("config", {}).get("hash") == config_hash(config) else None
 

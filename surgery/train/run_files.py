@@ -69,8 +69,8 @@ class RunFiles:
         return self.root / "model.onnx"
 
     @property
-    def onnx_sidecar(self) -> Path:  # export_onnx's measurements next to the file
-        return self.root / "model.onnx.json"
+    def onnx_sidecar(self) -> Path:  # export_onnx's measurements next to the file: <file>.json
+        return Path(f"{self.onnx}.json")
 
     @property
     def curves(self) -> Path:
