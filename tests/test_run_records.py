@@ -79,12 +79,12 @@ def test_an_interrupted_run_records_the_signal_and_resumes_to_completion(tmp_pat
     config = tiny_config(tmp_path)
     step = Trainer._train_step
 
-    def sigterm_at_step_15(self, *args):
-        if self.step == 15:
+    def sigterm_at_step_25(self, *args):  # after the ghosts left (step 20)
+        if self.step == 25:
             os.kill(os.getpid(), signal.SIGTERM)
         return step(self, *args)
 
-    monkeypatch.setattr(Trainer, "_train_step", sigterm_at_step_15)
+    monkeypatch.setattr(Trainer, "_train_step", sigterm_at_step_25)
     with pytest.raises(Interrupted):
         pipeline.run(config)
     record = record_of(config)
@@ -95,6 +95,7 @@ def test_an_interrupted_run_records_the_signal_and_resumes_to_completion(tmp_pat
     monkeypatch.undo()
     result = pipeline.run(config, resume=True)
     assert record_of(config)["status"] == "completed" and result.status == "completed"
+    assert record_of(config)["ghosts"]["removed_at"] == {"step": 20, "epoch": 2}  # carried by the checkpoint
 
 
 def test_a_run_that_fails_after_training_keeps_its_directory_and_records_why(tmp_path, monkeypatch):
