@@ -256,11 +256,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of masks, init and data order (default 0)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME)")
     p.add_argument("--name", help="run name (default: the config's)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue from the run directory's latest good checkpoint, or from CHECKPOINT")
+    _add_resume_arguments(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch still)")
+
+
+def _add_resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the run directory's latest good checkpoint, or from CHECKPOINT; "
+                   "a completed run says so and exits")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume of a completed run: verify and export its final weights again")
 
 
 def _add_demo(commands) -> None:
@@ -274,6 +281,7 @@ def _add_demo(commands) -> None:
     p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {demo.EPOCHS})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the demo's config, e.g. --set mask.sparsity=0.95 (repeatable)")
+    _add_resume_arguments(p)
     p.set_defaults(run=run_demo)
 
 
@@ -652,6 +660,7 @@ def print_methods(console: Console, methods) -> None:
 
 def print_mask_table(console: Console, result, out: Path) -> None:
     from surgery.prune import layer_rows, metadata_summary
+    from surgery.train.run_files import RunFiles
 
     table = Table(title=f"{out}: {metadata_summary(result.metadata)}", title_justify="left")
     for column, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("of", "right"), ("sparsity", "right")):
@@ -664,11 +673,12 @@ def print_mask_table(console: Console, result, out: Path) -> None:
     table.add_row("all", "", f"{kept:,}", f"{total:,}", f"{1 - kept / max(total, 1):.2%}", style="bold")
     console.print(table)
     if result.run_dir is not None:
-        shown = [n for n in ("summary.md", "metrics.csv", "rounds.csv", "start-weights.safetensors") if (result.run_dir / n).exists()]
-        console.print(f"training run: {result.run_dir} ({', '.join(shown)})")
-        if "start-weights.safetensors" in shown:
+        files = RunFiles(result.run_dir)
+        written = (files.summary, files.metrics, files.rounds_csv, files.start_weights, files.result)
+        console.print(f"training run: {files.root} ({', '.join(p.name for p in written if p.exists())})")
+        if files.start_weights.exists():
             console.print(f"train the mask from its starting weights: surgery run CONFIG --set mask.file={out} "
-                          f"--set init.rewind={result.run_dir / 'start-weights.safetensors'}")
+                          f"--set init.rewind={files.start_weights}")
 
 
 def run_config(args: argparse.Namespace, console: Console) -> int:
@@ -683,8 +693,10 @@ def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
     from surgery.train.trainer import Interrupted
 
     config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
+    if _already_complete(config, args, console):
+        return 0
     try:
-        result = pipeline.run(config, resume=args.resume, console=console)
+        result = pipeline.run(config, resume=args.resume, force=args.force, console=console)
     except Interrupted as stop:
         print(f"surgery {args.command}: {stop}", file=sys.stderr)
         return 128 + int(stop.signum)
@@ -707,55 +719,64 @@ def _run_overrides(args: argparse.Namespace):
         yield "train.progress=false"
 
 
+def _already_complete(config, args: argparse.Namespace, console: Console) -> bool:
+    """``--resume`` of a run whose record says it completed with this config: say where its results are."""
+    from surgery.train.record import completed_record
+    from surgery.train.run_files import RunFiles
+
+    if args.force and not args.resume:
+        raise ConfigError("--force re-runs the verification and export of a completed run: give it with --resume "
+                          "(without --resume the run trains from the start anyway).")
+    if args.resume is not True or args.force or completed_record(config) is None:
+        return False
+    files = RunFiles(config.run_dir)
+    console.print(f"{escape(config.name)} is already complete: its results are in {files.root} ({files.summary.name}, "
+                  f"{files.result.name}); nothing to resume (--force verifies and exports it again).")
+    return True
+
+
 def print_run_summary(console: Console, config, result) -> None:
-    table = Table(title=f"surgery: {config.name}", show_header=False, title_justify="left")
+    """The run's outcome, read from its record (result.json) like the report."""
+    from surgery.train.report.story import (
+        describe_accuracy,
+        describe_ghost_cost,
+        describe_ghosts,
+        describe_onnx_size,
+        describe_tweaks,
+        describe_verification,
+    )
+    from surgery.train.run_files import RunFiles
+
+    record, files = result.record, RunFiles(result.run_dir)
+    table = Table(title=f"surgery: {escape(config.name)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", f"{config.model.spec} on {config.data.dataset}")
-    if result.test_accuracy is not None:
-        table.add_row("test accuracy", _accuracy_story(result))
-    table.add_row("sparsity", f"{result.sparsity:.1%} of conv/linear weights are zero")
-    table.add_row("tweaks", escape(result.tweaks_text))
-    table.add_row("ghosts", _ghost_story(result))
-    if result.ghost_parameters:
-        table.add_row("ghost cost", result.ghost_cost)
-    if result.verify is not None:
-        table.add_row("verified", escape(str(result.verify)))
-    if result.export is not None:
-        info = result.export
-        table.add_row("ONNX", f"{info.path} ({info.sparse_bytes / 1e6:.2f} MB sparse, {info.size_ratio:.0%} of dense)")
-    table.add_row("report", str(result.run_dir / "summary.md"))
-    table.add_row("time", f"{result.seconds:.1f} s training")
+    table.add_row("model", escape(f"{config.model.spec} on {config.data.dataset}"))
+    if record["accuracy"]["test"] is not None:
+        table.add_row("test accuracy", describe_accuracy(record["accuracy"]))
+    table.add_row("sparsity", f"{record['sparsity']:.1%} of conv/linear weights are zero")
+    table.add_row("tweaks", escape(describe_tweaks(record["tweaks"])))
+    table.add_row("ghosts", escape(describe_ghosts(record["ghosts"], record["training"]["epochs"])))
+    if record["ghosts"]["parameters"]:
+        table.add_row("ghost cost", describe_ghost_cost(record))
+    verification = record["verification"]
+    if verification is not None:
+        passed = verification["status"] == "passed"
+        table.add_row("verification", escape("\n".join(verification["checks"]) if passed
+                                             else describe_verification(verification)))
+    if record["export"] is not None:
+        table.add_row("ONNX", escape(f"{record['export']['path']} ({describe_onnx_size(record['export'])})"))
+    table.add_row("report", escape(str(files.summary)))
+    table.add_row("record", escape(str(files.result)))
+    table.add_row("time", f"{record['training']['seconds']:.1f} s training")
     console.print(table)
-
-
-def _accuracy_story(result) -> str:
-    """The result's test accuracy; with a validation split, which epoch it comes from and the other one."""
-    best = result.best_val
-    if best is None or best.get("test_acc") is None:
-        return f"{result.test_accuracy:.2%}"
-    last = "n/a" if result.test_accuracy_last is None else f"{result.test_accuracy_last:.2%}"
-    if result.selected == "best_val":
-        return (f"{result.test_accuracy:.2%} (weights of the best-validation epoch {best['epoch']}, val "
-                f"{best['val_acc']:.2%}); last epoch {last}")
-    return f"{result.test_accuracy:.2%} (last epoch); at the best-validation epoch {best['epoch']}: {best['test_acc']:.2%}"
-
-
-def _ghost_story(result) -> str:
-    """When the ghosts left: the trainer's "ghosts removed" event, placed among the epochs."""
-    removed = [step for step, text in result.events if text == "ghosts removed"]
-    if removed:
-        later = [row["epoch"] for row in result.history if row["step"] > removed[0]]
-        when = f"before epoch {later[0]}" if later else "after the last epoch"
-        return f"removed {when} (step {removed[0]}); from there on the original architecture trained"
-    if any(row.get("ghosts") == "on" for row in result.history):
-        return "kept to the end (ghosts.remove_at: never): not the original architecture"
-    return "none (the recipe adds no ghosts)"
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
     config = demo.demo_config(Path(args.out), epochs=args.epochs).with_overrides(args.overrides)
-    result = demo.run(config, console)
+    if _already_complete(config, args, console):
+        return 0
+    result = demo.run(config, console, resume=args.resume, force=args.force)
     print_run_summary(console, config, result)
     return 0
 

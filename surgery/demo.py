@@ -39,5 +39,5 @@ def demo_config(out: Path = Path("runs/demo"), *, epochs: int | None = None) -> 
     })
 
 
-def run(config: RunConfig, console: Console | None = None) -> RunResult:
-    return run_pipeline(config, console=console)
+def run(config: RunConfig, console: Console | None = None, *, resume: bool | str = False, force: bool = False) -> RunResult:
+    return run_pipeline(config, console=console, resume=resume, force=force)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery.masks import load_masks, save_masks
+from surgery.masks import load_masks, overall_sparsity, save_masks
 from surgery.pruning import find_masks, method
 from surgery.pruning.budget import achieved_sparsity
 
@@ -51,9 +51,10 @@ def prune_by_training(config, out: Path, console=None) -> PruneResult:
     if found.stage == "before":
         return _rounds_only(config, out, console)
     from surgery.train import run
+    from surgery.train.run_files import RunFiles
 
     result = run(config, console=console)
-    trained = result.run_dir / "masks.safetensors"
+    trained = RunFiles(result.run_dir).masks
     out.parent.mkdir(parents=True, exist_ok=True)
     if trained.resolve() != out.resolve():
         shutil.copyfile(trained, out)
@@ -62,25 +63,39 @@ def prune_by_training(config, out: Path, console=None) -> PruneResult:
 
 
 def _rounds_only(config, out: Path, console=None) -> PruneResult:
-    """Run the method's own training rounds and keep their mask (no retraining of it)."""
+    """Run the method's own training rounds and keep their mask (no retraining of it); the run
+    directory's result.json records how it ended, the sparsity each round reached and the timings."""
     from rich.console import Console
 
     from surgery.train import pipeline
     from surgery.train.distributed import Distributed
     from surgery.train.masking import plan_masks, save_start_weights
+    from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord
+    from surgery.train.run_files import RunFiles
 
     console = console or Console(stderr=True)
     dist = Distributed.from_env(config.train.device)
-    torch.manual_seed(config.train.seed)
-    dataset = pipeline.load_data(config)
-    model = pipeline.initialized(config, pipeline.build(config, dataset))
-    train_loader, eval_loaders = pipeline.loaders(config, dataset, dist)
-    plan = plan_masks(config, model, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console)
+    files = RunFiles(config.run_dir)
+    record = RunRecord(config, files, kind=MASK_ROUNDS, enabled=dist.is_main)
+    try:
+        torch.manual_seed(config.train.seed)
+        dataset = pipeline.load_data(config)
+        model = pipeline.initialized(config, pipeline.build(config, dataset))
+        train_loader, eval_loaders = pipeline.loaders(config, dataset, dist)
+        record.stage = "training"
+        plan = plan_masks(config, model, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist,
+                          console=console)
+    except BaseException as error:
+        if files.root.exists():
+            record.end(error)
+        raise
     m = config.mask
     path = save_masks(plan.masks, out, method=m.method, target_sparsity=m.sparsity, model=config.model.spec,
                       seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options)
     if plan.weights is not None and dist.is_main:  # IMP's rewind point / learned masks' folded weights
         save_start_weights(config.run_dir, plan.weights)
+    record.update(rounds=plan.rounds, sparsity=overall_sparsity(plan.masks), mask_file=str(path))
+    record.write(COMPLETED)
     dist.close()
     return PruneResult(plan.masks, load_masks(path)[1], path, config.run_dir)
 

@@ -1,7 +1,7 @@
 """The end-of-run report: plots a researcher can read and a summary.md that renders as markdown.
 
-Run directories are faked with the CSV layout the trainer writes, so these tests need no
-training and run in a few seconds.
+Run directories are faked with the CSV layout the trainer writes and a result.json as the
+pipeline records it, so these tests need no training and run in a few seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from PIL import Image
 
 from surgery.errors import ReportError
 from surgery.export import ExportInfo
+from surgery.train.record import export_section
 from surgery.train.report import (
     plot_curves,
     plot_layer_sparsity,
@@ -29,11 +30,13 @@ METRICS_HEADER = [
 ]
 STEPS_HEADER = ["step", "epoch", "lr", "alpha", "beta", "label_smoothing", "loss"]
 STEPS_PER_EPOCH = 10
-VERIFY_PASSED = (
-    "(a) graph isomorphic to the original trace (71 nodes)\n"
-    "(b) state_dict loads strictly into the original class\n"
-    "(c) outputs equal: max |diff| = 0 <= 1e-05\n"
-)
+VERIFY_PASSED = {
+    "status": "passed",
+    "checks": ["(a) graph isomorphic to the original trace (71 nodes)",
+               "(b) state_dict loads strictly into the original class",
+               "(c) outputs equal: max |diff| = 0 <= 1e-05"],
+    "report": {"nodes": 71, "outputs_max_abs_diff": 0.0},
+}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
@@ -78,7 +81,7 @@ def _step_rows(epochs: int) -> list[dict]:
     return rows
 
 
-def _sidecar() -> dict:
+def _export() -> dict:
     layers = [
         {"name": "conv1.weight", "shape": [16, 3, 3, 3], "dtype": "float", "numel": 432, "nonzeros": 43,
          "sparsity": 0.9, "stored": "sparse"},
@@ -90,7 +93,25 @@ def _sidecar() -> dict:
         dynamic_batch=True, max_abs_error=2.4e-7, max_rel_error=1e-7, rtol=1e-4,
         dense_bytes=4_000_000, sparse_bytes=1_200_000, external_data=False, layers=layers,
     )
-    return info.to_dict()
+    return export_section(info)
+
+
+def _record(**sections) -> dict:
+    """result.json of a completed six-epoch run whose ghosts left after epoch 4 (step 40)."""
+    record = {
+        "format": 1, "status": "completed", "reason": None, "config": {"name": "tiny", "hash": "sha256:0"},
+        "accuracy": {"test": 0.7734, "test_last": 0.7734, "selected": "last", "best_val": None},
+        "sparsity": 0.9, "weights": {"prunable": 1000, "kept": 100},
+        "tweaks": {"ghost_skips": 2, "ghost_skip_projections": {"identity": 2}, "soft_activations": 0},
+        "ghosts": {"count": 2, "parameters": 0, "removed_at": {"step": 40, "epoch": 4}, "kept": False},
+        "training": {"epochs": 6, "steps": 60, "seconds": 750.0},
+        "verification": VERIFY_PASSED, "export": _export(),
+    }
+    return record | sections
+
+
+def _write_record(run_dir: Path, **sections) -> None:
+    (run_dir / "result.json").write_text(json.dumps(_record(**sections)))
 
 
 @pytest.fixture
@@ -103,8 +124,7 @@ def run_dir(tmp_path: Path) -> Path:
     _write_csv(tmp_path / "metrics.csv", METRICS_HEADER, rows)
     _write_csv(tmp_path / "steps.csv", STEPS_HEADER, _step_rows(6))
     (tmp_path / "config.yaml").write_text("model: cifar:resnet20\noptimizer:\n  name: sgd\n  lr: 0.1\n")
-    (tmp_path / "verify.txt").write_text(VERIFY_PASSED)
-    (tmp_path / "model.onnx.json").write_text(json.dumps(_sidecar()))
+    _write_record(tmp_path)
     return tmp_path
 
 
@@ -146,10 +166,11 @@ def test_full_run_writes_plots_and_summary(run_dir: Path) -> None:
     assert "| best test accuracy | 78.90% (epoch 5) |" in text
     assert "val accuracy" not in text  # no validation split: no empty rows about it
     assert "| epochs | 6 |" in text and "| optimizer steps | 60 |" in text
-    assert "| ghosts | removed at step 40; epochs 5-6 trained without them |" in text
+    assert "| ghosts | removed before epoch 5 (step 40); epochs 5-6 trained as the original architecture |" in text
     assert "| wall time | 12m 30s |" in text
     assert "| model | cifar:resnet20 |" in text and "| device | cpu |" in text
-    assert "sparsity (mean over layers, unweighted) | 70.00%" in text
+    assert "| tweaks | ghost skips: 2 (2 identity) |" in text
+    assert "| sparsity | 90.00% of conv/linear weights are zero |" in text
     assert "1.20 MB sparse, 4.00 MB dense (30% of dense); 1 of 2 initializers sparse" in text
     assert "max \\|diff\\| vs PyTorch 2.4e-07" in text
     assert "| verification | **passed** (3 checks): (a) graph isomorphic" in text
@@ -169,6 +190,13 @@ def test_extra_sparsity_replaces_the_computed_one(run_dir: Path) -> None:
     assert "unweighted" not in text.split("## Plots")[0]
 
 
+def test_without_a_record_sparsity_is_the_mean_over_layers(run_dir: Path) -> None:
+    (run_dir / "result.json").unlink()
+    text = write_report(run_dir, title="run", layer_sparsity={"a": 0.5, "b": 0.9}).read_text()
+    assert "| sparsity (mean over layers, unweighted) | 70.00% |" in text
+    assert "verification" not in text and "ONNX" not in text and "| ghosts |" not in text
+
+
 def test_weighted_sparsity_comes_from_the_mask_file(run_dir: Path) -> None:
     import torch
 
@@ -176,14 +204,43 @@ def test_weighted_sparsity_comes_from_the_mask_file(run_dir: Path) -> None:
 
     masks = {"big.weight": torch.zeros(90, dtype=torch.bool), "small.weight": torch.ones(10, dtype=torch.bool)}
     save_masks(masks, run_dir / "masks.safetensors")
+    (run_dir / "result.json").unlink()
     text = write_report(run_dir, title="run", layer_sparsity={"big.weight": 1.0, "small.weight": 0.0}).read_text()
     assert "| sparsity (mask file, weighted by layer size) | 90.00% |" in text
 
 
 def test_failed_verification_is_reported_as_failed(run_dir: Path) -> None:
-    (run_dir / "verify.txt").write_text("output of original and clean differ: max |diff| = 0.3 > 1e-05\n")
+    message = "output of original and clean differ: max |diff| = 0.3 > 1e-05\nthe de-ghosted graph ..."
+    _write_record(run_dir, status="failed", reason={"error": "VerificationError", "message": message.splitlines()[0],
+                                                    "stage": "finish"},
+                  verification={"status": "failed", "error": "VerificationError", "message": message})
     text = write_report(run_dir, title="run").read_text()
-    assert "| verification | **failed**: output of original and clean differ" in text
+    assert "| status | **failed**: output of original and clean differ" in text
+    assert "| verification | **failed**: output of original and clean differ: max \\|diff\\| = 0.3 > 1e-05 |" in text
+    assert "```text\n" + message + "\n```" in text  # the whole message in the Verification section
+
+
+def test_the_verdict_is_the_records_whatever_verify_txt_says(run_dir: Path) -> None:
+    (run_dir / "verify.txt").write_text("FAILED\nthis file is for people; nothing reads it\n")
+    text = write_report(run_dir, title="run").read_text()
+    assert "| verification | **passed** (3 checks)" in text and "nothing reads it" not in text
+
+
+def test_the_selected_weights_accuracy_comes_from_the_record(run_dir: Path) -> None:
+    best = {"epoch": 5, "val_acc": 0.81, "test_acc": 0.789}
+    _write_record(run_dir, accuracy={"test": 0.789, "test_last": 0.7734, "selected": "best_val", "best_val": best})
+    text = write_report(run_dir, title="run").read_text()
+    assert ("| test accuracy (kept weights) | 78.90% (weights of the best-validation epoch 5, val 81.00%); "
+            "last epoch 77.34% |") in text
+
+
+def test_ghosts_kept_and_an_unverified_run_say_so(run_dir: Path) -> None:
+    _write_record(run_dir, ghosts={"count": 2, "parameters": 10, "removed_at": None, "kept": True},
+                  verification={"status": "skipped", "message": "ghosts kept to the end"}, export=None)
+    text = write_report(run_dir, title="run").read_text()
+    assert "| ghosts | kept to the end (ghosts.remove_at: never): not the original architecture |" in text
+    assert "| verification | **skipped**: ghosts kept to the end |" in text and "ONNX" not in text
+    assert "| ghost cost | 10 dense training-only parameters = 10% of the 100 kept weights |" in text
 
 
 def test_120_layers_stay_readable(run_dir: Path) -> None:

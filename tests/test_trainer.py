@@ -131,7 +131,8 @@ def test_the_run_reports_last_and_best_validation_test_accuracy(tmp_path, monkey
     result = pipeline.run(config)
     assert (result.selected, result.test_accuracy, result.test_accuracy_last) == ("best_val", 0.35, 0.4)
     summary = (config.run_dir / "summary.md").read_text()
-    assert "35.00% at the best-validation epoch 2 (val 80.00%); 40.00% at the last epoch" in summary
+    assert "| test accuracy (kept weights) | 35.00% (weights of the best-validation epoch 2, val 80.00%); " \
+        "last epoch 40.00% |" in summary
     last = pipeline.run(tiny_config(tmp_path, "last", data={"val_split": 0.2}, lr_schedule={"milestones": [1]},
                                     train={"select": "last"}))
     assert (last.selected, last.test_accuracy, last.best_val["test_acc"]) == ("last", 0.4, 0.35)

@@ -32,9 +32,9 @@ from surgery.pruning.budget import weights_of
 from surgery.pruning.random import find_random
 from surgery.train.config import RunConfig
 from surgery.train.distributed import Distributed
+from surgery.train.run_files import RunFiles
 
 DENSE = "dense"
-START_WEIGHTS = "start-weights.safetensors"  # the weights a `before` method hands the main run (init.rewind)
 
 
 @dataclass
@@ -43,6 +43,7 @@ class MaskPlan:
     hooks: list[TrainingHook] = field(default_factory=list)
     weights: dict[str, torch.Tensor] | None = None  # a state_dict to start the main run from
     metadata: dict[str, Any] = field(default_factory=dict)  # what a mask file carried besides masks
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # a `before` method's rounds: sparsity, accuracy
 
 
 def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_loaders: dict[str, Any],
@@ -70,7 +71,8 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     result = found.find(model, names, budget, train=runner, seed=config.train.seed, **options)
     if dist.is_main:
         write_rounds(config, result.rounds)
-    return MaskPlan(result.masks, weights=result.weights)
+    rounds = [{key: value for key, value in row.items() if key != "mask"} for row in result.rounds]
+    return MaskPlan(result.masks, weights=result.weights, rounds=rounds)
 
 
 def training_batches(train_loader: Any, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -102,7 +104,7 @@ class RoundRunner:
 
         compiled = surgery.compile(model, self.example, surgery.Recipe.from_dict({}).replace(masks=masks or None))
         self.dist.broadcast_masks(compiled)
-        run_dir = self.config.run_dir / "rounds" / tag
+        run_dir = RunFiles(self.config.run_dir).rounds / tag
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.console.print(f"{tag}: training {self.config.train.epochs} epochs"
@@ -133,9 +135,10 @@ def write_rounds(config: RunConfig, rounds: list[dict[str, Any]]) -> None:
     """One line per round in RUN/rounds.csv and each round's mask as RUN/rounds/<tag>-mask.safetensors."""
     if not rounds:
         return
-    folder = config.run_dir / "rounds"
+    files = RunFiles(config.run_dir)
+    folder = files.rounds
     folder.mkdir(parents=True, exist_ok=True)
-    with (config.run_dir / "rounds.csv").open("w", newline="") as f:
+    with files.rounds_csv.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["round", "trained_sparsity", "accuracy", "sparsity", "mask"])
         for row in rounds:
@@ -153,6 +156,6 @@ def save_start_weights(run_dir: Path, weights: dict[str, torch.Tensor]) -> Path:
     """Keep the weights a ``before`` method handed over: a later run rewinds to them with init.rewind."""
     from safetensors.torch import save_file
 
-    path = run_dir / START_WEIGHTS
+    path = RunFiles(run_dir).start_weights
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(path))
     return path

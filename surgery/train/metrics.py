@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from surgery.train.run_files import RunFiles
+
 EPOCH_FIELDS = (
     "epoch", "step", "lr", "alpha", "beta", "label_smoothing", "ghosts",
     "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "images_per_s", "seconds", "sparsity",
@@ -25,15 +27,15 @@ class MetricsLog:
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int | None = None, resume_epoch: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.epochs_csv = self.run_dir / "metrics.csv"
-        self.steps_csv = self.run_dir / "steps.csv"
+        files = RunFiles(self.run_dir)
+        self.epochs_csv, self.steps_csv = files.metrics, files.steps
         if resume_step is None:
             for path, fields in ((self.epochs_csv, EPOCH_FIELDS), (self.steps_csv, STEP_FIELDS)):
                 _write_rows(path, fields, [])
         else:
             _truncate(self.epochs_csv, EPOCH_FIELDS, lambda row: int(row["epoch"]) <= resume_epoch)
             _truncate(self.steps_csv, STEP_FIELDS, lambda row: int(row["step"]) <= resume_step)
-        self.writer = _tensorboard(self.run_dir / "tensorboard", resume_step) if tensorboard else None
+        self.writer = _tensorboard(files.tensorboard, resume_step) if tensorboard else None
 
     def log_step(self, row: Mapping[str, Any]) -> None:
         _append(self.steps_csv, STEP_FIELDS, row)

@@ -1,15 +1,24 @@
 """`surgery run`: model -> mask -> compile -> (LRsI) -> train -> de-ghost -> verify -> ONNX -> report.
 
 One function per stage; ``run(config)`` chains them and returns a ``RunResult``. Every
-artefact lands in the run directory (``config.output``): the resolved ``config.yaml``,
-``masks.safetensors``, ``metrics.csv`` / ``steps.csv`` / ``tensorboard/``,
-``checkpoints/``, ``model.safetensors`` (the clean trained weights, loadable into the
-original class), ``verify.txt``, ``model.onnx`` + sidecar, plots and ``summary.md``.
+artefact lands in the run directory (``config.output``, its files named by ``RunFiles``):
+the resolved ``config.yaml``, ``masks.safetensors``, ``metrics.csv`` / ``steps.csv`` /
+``tensorboard/``, ``checkpoints/``, ``model.safetensors`` (the clean trained weights,
+loadable into the original class), ``verify.txt``, ``model.onnx`` + sidecar, plots,
+``summary.md`` and ``result.json``, the run's record (``surgery.train.record``), written
+at every end: completed, interrupted or failed.
+
+A run that fails or is interrupted before training started removes the directory it
+created (unless it holds a checkpoint, from a mask method's rounds say). ``resume`` of a
+run whose record says it completed with the same config returns that record's result
+without redoing anything; ``force`` re-runs verification and export from the final
+checkpoint.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +31,9 @@ import surgery
 from surgery.errors import ConfigError, SurgeryError
 from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
-from surgery.manifest import ghost_cost
 from surgery.masks import (
     bake_masks,
     masked_parameters,
-    overall_sparsity,
     prunable_weights,
     save_masks,
 )
@@ -36,26 +43,75 @@ from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
 from surgery.train.progress import TaskProgress
+from surgery.train.record import (
+    COMPLETED,
+    RUNNING,
+    RunRecord,
+    completed_record,
+    export_section,
+    verification_failed,
+    verification_passed,
+    verification_skipped,
+)
 from surgery.train.report import write_report
+from surgery.train.report.story import describe_ghost_cost, describe_tweaks
+from surgery.train.report.tables import epoch_rows
+from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
 
 
 @dataclass
 class RunResult:
+    """What a run produced: the clean model, and its record (result.json), which every number below reads."""
+
     run_dir: Path
-    model: nn.Module  # the clean trained model (the original class's structure, masks baked in)
-    test_accuracy: float | None  # of ``model``: the best-validation epoch's when that was selected, else the last's
-    sparsity: float
-    history: list[dict[str, Any]]
-    verify: Any = None  # surgery.VerifyReport, or None when skipped
-    export: Any = None  # surgery.ExportInfo, or None when skipped
-    seconds: float = 0.0
-    events: list[tuple[int, str]] = field(default_factory=list)  # (step, "ghosts removed" / "LR x0.1")
-    test_accuracy_last: float | None = None  # the last epoch's
-    best_val: dict[str, Any] | None = None  # {epoch, val_acc, test_acc} of the best-validation epoch
-    selected: str = "last"  # whose weights ``model`` holds: "last" or "best_val"
-    tweaks: dict[str, Any] = field(default_factory=dict)  # what trained besides the plain network (tweaks_of)
-    ghost_parameters: int = 0  # training-only parameters the ghosts added
+    model: nn.Module | None  # the clean trained model (the original class, masks baked in); None: ghosts kept (read back)
+    record: dict[str, Any]  # result.json's content
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch, as in metrics.csv
+    verify: Any = None  # surgery.VerifyReport of a verification in this process (the record holds it as data)
+    export: Any = None  # surgery.ExportInfo likewise
+    events: list[tuple[int, str]] = field(default_factory=list)  # (step, label) lines for the plots only
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    @property
+    def test_accuracy(self) -> float | None:  # of ``model``: the best-validation epoch's when selected, else the last's
+        return self.record["accuracy"]["test"]
+
+    @property
+    def test_accuracy_last(self) -> float | None:
+        return self.record["accuracy"]["test_last"]
+
+    @property
+    def best_val(self) -> dict[str, Any] | None:  # {epoch, val_acc, test_acc} of the best-validation epoch
+        return self.record["accuracy"]["best_val"]
+
+    @property
+    def selected(self) -> str:  # whose weights ``model`` holds: "last" or "best_val"
+        return self.record["accuracy"]["selected"]
+
+    @property
+    def sparsity(self) -> float:
+        return self.record["sparsity"]
+
+    @property
+    def tweaks(self) -> dict[str, Any]:  # what trained besides the plain network (tweaks_of)
+        return self.record["tweaks"]
+
+    @property
+    def ghost_parameters(self) -> int:  # training-only parameters the ghosts added
+        return self.record["ghosts"]["parameters"]
+
+    @property
+    def ghosts_removed_at(self) -> tuple[int, int] | None:  # (step, epoch)
+        removed = self.record["ghosts"]["removed_at"]
+        return None if removed is None else (removed["step"], removed["epoch"])
+
+    @property
+    def seconds(self) -> float:  # training time, over every resumed part
+        return self.record["training"]["seconds"]
 
     @property
     def tweaks_text(self) -> str:
@@ -64,8 +120,7 @@ class RunResult:
     @property
     def ghost_cost(self) -> str:
         """The ghosts' training-only parameters next to the weights the final mask keeps."""
-        weights = sum(w.numel() for w in prunable_weights(self.model).values())
-        return ghost_cost(self.ghost_parameters, round((1 - self.sparsity) * weights) or None)
+        return describe_ghost_cost(self.record)
 
 
 def run(
@@ -74,12 +129,47 @@ def run(
     model: nn.Module | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     resume: bool | str | Path = False,
+    force: bool = False,
     console: Console | None = None,
 ) -> RunResult:
-    """Run the whole pipeline; ``model`` / ``masks`` given in Python replace the config's."""
+    """Run the whole pipeline; ``model`` / ``masks`` given in Python replace the config's.
+
+    ``resume=True`` of a run that completed with this config returns its recorded result
+    (nothing is redone) unless ``force``, which re-runs verification and export.
+    """
+    if resume is True and not force:
+        record = completed_record(config)
+        if record is not None:
+            return recorded_result(config, record, model)
     console = console or Console(stderr=True)
     dist = Distributed.from_env(config.train.device)
-    run_dir = config.run_dir
+    files = RunFiles(config.run_dir)
+    created = not files.root.exists()
+    record = RunRecord(config, files, enabled=dist.is_main)
+    try:
+        result = _run(config, files, record, dist, console, model=model, masks=masks, resume=resume)
+    except BaseException as error:
+        if dist.is_main:
+            _end_early(files, record, error, created=created)
+        raise
+    dist.close()
+    return result
+
+
+def _end_early(files: RunFiles, record: RunRecord, error: BaseException, *, created: bool) -> None:
+    """A run that stops before training leaves nothing it created behind (unless a checkpoint is there to
+    resume from); any other stop is recorded in result.json: interrupted or failed, and why."""
+    if not files.root.exists():
+        return
+    if created and record.stage == "setup" and not files.holds_checkpoint():
+        shutil.rmtree(files.root, ignore_errors=True)
+        return
+    record.end(error)
+
+
+def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distributed, console: Console, *,
+         model: nn.Module | None, masks: dict[str, torch.Tensor] | None, resume: bool | str | Path) -> RunResult:
+    run_dir = files.root
     torch.manual_seed(config.train.seed)
     dataset = load_data(config)
     original = model if model is not None else build(config, dataset)
@@ -87,11 +177,14 @@ def run(
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        record.write(RUNNING)  # a completed record of an earlier run here no longer describes this directory
     start = initialized(config, original)
     plan = MaskPlan(masks) if masks is not None else plan_masks(
         config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console, resume=resume)
     if plan.weights is not None:
         start = with_weights(start, plan.weights)
+    if plan.rounds:
+        record.update(rounds=plan.rounds)
     ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
     manifest = surgery.manifest_of(ghosted)
     dist.broadcast_masks(ghosted)
@@ -106,12 +199,25 @@ def run(
         rescale(config, ghosted, train_loader, dist, console)
     trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
                       teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
+    record.stage = "training"
     trained = trainer.fit(resume=resume)
+    record.stage = "finish"
+    record.update(num_classes=config.model.num_classes or dataset.num_classes,
+                  device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
     mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
-    result = finish(config, original, trained, example, run_dir, dist, console, mask_metadata,
-                    tweaks=tweaks_of(config, manifest), ghost_parameters=manifest.ghost_parameters)
-    dist.close()
-    return result
+    return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
+                  tweaks=tweaks_of(config, manifest), ghost_parameters=manifest.ghost_parameters)
+
+
+def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module | None = None) -> RunResult:
+    """The result of a completed run, read back from its directory: the record, the epochs, and the
+    clean weights loaded into the original class (``model`` or the config's; None when ghosts were kept)."""
+    files = RunFiles(config.run_dir)
+    clean = None
+    if not record["ghosts"]["kept"]:
+        clean = deepcopy_module(model) if model is not None else build_model(config.model.spec, record["num_classes"])
+        clean = load_weights(clean, files.weights).eval()
+    return RunResult(files.root, clean, record, epoch_rows(files.metrics))
 
 
 # ------------------------------------------------------------------ stages
@@ -165,10 +271,11 @@ def start_from(config: RunConfig, ghosted: fx.GraphModule, plan: MaskPlan) -> No
 
 
 def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Tensor] | None) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
+    files = RunFiles(run_dir)
+    files.root.mkdir(parents=True, exist_ok=True)
+    files.config.write_text(config.to_yaml())
     if masks:
-        save_masks(masks, run_dir / "masks.safetensors", method=config.mask.method if not config.mask.file else "file",
+        save_masks(masks, files.masks, method=config.mask.method if not config.mask.file else "file",
                    model=config.model.spec, seed=config.train.seed, target_sparsity=config.mask.sparsity)
 
 
@@ -229,8 +336,10 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
 
 def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example: torch.Tensor, run_dir: Path,
            dist: Distributed, console: Console, mask_metadata: dict[str, str] | None = None, *,
-           tweaks: dict[str, Any] | None = None, ghost_parameters: int = 0) -> RunResult:
-    """Bake masks, verify against the original, save weights, export ONNX, write the report (rank 0)."""
+           record: RunRecord, tweaks: dict[str, Any], ghost_parameters: int = 0) -> RunResult:
+    """Bake masks, verify against the original, save weights, export ONNX, record the outcome in
+    result.json and write the report from it (rank 0)."""
+    files = RunFiles(run_dir)
     model = trained.model
     kept_ghosts = bool(ghosts(model))
     final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
@@ -239,29 +348,48 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     else:
         bake_masks(model)
     model = model.cpu().eval()
-    last = next((row["test_acc"] for row in reversed(trained.history) if row.get("test_acc") is not None), None)
-    selected_accuracy = trained.best["test_acc"] if trained.selected == "best_val" else last
-    result = RunResult(run_dir, model, selected_accuracy, _sparsity(model), trained.history,
-                       seconds=trained.seconds, events=trained.events, test_accuracy_last=last, best_val=trained.best,
-                       selected=trained.selected, tweaks=dict(tweaks or {}), ghost_parameters=ghost_parameters)
+    record.update(**outcome_sections(trained, model, tweaks, ghost_parameters, kept_ghosts))
+    result = RunResult(run_dir, model, record.data, trained.history, events=trained.events)
     if not dist.is_main:
         return result
-    notes = {}
     if final_masks:
-        save_masks(final_masks, run_dir / "masks.safetensors", method=config.mask.method, model=config.model.spec,
+        save_masks(final_masks, files.masks, method=config.mask.method, model=config.model.spec,
                    seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True, **(mask_metadata or {}))
-    _save_weights(model, run_dir / "model.safetensors")
+    _save_weights(model, files.weights)
     if kept_ghosts:
-        notes["verification"] = "skipped: ghosts kept to the end (ghosts.remove_at: never), not the original architecture"
+        record.update(verification=verification_skipped(
+            "ghosts kept to the end (ghosts.remove_at: never), not the original architecture"))
     else:
-        result.verify, result.export = _verify_and_export(config, original, model, example, run_dir, console, notes)
+        result.verify, result.export = _verify_and_export(config, original, model, example, files, record)
+    record.write(COMPLETED)
     write_report(run_dir, title=f"{config.name}: {config.model.spec} on {config.data.dataset}",
                  layer_sparsity=_layer_sparsity(model), events=trained.events,
                  extra={"model": config.model.spec, "dataset": config.data.dataset,
-                        "mask": _mask_text(config), "device": str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""),
-                        "tweaks": result.tweaks_text, **_ghost_cost_row(result), **_selection_row(result),
-                        "sparsity": f"{result.sparsity:.2%} of conv/linear weights are zero", **notes})
+                        "mask": _mask_text(config), "device": record.data["device"]})
     return result
+
+
+def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, Any], ghost_parameters: int,
+                     kept_ghosts: bool) -> dict[str, Any]:
+    """The record's accuracy, sparsity, weights, tweaks, ghosts and training sections of a trained ``model``."""
+    last = next((row["test_acc"] for row in reversed(trained.history) if row.get("test_acc") is not None), None)
+    selected = trained.best["test_acc"] if trained.selected == "best_val" else last
+    weights = prunable_weights(model).values()
+    total, kept = sum(w.numel() for w in weights), sum(int(w.count_nonzero()) for w in weights)
+    removed = trained.ghosts_removed_at
+    return {
+        "verification": None,  # filled in by verification, when it runs
+        "export": None,
+        "accuracy": {"test": selected, "test_last": last, "selected": trained.selected, "best_val": trained.best},
+        "sparsity": 1 - kept / total if total else 0.0,
+        "weights": {"prunable": total, "kept": kept},
+        "tweaks": tweaks,
+        "ghosts": {"count": tweaks["ghost_skips"] + tweaks["soft_activations"], "parameters": ghost_parameters,
+                   "removed_at": None if removed is None else {"step": removed[0], "epoch": removed[1]},
+                   "kept": kept_ghosts},
+        "training": {"epochs": trained.history[-1]["epoch"] if trained.history else 0, "steps": trained.steps,
+                     "seconds": trained.seconds},
+    }
 
 
 def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
@@ -282,58 +410,22 @@ def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
     }
 
 
-def describe_tweaks(tweaks: dict[str, Any]) -> str:
-    """e.g. 'ghost skips: 16 (13 identity, 3 conv1x1), soft activations: 17 pswish, LRsI (390 iterations),
-    label smoothing 0.1'; 'none' when the plain network trained with hard labels."""
-    parts = []
-    if tweaks.get("ghost_skips"):
-        projections = ", ".join(f"{n} {p}" for p, n in tweaks.get("ghost_skip_projections", {}).items())
-        parts.append(f"ghost skips: {tweaks['ghost_skips']} ({projections})")
-    if tweaks.get("soft_activations"):
-        parts.append(f"soft activations: {tweaks['soft_activations']} {tweaks.get('soft_activation_kind')}")
-    if tweaks.get("lrsi_iterations"):
-        parts.append(f"LRsI ({tweaks['lrsi_iterations']} iterations)")
-    if tweaks.get("label_smoothing"):
-        start, end = tweaks["label_smoothing"]
-        parts.append(f"label smoothing {start:g}" + (f" -> {end:g}" if end != start else ""))
-    if tweaks.get("distillation_teacher"):
-        parts.append(f"distillation from {tweaks['distillation_teacher']}")
-    return ", ".join(parts) or "none (plain sparse training)"
-
-
-def _ghost_cost_row(result: RunResult) -> dict[str, str]:
-    if not (result.tweaks.get("ghost_skips") or result.tweaks.get("soft_activations")):
-        return {}
-    return {"ghost cost": result.ghost_cost}
-
-
-def _selection_row(result: RunResult) -> dict[str, str]:
-    """The test accuracy of the weights the run ends with, and of the other candidate."""
-    best, last = result.best_val, result.test_accuracy_last
-    if best is None or best.get("test_acc") is None:
-        return {}
-    text = (f"{best['test_acc']:.2%} at the best-validation epoch {best['epoch']} (val {best['val_acc']:.2%}); "
-            f"{_percent(last)} at the last epoch")
-    chosen = "best-validation weights" if result.selected == "best_val" else "last epoch's weights"
-    return {"test accuracy (selected)": f"{text}; the run keeps the {chosen}"}
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2%}"
-
-
 def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,
-                       run_dir: Path, console: Console, notes: dict[str, str]):
+                       files: RunFiles, record: RunRecord):
+    """Verify (verify.txt is the people's copy; the record holds the report as data), then export ONNX."""
     report = info = None
     if config.export.verify:
         try:
             report = surgery.verify(original, clean, example)
-            (run_dir / "verify.txt").write_text(str(report) + "\n")
         except SurgeryError as error:
-            (run_dir / "verify.txt").write_text(f"FAILED\n{error}\n")
+            record.update(verification=verification_failed(error))
+            files.verify.write_text(f"FAILED\n{error}\n")
             raise
+        record.update(verification=verification_passed(report))
+        files.verify.write_text(str(report) + "\n")
     if config.export.onnx:
-        info = surgery.export_onnx(clean, example, run_dir / "model.onnx", sparse=config.export.sparse)
+        info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse)
+        record.update(export=export_section(info))
     return report, info
 
 
@@ -342,12 +434,6 @@ def _save_weights(model: nn.Module, path: Path) -> None:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path))
-
-
-def _sparsity(model: nn.Module) -> float:
-    weights = prunable_weights(model)
-    total = sum(w.numel() for w in weights.values())
-    return sum(int((w == 0).sum()) for w in weights.values()) / total if total else 0.0
 
 
 def _layer_sparsity(model: nn.Module) -> dict[str, float]:

@@ -44,6 +44,7 @@ from surgery.train.distributed import Distributed
 from surgery.train.losses import Distillation, classification_loss
 from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress
+from surgery.train.run_files import RunFiles
 
 GHOST_GROUP = "ghosts"
 CHECKPOINT_FORMAT = 1
@@ -62,11 +63,12 @@ class Interrupted(Exception):
 class TrainResult:
     model: nn.Module  # de-ghosted unless ghosts are kept (remove_at: never); masks still attached
     history: list[dict[str, Any]]
-    events: list[tuple[int, str]] = field(default_factory=list)
+    events: list[tuple[int, str]] = field(default_factory=list)  # (step, label) lines for the plots only
     steps: int = 0
     seconds: float = 0.0
     best: dict[str, Any] | None = None  # the best-validation epoch: {epoch, val_acc, test_acc}
     selected: str = "last"  # whose weights ``model`` holds: the last epoch's or the best-validation epoch's
+    ghosts_removed_at: tuple[int, int] | None = None  # (step, epoch): removed after ``epoch`` epochs, at ``step``
 
 
 class Trainer:
@@ -120,8 +122,8 @@ class Trainer:
 
         self.sums = _Sums()
         self.history: list[dict[str, Any]] = []
-        self.events: list[tuple[int, str]] = []
-        self.store = CheckpointStore(self.run_dir / "checkpoints", keep=self.settings.keep_checkpoints)
+        self.ghosts_removed_at: tuple[int, int] | None = None  # (step, epoch) when remove_ghosts ran
+        self.store = CheckpointStore(RunFiles(self.run_dir).checkpoints, keep=self.settings.keep_checkpoints)
         self._signal: int | None = None
         self._pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
         self.seconds_before = 0.0
@@ -187,7 +189,7 @@ class Trainer:
             self.optimizer.state.pop(p, None)
         self.has_ghosts = False
         self.net = self._wrapped()
-        self.events.append((self.step, "ghosts removed"))
+        self.ghosts_removed_at = (self.step, self.epoch)
 
     def ghost_values(self, clock: Clock) -> dict[str, float | None]:
         if not self.has_ghosts:
@@ -221,8 +223,8 @@ class Trainer:
         for hook in self.hooks:  # after the checkpoint, which a resume must load into the hooked model
             hook.on_train_end(self)
         selected = self._select_best()
-        return TrainResult(self.module, self.history, self._all_events(), self.step, time.perf_counter() - start,
-                           best=self.best, selected=selected)
+        return TrainResult(self.module, self.history, self.plot_events(), self.step, time.perf_counter() - start,
+                           best=self.best, selected=selected, ghosts_removed_at=self.ghosts_removed_at)
 
     def _select_best(self) -> str:
         """Load the best-validation weights into the model when they are the run's result."""
@@ -397,21 +399,18 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "deghosted": self._removed(),
+            "deghosted": self.ghosted_at_start and not self.has_ghosts,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sums": self.sums.state(),
-            "events": list(self.events),
+            "ghosts_removed_at": self.ghosts_removed_at,
             "history": list(self.history),
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
             "best": self.best, "best_state": self.best_state,
             "seconds": time.perf_counter() - self.started if hasattr(self, "started") else 0.0,
             "rng": rng_state(),
         }
-
-    def _removed(self) -> bool:
-        return any(text == "ghosts removed" for _, text in self.events)
 
     def _save_checkpoint(self) -> Path | None:
         path = None
@@ -438,13 +437,14 @@ class Trainer:
             )
         if state["deghosted"] and self.has_ghosts:
             self.remove_ghosts()
-            self.events.clear()
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.sums = _Sums.from_state(state["sums"], self.device)
-        self.events, self.history = [tuple(e) for e in state["events"]], list(state["history"])
+        removed = state.get("ghosts_removed_at")
+        self.ghosts_removed_at = tuple(removed) if removed is not None else None
+        self.history = list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
         self.best, self.best_state = state.get("best"), state.get("best_state")
         for hook in self.hooks:
@@ -475,10 +475,13 @@ class Trainer:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    def _all_events(self) -> list[tuple[int, str]]:
+    def plot_events(self) -> list[tuple[int, str]]:
+        """(step, label) of what the plots mark: the ghosts' removal and the LR decays."""
         decays = [m for m in self.lr_plan.milestones if m < self.epochs] if self.lr_plan.kind == "step" else []
-        lr_events = [(m * self.steps_per_epoch, f"LR x{self.lr_plan.gamma:g}") for m in decays]
-        return sorted(set(self.events) | set(lr_events))
+        events = [(m * self.steps_per_epoch, f"LR x{self.lr_plan.gamma:g}") for m in decays]
+        if self.ghosts_removed_at is not None:
+            events.append((self.ghosts_removed_at[0], "ghosts removed"))
+        return sorted(set(events))
 
 
 class _Sums:

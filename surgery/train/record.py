@@ -1,0 +1,165 @@
+"""``result.json``: a run's outcome as data, written atomically at every end.
+
+The pipeline fills a ``RunRecord`` stage by stage and writes it when the run starts
+(``running``: a record still saying so means the process died without a word), when it
+completes, when a signal interrupts it and when an error fails it (with the error's
+class, first line and the stage it reached). The report, the CLI summary and
+``--resume`` read this file; nothing reads ``verify.txt`` or a message to decide.
+
+Its keys: ``format``, ``kind`` (``run``: a training run; ``mask rounds``: ``surgery prune``
+running a ``before`` mask method's rounds alone), ``status`` (running / completed / interrupted / failed),
+``reason`` (null, or ``{error | signal, message, stage}``), ``config`` (``name`` and
+``hash``), ``model``, ``dataset``, ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
+(a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
+of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
+``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
+``kept``), ``tweaks`` (``tweaks_of``), ``ghosts`` (``parameters``, ``removed_at``:
+{step, epoch} or null, ``kept``), ``training`` (``epochs``, ``steps``, ``seconds``),
+``verification`` (``status``: passed / failed / skipped, ``checks``, ``report``:
+``VerifyReport.to_dict()``, or ``message``), ``export`` (``path``, ``bytes``,
+``dense_bytes``, ``sparse``, ...), ``timings`` (this invocation's start, end and seconds;
+``training.seconds`` adds up every resumed part) and ``versions``. Mask rounds record
+``mask``, ``rounds``, ``sparsity``, ``mask_file`` (the file they wrote) and ``timings``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from surgery.train.atomic import write_json_atomic
+from surgery.train.config import IGNORED_ON_RESUME, RunConfig
+from surgery.train.run_files import RunFiles
+from surgery.train.trainer import Interrupted
+
+RESULT_FORMAT = 1
+RUN, MASK_ROUNDS = "run", "mask rounds"
+RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
+SOFTWARE = ("torch", "torchvision", "timm", "onnx", "onnxruntime")
+
+
+class RunRecord:
+    """The record of one run in the making; ``write(status)`` puts it in result.json (rank 0 only)."""
+
+    def __init__(self, config: RunConfig, files: RunFiles | None = None, *, kind: str = RUN, enabled: bool = True):
+        self.files = files or RunFiles(config.run_dir)
+        self.enabled = enabled
+        self.stage = "setup"  # where the run is: setup, training, finish (a failure names it)
+        self.started = datetime.now(timezone.utc)
+        self.data: dict[str, Any] = {
+            "format": RESULT_FORMAT,
+            "kind": kind,
+            "config": {"name": config.name, "hash": config_hash(config)},
+            "model": config.model.spec,
+            "dataset": config.data.dataset,
+            "mask": {"method": config.mask.method, "sparsity": config.mask.sparsity, "file": config.mask.file},
+            "versions": software_versions(),
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def write(self, status: str, reason: dict[str, Any] | None = None) -> Path | None:
+        if not self.enabled:
+            return None
+        ended = datetime.now(timezone.utc)
+        self.data.update(status=status, reason=reason, timings={
+            "started": self.started.isoformat(timespec="seconds"), "ended": ended.isoformat(timespec="seconds"),
+            "seconds": round((ended - self.started).total_seconds(), 3)})
+        write_json_atomic(self.data, self.files.result)
+        return self.files.result
+
+    def end(self, error: BaseException) -> Path | None:
+        """Record how the run ended early: interrupted by a signal, or failed with ``error``."""
+        return self.write(*self.outcome(error))
+
+    def outcome(self, error: BaseException) -> tuple[str, dict[str, Any]]:
+        message = first_line(error)
+        if isinstance(error, Interrupted):
+            return INTERRUPTED, {"signal": signal.Signals(error.signum).name, "message": message, "stage": self.stage}
+        if isinstance(error, KeyboardInterrupt):
+            return INTERRUPTED, {"signal": "SIGINT", "message": message or "KeyboardInterrupt", "stage": self.stage}
+        return FAILED, {"error": type(error).__name__, "message": message, "stage": self.stage}
+
+
+def first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def config_hash(config: RunConfig) -> str:
+    """sha256 of the resolved config's fields that change what is computed (not its name, directory,
+    device or progress bars: the fields a resume may change, ``IGNORED_ON_RESUME``)."""
+    data = _without(config.to_dict(), IGNORED_ON_RESUME)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without(data: dict[str, Any], dotted: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    kept = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if name in dotted:
+            continue
+        kept[key] = _without(value, dotted, name + ".") if isinstance(value, dict) and name != "recipe" else value
+    return kept
+
+
+def software_versions() -> dict[str, str | None]:
+    import surgery
+
+    versions: dict[str, str | None] = {"python": sys.version.split()[0], "surgery": surgery.__version__}
+    for name in SOFTWARE:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def read_record(files: RunFiles) -> dict[str, Any] | None:
+    """result.json's content; None when the run directory has none (or an unreadable one: no decision rests on it)."""
+    try:
+        data = json.loads(files.result.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def completed_record(config: RunConfig) -> dict[str, Any] | None:
+    """The record of ``config``'s training run when it completed with this very config (same hash), else None."""
+    record = read_record(RunFiles(config.run_dir))
+    if record is None or record.get("status") != COMPLETED or record.get("kind") != RUN:
+        return None
+    return record if record.get("config", {}).get("hash") == config_hash(config) else None
+
+
+# ------------------------------------------------------------------ sections
+
+
+def verification_passed(report: Any) -> dict[str, Any]:
+    return {"status": "passed", "checks": str(report).splitlines(), "report": report.to_dict()}
+
+
+def verification_failed(error: BaseException) -> dict[str, Any]:
+    return {"status": "failed", "error": type(error).__name__, "message": str(error)}
+
+
+def verification_skipped(reason: str) -> dict[str, Any]:
+    return {"status": "skipped", "message": reason}
+
+
+def export_section(info: Any) -> dict[str, Any]:
+    """What ``export_onnx`` wrote: the file, its bytes (sparse and as if dense), its parity with PyTorch."""
+    totals = info.totals
+    return {
+        "path": str(info.path), "bytes": info.sparse_bytes, "dense_bytes": info.dense_bytes,
+        "sparse": totals["stored_sparse"] > 0, "initializers": totals["initializers"],
+        "stored_sparse": totals["stored_sparse"], "max_abs_error": info.max_abs_error,
+        "max_rel_error": info.max_rel_error, "opset": info.opset,
+    }

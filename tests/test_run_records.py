@@ -1,0 +1,188 @@
+"""result.json, a run's record: written at every end (completed, interrupted, failed), read by the
+report, the CLI summary and --resume; a run that fails before training leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import surgery
+from surgery.cli import main
+from surgery.errors import MaskError, VerificationError
+from surgery.train import RunConfig, pipeline
+from surgery.train.record import config_hash
+from surgery.train.report import write_report
+from surgery.train.run_files import RunFiles
+from surgery.train.trainer import Interrupted, Trainer
+
+
+def tiny_config(tmp_path, name="tiny", **sections) -> RunConfig:
+    """cifar:resnet20 on 8x8 synthetic images, 10 steps per epoch; the ghosts leave at the decay (epoch 2)."""
+    data = {
+        "name": name,
+        "output": str(tmp_path / name),
+        "model": {"spec": "cifar:resnet20"},
+        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
+        "mask": {"sparsity": 0.8},
+        "lr_schedule": {"milestones": [2]},
+        "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 2},
+        "export": {"onnx": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return RunConfig.from_dict(data)
+
+
+def record_of(config: RunConfig) -> dict:
+    return json.loads(RunFiles(config.run_dir).result.read_text())
+
+
+def test_a_completed_run_records_its_outcome_as_data(tmp_path):
+    config = tiny_config(tmp_path, export={"onnx": True})
+    result = pipeline.run(config)
+    files = RunFiles(config.run_dir)
+    record = record_of(config)
+
+    assert record["status"] == "completed" and record["reason"] is None
+    assert record["config"] == {"name": "tiny", "hash": config_hash(config)}
+    assert record["ghosts"]["removed_at"] == {"step": 20, "epoch": 2} and result.ghosts_removed_at == (20, 2)
+    assert record["ghosts"]["kept"] is False and record["ghosts"]["parameters"] == result.ghost_parameters > 0
+    assert record["accuracy"]["test"] == result.history[-1]["test_acc"] == result.test_accuracy
+    assert record["accuracy"]["selected"] == "last" and record["accuracy"]["best_val"] is None  # no val split
+    assert record["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert record["weights"]["kept"] == sum(int(w.count_nonzero()) for w in surgery.masks.prunable_weights(
+        result.model).values())
+    assert record["tweaks"]["ghost_skips"] == 18 and record["tweaks"]["soft_activations"] == 19
+    assert record["verification"]["status"] == "passed"
+    assert record["verification"]["report"] == json.loads(json.dumps(result.verify.to_dict()))
+    export = record["export"]
+    assert export["path"] == str(files.onnx) and export["sparse"] is True
+    assert export["bytes"] == files.onnx.stat().st_size < export["dense_bytes"]
+    assert record["training"] == {"epochs": 3, "steps": 30, "seconds": pytest.approx(result.seconds)}
+    assert record["timings"]["seconds"] >= record["training"]["seconds"]
+    assert record["versions"]["surgery"] == surgery.__version__ and record["versions"]["torch"]
+
+    # the report is rebuilt from the record alone: verify.txt and the ONNX sidecar are for people
+    files.verify.unlink()
+    files.onnx_sidecar.unlink()
+    text = write_report(files.root, title="again").read_text()
+    assert "| verification | **passed** (3 checks): (a) graph isomorphic" in text
+    assert "| ONNX size |" in text and "| ghosts | removed before epoch 3 (step 20)" in text
+
+
+def test_an_interrupted_run_records_the_signal_and_resumes_to_completion(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path)
+    step = Trainer._train_step
+
+    def sigterm_at_step_25(self, *args):  # after the ghosts left (step 20)
+        if self.step == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", sigterm_at_step_25)
+    with pytest.raises(Interrupted):
+        pipeline.run(config)
+    record = record_of(config)
+    assert record["status"] == "interrupted"
+    assert record["reason"]["signal"] == "SIGTERM" and record["reason"]["stage"] == "training"
+    assert "--resume" in record["reason"]["message"]
+
+    monkeypatch.undo()
+    result = pipeline.run(config, resume=True)
+    assert record_of(config)["status"] == "completed" and result.status == "completed"
+    assert record_of(config)["ghosts"]["removed_at"] == {"step": 20, "epoch": 2}  # carried by the checkpoint
+
+
+def test_a_run_that_fails_after_training_keeps_its_directory_and_records_why(tmp_path, monkeypatch):
+    def differs(*args, **kwargs):
+        raise VerificationError("outputs of the original and the de-ghosted model differ: 0.3 > 1e-05\nmore")
+
+    monkeypatch.setattr(surgery, "verify", differs)
+    config = tiny_config(tmp_path, train={"epochs": 1}, lr_schedule={"milestones": []})
+    with pytest.raises(VerificationError):
+        pipeline.run(config)
+    record = record_of(config)
+    assert record["status"] == "failed"
+    assert record["reason"] == {"error": "VerificationError", "stage": "finish",
+                                "message": "outputs of the original and the de-ghosted model differ: 0.3 > 1e-05"}
+    assert record["verification"]["status"] == "failed" and record["verification"]["message"].endswith("more")
+    assert RunFiles(config.run_dir).holds_checkpoint()
+
+
+def test_a_run_that_fails_before_training_removes_what_it_created(tmp_path):
+    config = tiny_config(tmp_path, mask={"file": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(MaskError, match="missing.safetensors' does not exist"):
+        pipeline.run(config)
+    assert not config.run_dir.exists()
+
+
+def test_a_failure_before_training_in_a_directory_with_a_checkpoint_keeps_it(tmp_path):
+    first = tiny_config(tmp_path, train={"epochs": 1}, lr_schedule={"milestones": []})
+    pipeline.run(first)
+    again = tiny_config(tmp_path, train={"epochs": 1}, lr_schedule={"milestones": []},
+                        mask={"file": str(tmp_path / "missing.safetensors")})
+    with pytest.raises(MaskError):
+        pipeline.run(again)
+    record = record_of(again)
+    assert record["status"] == "failed" and record["reason"]["error"] == "MaskError"
+    assert record["reason"]["stage"] == "setup" and RunFiles(again.run_dir).holds_checkpoint()
+
+
+# ------------------------------------------------------------------ resume of a completed run
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TINY_TRAIN = ["train", "cifar:resnet20", "--data", "synthetic", "--image-size", "8", "--batch-size", "100",
+              "--epochs", "1", "--sparsity", "0.8", "--no-progress"]
+
+
+def test_resume_of_a_completed_run_says_so_and_force_verifies_and_exports_again(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    files = RunFiles(out_dir)
+    code, out, err = cli(capsys, *TINY_TRAIN, "--out", out_dir)
+    assert code == 0, err
+    recorded, exported = files.result.read_text(), files.onnx.stat().st_mtime_ns
+
+    code, out, err = cli(capsys, *TINY_TRAIN, "--out", out_dir, "--resume")
+    assert code == 0, err
+    assert f"is already complete: its results are in {out_dir}" in out and "epoch" not in out
+    assert files.result.read_text() == recorded and files.onnx.stat().st_mtime_ns == exported
+
+    code, out, err = cli(capsys, *TINY_TRAIN, "--out", out_dir, "--resume", "--force")
+    assert code == 0, err
+    assert "resumed from" in out and "epoch 1/1" not in out  # the final checkpoint: nothing left to train
+    assert "(c) outputs equal" in out and files.onnx.stat().st_mtime_ns != exported
+    assert json.loads(files.result.read_text())["timings"] != json.loads(recorded)["timings"]
+
+    code, _, err = cli(capsys, *TINY_TRAIN, "--out", out_dir, "--force")
+    assert code == 2 and "give it with --resume" in err
+
+    # in Python, resume=True of a completed run returns its recorded result, weights loaded
+    config = RunConfig.from_yaml(files.config)
+    result = pipeline.run(config, resume=True)
+    assert result.record == json.loads(files.result.read_text()) and result.history[-1]["epoch"] == 1
+    saved = load_file(str(files.weights))
+    assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
+    out_dir = tmp_path / "imp"
+    code, _, err = cli(capsys, "prune", "cifar:resnet20", "--method", "imp", "--sparsity", "0.75", "--option",
+                       "rounds=2", "--data", "synthetic", "--image-size", "8", "--batch-size", "100", "--epochs", "1",
+                       "--no-progress", "--out", out_dir, "-o", tmp_path / "imp.safetensors")
+    assert code == 0, err
+    record = json.loads(RunFiles(out_dir).result.read_text())
+    assert record["status"] == "completed" and record["kind"] == "mask rounds" and record["mask"]["method"] == "imp"
+    assert record["mask_file"] == str(tmp_path / "imp.safetensors")
+    assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
+    assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0
