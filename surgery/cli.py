@@ -291,7 +291,7 @@ def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> t
     """The model ``args.model`` built on ``device`` (seeded init), and a seeded random image batch that fits it."""
     torch.manual_seed(getattr(args, "seed", 0))
     with torch.device(device):
-        model = build_model(args.model, args.num_classes)
+        model = build_model(args.model, args.num_classes, input_size=args.input_size)
     if getattr(args, "weights", None):
         load_weights(model, args.weights)
     size = args.input_size or default_input_size(model, args.model)

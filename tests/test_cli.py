@@ -125,6 +125,14 @@ def test_inspect_table(capsys):
         assert text in out
 
 
+def test_inspect_builds_a_fixed_size_timm_model_for_the_input_size(capsys, tmp_path):
+    recipe = tmp_path / "gelu.yaml"
+    recipe.write_text("soft_activation: {targets: [gelu]}\n")
+    code, out, err = run(capsys, "inspect", "timm:vit_tiny_patch16_224", "--input-size", "64", "--recipe", recipe)
+    assert code == 0, err
+    assert "2 x 3 x 64 x 64" in out and err == ""
+
+
 def test_inspect_compares_the_ghosts_with_what_a_mask_keeps(capsys):
     code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--num-classes", "10", "--sparsity", "0.98", "--json")
     report = json.loads(out)

@@ -124,7 +124,7 @@ def load_data(config: RunConfig) -> ImageDataset:
 
 
 def build(config: RunConfig, dataset: ImageDataset) -> nn.Module:
-    model = build_model(config.model.spec, config.model.num_classes or dataset.num_classes)
+    model = build_model(config.model.spec, config.model.num_classes or dataset.num_classes, input_size=dataset.image_size)
     if config.model.weights:
         load_weights(model, config.model.weights)
     return model
@@ -223,7 +223,7 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
             f"distill.teacher '{d.teacher}' has no distill.weights: distilling from an untrained teacher "
             "teaches noise. Train it dense first (surgery train ... --sparsity 0) and give its model.safetensors."
         )
-    model = build_model(d.teacher, config.model.num_classes or dataset.num_classes)
+    model = build_model(d.teacher, config.model.num_classes or dataset.num_classes, input_size=dataset.image_size)
     return load_weights(model, d.weights)
 
 
