@@ -2,7 +2,8 @@
 
 Each subcommand is one ``run_*`` function over parsed arguments. Every
 ``SurgeryError`` (a problem with the user's input) becomes its message on stderr
-and exit code 2; any other exception keeps its traceback, since it is a bug.
+and exit code 2 (``surgery --debug ...`` adds its traceback); any other exception
+keeps its traceback, since it is a bug.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import io
 import json
 import sys
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -48,19 +50,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
         return exit.code if isinstance(exit.code, int) else 0
     console = Console(highlight=False, soft_wrap=True)
-    shown, warnings.showwarning = warnings.showwarning, _print_warning
+    shown, warnings.showwarning = warnings.showwarning, _warning_printer(args.debug)
     try:
         return args.run(args, console) or 0
     except SurgeryError as error:
+        if args.debug:  # the whole chain: our frames and the third-party exception behind the message
+            traceback.print_exc()
         print(f"surgery {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         warnings.showwarning = shown
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one plain line: where inside the package they were raised means nothing here."""
-    print(f"surgery: warning: {message}", file=sys.stderr)
+def _warning_printer(debug: bool):
+    """Warnings as one plain line; with --debug, also their category and where they were raised."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        where = f" ({category.__name__} at {filename}:{lineno})" if debug else ""
+        print(f"surgery: warning: {message}{where}", file=sys.stderr)
+
+    return show
 
 
 # ------------------------------------------------------------------- parser
@@ -73,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'surgery COMMAND -h' for a command's options. Start with: surgery demo",
     )
     parser.add_argument("--version", action="version", version=f"surgery (tost-surgery) {surgery.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback behind an error, third-party frames included")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(commands)
     _add_verify(commands)
