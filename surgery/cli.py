@@ -2,8 +2,9 @@
 
 Each subcommand is one ``run_*`` function over parsed arguments. Every
 ``SurgeryError`` (a problem with the user's input) becomes its message on stderr
-and exit code 2 (``surgery --debug ...`` adds its traceback); any other exception
-keeps its traceback, since it is a bug.
+and exit code 2; SIGINT / SIGTERM one line and exit code 128 + the signal
+(``surgery --debug ...`` adds the traceback to both); any other exception keeps its
+traceback, since it is a bug.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
 from surgery.graph import device_of, scalar_loss
+from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import ghost_cost
 from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
@@ -44,22 +46,30 @@ MODEL_HELP = "torchvision:NAME, timm:NAME or path/to/file.py:factory (random wei
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
-        return exit.code if isinstance(exit.code, int) else 0
-    console = Console(highlight=False, soft_wrap=True)
-    shown, warnings.showwarning = warnings.showwarning, _warning_printer(args.debug)
-    try:
-        return args.run(args, console) or 0
-    except SurgeryError as error:
-        if args.debug:  # the whole chain: our frames and the third-party exception behind the message
-            traceback.print_exc()
-        print(f"surgery {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    finally:
-        warnings.showwarning = shown
+    with stop_at_once():
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
+            return exit.code if isinstance(exit.code, int) else 0
+        console = Console(highlight=False, soft_wrap=True)
+        shown, warnings.showwarning = warnings.showwarning, _warning_printer(args.debug)
+        try:
+            return args.run(args, console) or 0
+        except SurgeryError as error:
+            return _failed(args, f"error: {error}", EXIT_USER_ERROR)
+        except Interrupted as stop:
+            return _failed(args, str(stop), stop.exit_code)
+        finally:
+            warnings.showwarning = shown
+
+
+def _failed(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with --debug, after the whole chain: our frames and the third-party exception behind it."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"surgery {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 def _warning_printer(debug: bool):
@@ -691,14 +701,9 @@ def run_config(args: argparse.Namespace, console: Console) -> int:
 def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
     """Apply the shared run options, run the pipeline, print where everything went."""
     from surgery.train import pipeline
-    from surgery.train.trainer import Interrupted
 
     config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
-    try:
-        result = pipeline.run(config, resume=args.resume, console=console)
-    except Interrupted as stop:
-        print(f"surgery {args.command}: {stop}", file=sys.stderr)
-        return 128 + int(stop.signum)
+    result = pipeline.run(config, resume=args.resume, console=console)
     print_run_summary(console, config, result)
     return 0
 

@@ -9,6 +9,7 @@ original class), ``verify.txt``, ``model.onnx`` + sidecar, plots and ``summary.m
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import surgery
 from surgery.errors import ConfigError, SurgeryError
 from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
+from surgery.interrupt import Interrupted, signal_name
 from surgery.manifest import ghost_cost
 from surgery.masks import (
     bake_masks,
@@ -31,13 +33,14 @@ from surgery.masks import (
     save_masks,
 )
 from surgery.models import build_model, load_weights
+from surgery.train.checkpoint import CheckpointStore
 from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
 from surgery.train.progress import TaskProgress
 from surgery.train.report import write_report
-from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
+from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
 
 
 @dataclass
@@ -68,6 +71,26 @@ class RunResult:
         return ghost_cost(self.ghost_parameters, round((1 - self.sparsity) * weights) or None)
 
 
+def explains_stops(run):
+    """A stop that lands outside the training loop (loading, mask finding, LRsI, verification, export)
+    says what it left behind: the run's latest checkpoint, or nothing to resume."""
+
+    @functools.wraps(run)
+    def explained(config: RunConfig, *args, **kwargs):
+        try:
+            return run(config, *args, **kwargs)
+        except Interrupted as stop:
+            if stop.explained:  # the trainer's own
+                raise
+            latest = CheckpointStore(config.run_dir / "checkpoints").latest()
+            left = (f": the latest checkpoint is {latest}; {resume_hint(config.run_dir)}" if latest
+                    else " before training started; nothing to resume")
+            raise Interrupted(stop.signum, f"stopped by {signal_name(stop.signum)}{left}.", checkpoint=latest) from stop
+
+    return explained
+
+
+@explains_stops
 def run(
     config: RunConfig,
     *,
