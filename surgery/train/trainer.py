@@ -469,7 +469,7 @@ class Trainer:
     def _interrupted(self, checkpoint: Path | None) -> Interrupted:
         signum = self._signal or signal.SIGTERM  # under DDP the signal may have reached another rank only
         where = f"checkpoint saved to {checkpoint}" if checkpoint else "rank 0 saved the checkpoint"
-        return Interrupted(signum, f"stopped by {signal_name(signum)} at epoch {self.epoch + 1}, step {self.step}: "
+        return Interrupted(signum, f"stopped by {signal_name(signum)} at epoch {min(self.epoch + 1, self.epochs)}, step {self.step}: "
                            f"{where}; {resume_hint(self.run_dir)}.", checkpoint=checkpoint)
 
     def _aborted(self, signum: int) -> Interrupted:
