@@ -2,7 +2,9 @@
 
 Each subcommand is one ``run_*`` function over parsed arguments. Every
 ``SurgeryError`` (a problem with the user's input) becomes its message on stderr
-and exit code 2; any other exception keeps its traceback, since it is a bug.
+and exit code 2; SIGINT / SIGTERM one line and exit code 128 + the signal
+(``surgery --debug ...`` adds the traceback to both); any other exception keeps its
+traceback, since it is a bug.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import io
 import json
 import sys
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -30,6 +33,7 @@ from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
 from surgery.graph import device_of, scalar_loss
+from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import ghost_cost
 from surgery.masks import prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
@@ -42,25 +46,40 @@ MODEL_HELP = "torchvision:NAME, timm:NAME or path/to/file.py:factory (random wei
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
-        return exit.code if isinstance(exit.code, int) else 0
-    console = Console(highlight=False, soft_wrap=True)
-    shown, warnings.showwarning = warnings.showwarning, _print_warning
-    try:
-        return args.run(args, console) or 0
-    except SurgeryError as error:
-        print(f"surgery {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    finally:
-        warnings.showwarning = shown
+    with stop_at_once():
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit:  # -h, --version, usage errors: argparse already printed
+            return exit.code if isinstance(exit.code, int) else 0
+        console = Console(highlight=False, soft_wrap=True)
+        shown, warnings.showwarning = warnings.showwarning, _warning_printer(args.debug)
+        try:
+            return args.run(args, console) or 0
+        except SurgeryError as error:
+            return _failed(args, f"error: {error}", EXIT_USER_ERROR)
+        except Interrupted as stop:
+            return _failed(args, str(stop), stop.exit_code)
+        finally:
+            warnings.showwarning = shown
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one plain line: where inside the package they were raised means nothing here."""
-    print(f"surgery: warning: {message}", file=sys.stderr)
+def _failed(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with --debug, after the whole chain: our frames and the third-party exception behind it."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"surgery {args.command}: {message}", file=sys.stderr)
+    return code
+
+
+def _warning_printer(debug: bool):
+    """Warnings as one plain line; with --debug, also their category and where they were raised."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        where = f" ({category.__name__} at {filename}:{lineno})" if debug else ""
+        print(f"surgery: warning: {message}{where}", file=sys.stderr)
+
+    return show
 
 
 # ------------------------------------------------------------------- parser
@@ -73,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'surgery COMMAND -h' for a command's options. Start with: surgery demo",
     )
     parser.add_argument("--version", action="version", version=f"surgery (tost-surgery) {surgery.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback behind an error, third-party frames included")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_inspect(commands)
     _add_verify(commands)
@@ -299,7 +320,7 @@ def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> t
     """The model ``args.model`` built on ``device`` (seeded init), and a seeded random image batch that fits it."""
     torch.manual_seed(getattr(args, "seed", 0))
     with torch.device(device):
-        model = build_model(args.model, args.num_classes)
+        model = build_model(args.model, args.num_classes, input_size=args.input_size)
     if getattr(args, "weights", None):
         load_weights(model, args.weights)
     size = args.input_size or default_input_size(model, args.model)
@@ -690,16 +711,11 @@ def run_config(args: argparse.Namespace, console: Console) -> int:
 def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
     """Apply the shared run options, run the pipeline, print where everything went."""
     from surgery.train import pipeline
-    from surgery.train.trainer import Interrupted
 
     config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
     if _already_complete(config, args, console):
         return 0
-    try:
-        result = pipeline.run(config, resume=args.resume, force=args.force, console=console)
-    except Interrupted as stop:
-        print(f"surgery {args.command}: {stop}", file=sys.stderr)
-        return 128 + int(stop.signum)
+    result = pipeline.run(config, resume=args.resume, force=args.force, console=console)
     print_run_summary(console, config, result)
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -97,18 +99,31 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Record every node's output shape in ``node.meta['tensor_meta']``.
 
-    Runs in eval mode without grad so BatchNorm statistics are not touched.
+    Runs in eval mode without grad so BatchNorm statistics are not touched. ShapeProp
+    prints the traceback of a failing node itself; that print is held back, since the
+    error raised here chains the same exception (``surgery --debug`` shows it), and
+    whatever else the run wrote to stderr (warnings) passes through when it succeeds.
     """
+    held = io.StringIO()
     try:
-        with eval_mode(gm):
+        with eval_mode(gm), contextlib.redirect_stderr(held):
             ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
     except Exception as error:
+        cause = root_cause(error)
         raise ShapePropagationError(
-            f"running the traced {type(gm).__name__} on the example inputs failed: {error}\n"
+            f"running the traced {type(gm).__name__} on the example inputs failed: {type(cause).__name__}: {cause}\n"
             f"Check that the example inputs ({_describe_inputs(example_inputs)}) fit the model "
             "(count, shape, dtype). On the meta device, a leaf module whose forward needs real "
             "values cannot run: use a real device."
         ) from error
+    sys.stderr.write(held.getvalue())
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` chain: what actually went wrong."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _describe_inputs(inputs: Sequence[Any]) -> str:

@@ -30,14 +30,18 @@ DEFAULT_INPUT_SIZE = 224
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
 
 
-def build_model(spec: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+def build_model(spec: str, num_classes: int | None = None, *, input_size: int | None = None,
+                **kwargs: Any) -> nn.Module:
     """Build the model ``spec`` names, with random weights; ``kwargs`` go to its constructor.
 
-    ``num_classes=None`` keeps the model's own default head. Build inside
-    ``with torch.device("meta"):`` to get a weightless model for fast inspection.
+    ``num_classes=None`` keeps the model's own default head. ``input_size``: the side of
+    the images it will see, for models whose constructor fixes it (``SIZE_ARGUMENTS``).
+    Build inside ``with torch.device("meta"):`` to get a weightless model for fast inspection.
     """
     source, _, name = spec.partition(":")
     if source in SOURCES and name:
+        if input_size is not None and source in SIZE_ARGUMENTS:
+            kwargs = {**SIZE_ARGUMENTS[source](name, input_size), **kwargs}
         return SOURCES[source](name, num_classes, **kwargs)
     file_spec = _split_file_spec(spec)
     if file_spec:
@@ -115,6 +119,20 @@ SOURCES: dict[str, Callable[..., nn.Module]] = {
     "timm": build_timm,
     "cifar": build_cifar,
 }
+
+
+def timm_size_arguments(name: str, input_size: int) -> dict[str, Any]:
+    """``img_size`` for a timm model whose pretrained config says its input size is fixed:
+    timm's own rule for which constructors take one (``fixed_input_size``, e.g. ViT, Swin)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name) if timm.is_model(name) else None  # unknown: build_timm says so
+    return {"img_size": input_size} if cfg is not None and cfg.fixed_input_size else {}
+
+
+# Constructor arguments that build a source's model for S x S inputs; sources not listed take any size
+# (torchvision's and surgery's CIFAR networks pool globally before their classifier).
+SIZE_ARGUMENTS: dict[str, Callable[[str, int], dict[str, Any]]] = {"timm": timm_size_arguments}
 
 
 # ---------------------------------------------------------------- model files

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,28 @@ def test_every_help_works(capsys, command):
     assert code == 0 and "usage: surgery" in out and "Traceback" not in err
 
 
+def test_a_third_party_failure_is_one_message_and_debug_shows_its_traceback(capsys):
+    command = ["verify", "torchvision:vit_b_16", "--input-size", "64", "--device", "meta"]
+    code, _, err = run(capsys, *command)
+    assert code == 2 and err.startswith("surgery verify: error: ") and "Traceback" not in err
+    assert "Wrong image height" in err  # the third party's own reason, in our message
+    code, _, err = run(capsys, "--debug", *command)
+    assert code == 2 and "Traceback" in err and "AssertionError" in err
+    assert err.rstrip().splitlines()[-2].startswith("surgery verify: error: ")
+
+
+def test_debug_shows_where_a_warning_was_raised(capsys, tmp_path):
+    model = tmp_path / "fixed.py"
+    model.write_text("from torch import nn\n\ndef fixed():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())\n")
+    command = ["inspect", f"{model}:fixed", "--num-classes", "3", "--input-size", "8"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # each command is a fresh process; here both must warn
+        _, _, plain = run(capsys, *command)  # a factory without num_classes: warned, then ignored
+        _, _, debug = run(capsys, "--debug", *command)
+    assert "surgery: warning: " in plain and "UserWarning at " not in plain
+    assert "UserWarning at " in debug
+
+
 # ----------------------------------------------------------------- inspect
 
 
@@ -123,6 +146,14 @@ def test_inspect_table(capsys):
     for text in ["16 of 20 found (not targeted: 1 stem, 3 pointwise", "13 identity, 3 conv1x1",
                  "17 (17 x nn.ReLU(inplace=True))", "on meta", "173,824 dense training-only parameters"]:
         assert text in out
+
+
+def test_inspect_builds_a_fixed_size_timm_model_for_the_input_size(capsys, tmp_path):
+    recipe = tmp_path / "gelu.yaml"
+    recipe.write_text("soft_activation: {targets: [gelu]}\n")
+    code, out, err = run(capsys, "inspect", "timm:vit_tiny_patch16_224", "--input-size", "64", "--recipe", recipe)
+    assert code == 0, err
+    assert "2 x 3 x 64 x 64" in out and err == ""
 
 
 def test_inspect_compares_the_ghosts_with_what_a_mask_keeps(capsys):

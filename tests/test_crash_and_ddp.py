@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -102,17 +101,3 @@ def test_two_gloo_ranks_agree_and_keep_the_one_process_mask(tmp_path):
         assert torch.count_nonzero(rank0[name][~mask.bool()]) == 0
     assert rows(tmp_path / "ddp" / "metrics.csv") == 3  # one writer: rank 0
     assert (tmp_path / "ddp" / "verify.txt").is_file()
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM])
-def test_sigterm_writes_a_checkpoint_and_exits_with_the_signal_code(tmp_path, signum):
-    config = write_config(tmp_path, "term")
-    run_dir = tmp_path / "term"
-    process = surgery_run(config)
-    while rows(run_dir / "steps.csv") < 5 and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signum)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum, output
-    assert "SIGTERM" in output and "--resume" in output
-    assert list((run_dir / "checkpoints").glob("*.pt"))

@@ -61,6 +61,21 @@ def test_timm_model_gets_num_classes_and_pretrained_tag():
     assert on_meta("timm:resnet18.a1_in1k", num_classes=3).fc.out_features == 3
 
 
+@pytest.mark.parametrize("spec", ["timm:vit_tiny_patch16_224", "timm:vit_tiny_patch16_224.augreg_in21k"])
+def test_timm_model_with_a_fixed_input_size_is_built_for_the_input_size(spec):
+    with torch.device("meta"):
+        model = build_model(spec, 10, input_size=64)
+    assert model.patch_embed.img_size == (64, 64)
+    assert model(torch.zeros(1, 3, 64, 64, device="meta")).shape == (1, 10)
+
+
+def test_input_size_leaves_models_that_take_any_size_alone():
+    with torch.device("meta"):
+        build_model("timm:resnet18", input_size=64)  # ResNet's constructor has no img_size
+        build_model("torchvision:resnet18", input_size=64)
+        build_model("cifar:resnet20", input_size=16)
+
+
 def test_file_factory_gets_num_classes_and_kwargs(model_file):
     model = build_model(f"{model_file}:net", num_classes=3, in_chans=1)
     assert model.fc.out_features == 3 and model.conv.in_channels == 1

@@ -17,6 +17,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import surgery
 from surgery.errors import ConfigError, SurgeryError
 from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
+from surgery.interrupt import Interrupted, signal_name
 from surgery.masks import (
     bake_masks,
     masked_parameters,
@@ -38,6 +40,7 @@ from surgery.masks import (
     save_masks,
 )
 from surgery.models import build_model, load_weights
+from surgery.train.checkpoint import CheckpointStore
 from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
@@ -57,7 +60,7 @@ from surgery.train.report import write_report
 from surgery.train.report.story import describe_ghost_cost, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
-from surgery.train.trainer import Trainer, TrainResult, uses_channels_last
+from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
 
 
 @dataclass
@@ -123,6 +126,26 @@ class RunResult:
         return describe_ghost_cost(self.record)
 
 
+def explains_stops(run):
+    """A stop that lands outside the training loop (loading, mask finding, LRsI, verification, export)
+    says what it left behind: the run's latest checkpoint, or nothing to resume."""
+
+    @functools.wraps(run)
+    def explained(config: RunConfig, *args, **kwargs):
+        try:
+            return run(config, *args, **kwargs)
+        except Interrupted as stop:
+            if stop.explained:  # the trainer's own
+                raise
+            latest = CheckpointStore(RunFiles(config.run_dir).checkpoints).latest()
+            left = (f": the latest checkpoint is {latest}; {resume_hint(config.run_dir)}" if latest
+                    else " before training started; nothing to resume")
+            raise Interrupted(stop.signum, f"stopped by {signal_name(stop.signum)}{left}.", checkpoint=latest) from stop
+
+    return explained
+
+
+@explains_stops
 def run(
     config: RunConfig,
     *,
@@ -230,7 +253,7 @@ def load_data(config: RunConfig) -> ImageDataset:
 
 
 def build(config: RunConfig, dataset: ImageDataset) -> nn.Module:
-    model = build_model(config.model.spec, config.model.num_classes or dataset.num_classes)
+    model = build_model(config.model.spec, config.model.num_classes or dataset.num_classes, input_size=dataset.image_size)
     if config.model.weights:
         load_weights(model, config.model.weights)
     return model
@@ -330,7 +353,7 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
             f"distill.teacher '{d.teacher}' has no distill.weights: distilling from an untrained teacher "
             "teaches noise. Train it dense first (surgery train ... --sparsity 0) and give its model.safetensors."
         )
-    model = build_model(d.teacher, config.model.num_classes or dataset.num_classes)
+    model = build_model(d.teacher, config.model.num_classes or dataset.num_classes, input_size=dataset.image_size)
     return load_weights(model, d.weights)
 
 

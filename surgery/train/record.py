@@ -36,7 +36,7 @@ from typing import Any
 from surgery.train.atomic import write_json_atomic
 from surgery.train.config import IGNORED_ON_RESUME, RunConfig
 from surgery.train.run_files import RunFiles
-from surgery.train.trainer import Interrupted
+from surgery.interrupt import Interrupted
 
 RESULT_FORMAT = 1
 RUN, MASK_ROUNDS = "run", "mask rounds"

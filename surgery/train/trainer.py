@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from surgery.ghosts import (
     set_ghost_strength,
 )
 from surgery.hooks import TrainingHook
+from surgery.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
 from surgery.masks import masked_parameters, overall_sparsity
 from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
@@ -48,15 +48,6 @@ from surgery.train.run_files import RunFiles
 
 GHOST_GROUP = "ghosts"
 CHECKPOINT_FORMAT = 1
-
-
-class Interrupted(Exception):
-    """SIGTERM / SIGINT arrived; a checkpoint was written and the run can be resumed."""
-
-    def __init__(self, signum: int, checkpoint: Path | None):
-        self.signum, self.checkpoint = signum, checkpoint
-        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint written (not rank 0)"
-        super().__init__(f"stopped by {signal.Signals(signum).name}: {where}; continue with --resume.")
 
 
 @dataclass
@@ -214,12 +205,14 @@ class Trainer:
         try:
             with self._signals():
                 self._loop()
+                if self.has_ghosts and self.removal_epoch is not None:
+                    self.remove_ghosts()  # removal scheduled at the very end of the run
+                path = self._save_checkpoint()
+                if self.dist.any(self._signal is not None):  # asked during the last step: the final checkpoint
+                    raise self._interrupted(path)
         finally:
             if self.log:
                 self.log.close()
-        if self.has_ghosts and self.removal_epoch is not None:
-            self.remove_ghosts()  # removal scheduled at the very end of the run
-        self._save_checkpoint()
         for hook in self.hooks:  # after the checkpoint, which a resume must load into the hooked model
             hook.on_train_end(self)
         selected = self._select_best()
@@ -272,8 +265,13 @@ class Trainer:
                 self.step += 1
                 for hook in self.hooks:
                     hook.after_step(self)
-                if self.batch % self.settings.log_every == 0 or self.batch == self.steps_per_epoch:
+                synced = self.batch % self.settings.log_every == 0 or self.batch == self.steps_per_epoch
+                if synced:
                     self._sync(bar)
+                if self._stop_requested(synced):
+                    if self._pending:
+                        self._sync(bar)
+                    raise self._interrupted(self._save_checkpoint())
             self.sums.seconds += time.perf_counter() - epoch_start
 
     def _set_schedules(self, clock: Clock) -> dict[str, Any]:
@@ -305,7 +303,7 @@ class Trainer:
         return loss.detach()
 
     def _sync(self, bar: EpochProgress) -> None:
-        """Every ``log_every`` steps: check the losses are finite, log them, honour signals."""
+        """Every ``log_every`` steps: check the losses are finite, log them."""
         pending, self._pending = self._pending, []
         losses = torch.stack([loss for _, _, loss in pending]).float().cpu().tolist()
         bad = next(((s, v) for (s, _, _), v in zip(pending, losses) if not math.isfinite(v)), None)
@@ -318,9 +316,6 @@ class Trainer:
         seen = self.sums.count * self.dist.world_size
         rate = seen / max(self.sums.seconds + bar.elapsed(), 1e-9)
         bar.update(self.batch, loss=losses[-1], acc=self.sums.accuracy(), rate=rate, **values)
-        if self.dist.any(self._signal is not None):
-            path = self._save_checkpoint()
-            raise Interrupted(self._signal or signal.SIGTERM, path)
 
     def _diverged(self, bad: tuple[int, float] | None) -> None:
         latest = self.store.latest()
@@ -455,25 +450,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals and events
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGTERM / SIGINT set a flag; the loop checkpoints and stops at the next sync. A second one kills."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    def _signals(self) -> contextlib.AbstractContextManager[None]:
+        """The first SIGTERM / SIGINT asks to stop after this step, with a checkpoint; a second aborts without one."""
+        return stop_after_step(self._request_stop, self._aborted)
 
-        def handler(signum, frame):
-            self._signal = signum
-            signal.signal(signum, previous[signum])
+    def _request_stop(self, signum: int) -> None:
+        self._signal = signum
+        if self.dist.is_main:
+            acknowledge(signum)
 
-        for s in previous:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def _stop_requested(self, synced: bool) -> bool:
+        """Alone: after any step. Under DDP at the sync points, where the ranks agree on it (a
+        collective every step would make the CPU wait for the GPU)."""
+        if self.dist.enabled:
+            return synced and self.dist.any(self._signal is not None)
+        return self._signal is not None
+
+    def _interrupted(self, checkpoint: Path | None) -> Interrupted:
+        signum = self._signal or signal.SIGTERM  # under DDP the signal may have reached another rank only
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "rank 0 saved the checkpoint"
+        return Interrupted(signum, f"stopped by {signal_name(signum)} at epoch {min(self.epoch + 1, self.epochs)}, step {self.step}: "
+                           f"{where}; {resume_hint(self.run_dir)}.", checkpoint=checkpoint)
+
+    def _aborted(self, signum: int) -> Interrupted:
+        latest = self.store.latest()
+        left = f"the latest is {latest}; {resume_hint(self.run_dir)}" if latest else "nothing to resume"
+        return Interrupted(signum, f"aborted by a second {signal_name(signum)}: no checkpoint written; {left}.",
+                           checkpoint=latest)
 
     def plot_events(self) -> list[tuple[int, str]]:
         """(step, label) of what the plots mark: the ghosts' removal and the LR decays."""
@@ -482,6 +485,13 @@ class Trainer:
         if self.ghosts_removed_at is not None:
             events.append((self.ghosts_removed_at[0], "ghosts removed"))
         return sorted(set(events))
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to continue a stopped run: the resolved config the pipeline wrote runs it again from its checkpoint,
+    whichever command started it (train, run, demo, prune)."""
+    config = RunFiles(run_dir).config
+    return f"continue with: surgery run {config} --resume" if config.is_file() else "continue with --resume"
 
 
 class _Sums:

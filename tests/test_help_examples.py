@@ -1,0 +1,58 @@
+"""Every example command a help text shows is one the command accepts, naming things that exist."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from surgery.cli import build_parser
+from surgery.models import build_model
+from surgery.pruning.registry import method
+from surgery.train.config import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """The top-level parser under "" and each subcommand's parser under its name."""
+    top = build_parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": top, **commands.choices}
+
+
+def examples() -> list[tuple[str, str]]:
+    """(command, example) for every epilog line that starts with 'surgery ' or ends with 'Start with: surgery ...'."""
+    found = []
+    for name, parser in parsers().items():
+        for line in (parser.epilog or "").splitlines():
+            line = line.strip().partition("Start with: ")[2] or line.strip()
+            if line.startswith("surgery "):
+                found.append((name, line))
+    return found
+
+
+def test_every_command_shows_an_example():
+    shown = {name for name, _ in examples()}
+    assert shown == set(parsers()), f"commands without an example in their help: {set(parsers()) - shown}"
+
+
+@pytest.mark.parametrize(("command", "line"), examples())
+def test_help_example_is_valid(command, line):
+    argv = shlex.split(line)[1:]
+    args = build_parser().parse_args(argv)  # a usage error exits with SystemExit and fails the test
+    if getattr(args, "model", None):
+        with torch.device("meta"):
+            build_model(args.model, getattr(args, "num_classes", None))
+    if getattr(args, "method", None):
+        method(args.method)
+    if getattr(args, "config", None):
+        assert (ROOT / args.config).is_file(), f"{line}: {args.config} does not exist"
+        RunConfig.from_yaml(ROOT / args.config).with_overrides(args.overrides)
+    elif getattr(args, "overrides", None) and args.command == "demo":
+        from surgery import demo
+
+        demo.demo_config(Path("unused")).with_overrides(args.overrides)

@@ -1,0 +1,95 @@
+"""SIGINT / SIGTERM sent to a real `surgery run`: one line, exit code 128 + signal, no traceback, and a
+checkpoint whenever training had started (the first signal is honoured after the current step)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from surgery.interrupt import ACKNOWLEDGEMENT
+
+STEPS_PER_EPOCH = 40  # synthetic: 1000 training images, batches of 25
+CONFIG = {
+    "model": {"spec": "cifar:resnet20"},
+    "data": {"dataset": "synthetic", "image_size": 32, "batch_size": 25},
+    "mask": {"sparsity": 0.8},
+    "recipe": "tost",
+    "lr_schedule": {"milestones": [2]},
+    "train": {"epochs": 4, "progress": False, "tensorboard": False, "checkpoint_every": 1, "log_every": 10},
+    "export": {"onnx": False},
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def start(tmp_path: Path, **sections) -> tuple[subprocess.Popen, Path]:
+    config = {**CONFIG, **sections, "name": "run", "output": str(tmp_path / "run")}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "surgery.cli", "run", str(path)]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return process, tmp_path / "run"
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended early: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "timed out waiting for the run to get there"
+        time.sleep(0.01)
+
+
+def checkpoints(run_dir: Path) -> set[str]:
+    return {p.name for p in (run_dir / "checkpoints").glob("*.pt")}
+
+
+def ended(process: subprocess.Popen) -> list[str]:
+    """stderr's lines once the process has ended."""
+    _, err = process.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()
+
+
+def test_sigterm_mid_epoch_stops_after_the_step_with_a_checkpoint(tmp_path):
+    process, run_dir = start(tmp_path)
+    wait_for(lambda: checkpoints(run_dir), process)  # epoch 1 is checkpointed: epoch 2 has begun
+    process.send_signal(signal.SIGTERM)
+    lines = ended(process)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert lines[-2] == f"surgery: SIGTERM: {ACKNOWLEDGEMENT}"
+    assert lines[-1].startswith("surgery run: stopped by SIGTERM at epoch 2")
+    assert lines[-1].endswith(f"continue with: surgery run {run_dir / 'config.yaml'} --resume.")
+    saved = checkpoints(run_dir) - {f"epoch0001-step{STEPS_PER_EPOCH:06d}.pt"}
+    assert len(saved) == 1
+    step = int(saved.pop().removesuffix(".pt").rsplit("step", 1)[1])
+    assert STEPS_PER_EPOCH < step < STEPS_PER_EPOCH + 10  # within a step or two, before the next log point
+
+
+def test_a_second_sigint_aborts_without_a_checkpoint(tmp_path):
+    process, run_dir = start(tmp_path)
+    wait_for(lambda: checkpoints(run_dir), process)
+    before = checkpoints(run_dir)
+    process.send_signal(signal.SIGINT)
+    assert process.stderr.readline().strip() == f"surgery: SIGINT: {ACKNOWLEDGEMENT}"  # at once
+    process.send_signal(signal.SIGINT)
+    lines = ended(process)
+    assert process.returncode == 128 + signal.SIGINT
+    assert lines == [f"surgery run: aborted by a second SIGINT: no checkpoint written; the latest is "
+                     f"{run_dir / 'checkpoints' / sorted(before)[-1]}; continue with: surgery run "
+                     f"{run_dir / 'config.yaml'} --resume."]
+    assert checkpoints(run_dir) == before
+
+
+def test_sigint_before_training_ends_at_once_with_one_line(tmp_path):
+    process, run_dir = start(tmp_path, lrsi={"enabled": True, "iterations": 100_000})
+    wait_for(run_dir.exists, process)  # the run started: data loaded, model built; masks, compile, LRsI next
+    process.send_signal(signal.SIGINT)
+    lines = ended(process)
+    assert process.returncode == 128 + signal.SIGINT
+    assert lines == ["surgery run: stopped by SIGINT before training started; nothing to resume."]
+    assert not checkpoints(run_dir)
