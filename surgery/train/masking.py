@@ -124,8 +124,9 @@ def round_config(config: RunConfig) -> RunConfig:
     data["label_smoothing"] = {"kind": "constant", "start": 0.0}
     data["distill"] = {**data["distill"], "teacher": None}
     data["train"] = {**data["train"], "epochs": epochs}
-    data["lr_schedule"] = {**data["lr_schedule"],
-                           "milestones": sorted({m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})}
+    if config.lr_schedule.milestones is not None:  # None already follows the epochs
+        data["lr_schedule"] = {**data["lr_schedule"], "milestones": sorted(
+            {m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})}
     return RunConfig.from_dict(data)
 
 
