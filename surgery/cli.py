@@ -11,10 +11,11 @@ import argparse
 import contextlib
 import io
 import json
+import operator
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,7 @@ def _add_prune(commands) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="the mask file to write (default: MODEL-METHOD-SPARSITY.safetensors)")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
     _add_finder_arguments(p)
+    p.set_defaults(method="random")
     p.add_argument("--weights", metavar="FILE", help="trained weights to score (magnitude / OMP prunes trained weights)")
     p.add_argument("--batches", type=_positive_int, default=1, help="training batches SNIP / GraSP score on (default 1)")
     p.add_argument("--input-size", type=_positive_int, metavar="S", help="input side for data-free SynFlow (default: the model's)")
@@ -216,7 +218,8 @@ def _add_data_arguments(p: argparse.ArgumentParser, default: str | None = "digit
 
 
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=_positive_int, help="default 180; LR milestones scale with it (50%%, 75%%)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="default 180; the LR decays at 50%% and 75%% of it (none for 1 epoch)")
     p.add_argument("--batch-size", type=_positive_int, help="global batch (default 128)")
     p.add_argument("--lr", type=float, help="base learning rate (default 0.1)")
     p.add_argument("--optimizer", help="sgd (default), adamw or adam")
@@ -231,7 +234,7 @@ def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | 
     p.add_argument("--distribution", choices=("uniform", "erk"), help="layer budgets with --scope layer (default: the method's)")
     p.add_argument("--dense-first", action="store_true", help="keep the first conv dense")
     p.add_argument("--dense-last", action="store_true", help="keep the last linear dense")
-    p.add_argument("--prunable", default="conv,linear", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
+    p.add_argument("--prunable", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")
 
@@ -518,49 +521,9 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
 def run_train(args: argparse.Namespace, console: Console) -> int:
     from surgery.train.config import RunConfig
 
-    config = RunConfig.from_dict(train_config_dict(args))
-    return _run_pipeline(config, args, console)
-
-
-def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The config ``surgery train``'s flags describe; unset flags keep RunConfig's defaults."""
-    name = args.name or args.model.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
-    data: dict[str, Any] = {"dataset": args.data, "image_size": args.image_size}
-    if args.val_split is not None:
-        data["val_split"] = args.val_split
-    if args.batch_size:
-        data["batch_size"] = args.batch_size
-    config: dict[str, Any] = {"name": name, "model": {"spec": args.model, "num_classes": args.num_classes}, "data": data}
     if args.masks and (args.method or args.sparsity is not None):
         raise ConfigError("give --masks FILE or --method / --sparsity, not both: a mask file is already a mask.")
-    config["mask"] = {"file": args.masks} if args.masks else finder_config(args, default_sparsity=0.9)
-    if args.recipe:
-        config["recipe"] = args.recipe  # tost | none | a recipe YAML file (RunConfig resolves it)
-    epochs = args.epochs or 180
-    config["train"] = {"epochs": epochs}
-    schedule = args.lr_schedule or "step"
-    config["lr_schedule"] = {"kind": schedule, "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else []}
-    optimizer = {k: v for k, v in (("name", args.optimizer), ("lr", args.lr)) if v is not None}
-    if optimizer:
-        config["optimizer"] = optimizer
-    if args.label_smoothing:
-        config["label_smoothing"] = {"kind": "constant", "start": args.label_smoothing}
-    if args.lrsi:
-        config["lrsi"] = {"enabled": True}
-    return config
-
-
-def finder_config(args: argparse.Namespace, default_sparsity: float) -> dict[str, Any]:
-    """The ``mask`` section the finder flags describe."""
-    mask: dict[str, Any] = {"method": args.method or "random",
-                            "sparsity": default_sparsity if args.sparsity is None else args.sparsity,
-                            "prunable": [k.strip() for k in args.prunable.split(",") if k.strip()],
-                            "dense_first": args.dense_first, "dense_last": args.dense_last,
-                            "options": dict(_option(text) for text in args.options)}
-    for key in ("scope", "distribution"):
-        if getattr(args, key):
-            mask[key] = getattr(args, key)
-    return mask
+    return _run_pipeline(RunConfig.from_dict({"name": _model_slug(args.model)}), args, console)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -570,23 +533,88 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _kinds(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+# Every flag that sets a run-config field: (argparse dest, dotted config field, converter). A flag left
+# unset (None, False, []) or absent from the command sets nothing, so the config's own value stands;
+# `surgery train / run / demo` and `surgery prune`'s training methods all read flags through this table.
+FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("model", "model.spec", str),
+    ("num_classes", "model.num_classes", int),
+    ("weights", "model.weights", str),
+    ("data", "data.dataset", str),
+    ("data_root", "data.root", str),
+    ("download", "data.download", bool),
+    ("image_size", "data.image_size", int),
+    ("val_split", "data.val_split", float),
+    ("batch_size", "data.batch_size", int),
+    ("masks", "mask.file", str),
+    ("method", "mask.method", str),
+    ("sparsity", "mask.sparsity", float),
+    ("scope", "mask.scope", str),
+    ("distribution", "mask.distribution", str),
+    ("dense_first", "mask.dense_first", bool),
+    ("dense_last", "mask.dense_last", bool),
+    ("prunable", "mask.prunable", _kinds),
+    ("batches", "mask.batches", int),
+    ("options", "mask.options", lambda texts: dict(_option(t) for t in texts)),
+    ("recipe", "recipe", str),
+    ("lrsi", "lrsi.enabled", bool),
+    ("label_smoothing", "label_smoothing.start", float),
+    ("optimizer", "optimizer.name", str),
+    ("lr", "optimizer.lr", float),
+    ("lr_schedule", "lr_schedule.kind", str),
+    ("epochs", "train.epochs", int),
+    ("seed", "train.seed", int),
+    ("device", "train.device", str),
+    ("amp", "train.amp", str),
+    ("compile", "train.compile", bool),
+    ("no_progress", "train.progress", operator.not_),
+    ("name", "name", str),
+    ("out", "output", str),
+)
+
+
+def flag_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``{dotted field: value}`` for every flag of FLAG_FIELDS the user set."""
+    fields = {}
+    for dest, field, convert in FLAG_FIELDS:
+        value = getattr(args, dest, None)
+        if value is not None and value is not False and value != []:
+            fields[field] = convert(value)
+    return fields
+
+
+def configured(base, args: argparse.Namespace):
+    """``base`` (a RunConfig) with the command's flags applied, then its ``--set`` overrides."""
+    from surgery.train.config import parse_overrides
+
+    return base.with_fields({**flag_fields(args), **parse_overrides(getattr(args, "overrides", []))})
+
+
 def run_prune(args: argparse.Namespace, console: Console) -> int:
     from surgery.pruning import METHODS
     from surgery.pruning.registry import method
+    from surgery.train.config import RunConfig
 
     if args.list:
         method("random")  # loads every finder
         print_methods(console, METHODS)
         return 0
-    if not args.model or not args.method or args.sparsity is None:
-        raise ConfigError("surgery prune needs MODEL, --method NAME and --sparsity S (e.g. --method snip --sparsity 0.9); "
+    if not args.model or args.sparsity is None:
+        raise ConfigError("surgery prune needs MODEL and --sparsity S (e.g. --method snip --sparsity 0.9); "
                           "`surgery prune --list` lists the methods.")
     found = method(args.method)
+    base = RunConfig.from_dict({"name": f"prune-{_model_slug(args.model)}-{args.method}", "recipe": "none",
+                                "export": {"verify": False, "onnx": False}})
+    config = configured(base, args)
     out = Path(args.output or f"{_model_slug(args.model)}-{args.method}-{args.sparsity:g}.safetensors")
     if found.training:
-        result = _prune_by_training(args, out, console)
+        result = _prune_by_training(config, args, out, console)
     else:
-        result = _prune_oneshot(args, found, out)
+        result = _prune_oneshot(config, args, found, out)
     print_mask_table(console, result, out)
     return 0
 
@@ -595,48 +623,43 @@ def _model_slug(spec: str) -> str:
     return spec.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
 
 
-def _prune_oneshot(args: argparse.Namespace, found, out: Path):
+def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
+    """Score the model once (on ``mask.batches`` batches of ``--data`` when the method needs data)."""
     from surgery.prune import prune_oneshot
     from surgery.train.data import load_dataset, make_loader
+    from surgery.train.masking import training_batches
 
-    batches, num_classes, size = None, args.num_classes, args.input_size
+    m, d, seed = config.mask, config.data, config.train.seed
+    batches, num_classes, size = None, config.model.num_classes, args.input_size
     if args.data:
-        dataset = load_dataset(args.data, root=args.data_root, download=args.download, image_size=args.image_size,
-                               seed=args.seed or 0)
+        dataset = load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size, seed=seed)
         num_classes = num_classes or dataset.num_classes
         size = size or dataset.image_size
         if found.data:
-            loader = make_loader(dataset, "train", args.batch_size or 128, train=True, seed=args.seed or 0, workers=0)
-            loader.set_epoch(0)
-            batches = [b for _, b in zip(range(args.batches), loader.batches(0))]
+            batches = training_batches(make_loader(dataset, "train", d.batch_size, train=True, seed=seed, workers=0),
+                                       m.batches)
     elif found.data:
-        raise ConfigError(f"mask method '{args.method}' scores weights with gradients on real data: give --data DATASET "
+        raise ConfigError(f"mask method '{m.method}' scores weights with gradients on real data: give --data DATASET "
                           "(e.g. --data cifar10-jpeg:PATH or --data digits).")
-    torch.manual_seed(args.seed or 0)
-    model = build_model(args.model, num_classes)
-    if args.weights:
-        load_weights(model, args.weights)
-    mask = finder_config(args, default_sparsity=0.0)
-    options = dict(mask["options"])
-    if args.method == "synflow":
-        side = size or default_input_size(model, args.model)
+    torch.manual_seed(seed)
+    model = build_model(config.model.spec, num_classes)
+    if config.model.weights:
+        load_weights(model, config.model.weights)
+    options = dict(m.options)
+    if m.method == "synflow":
+        side = size or default_input_size(model, config.model.spec)
         options.setdefault("input_shape", (1, input_channels(model), side, side))
-    return prune_oneshot(model, args.method, args.sparsity, out, spec=args.model, batches=batches, seed=args.seed or 0,
-                         scope=args.scope, distribution=args.distribution, prunable=mask["prunable"],
-                         dense_first=args.dense_first, dense_last=args.dense_last, **options)
+    return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,
+                         scope=m.scope, distribution=m.distribution, prunable=m.prunable,
+                         dense_first=m.dense_first, dense_last=m.dense_last, **options)
 
 
-def _prune_by_training(args: argparse.Namespace, out: Path, console: Console):
+def _prune_by_training(config, args: argparse.Namespace, out: Path, console: Console):
+    """A training method's mask: a plain training run (no ghosts, no export) ends in it."""
     from surgery.prune import prune_by_training
-    from surgery.train.config import RunConfig
 
     if not args.data:
-        raise ConfigError(f"mask method '{args.method}' trains the model: give --data DATASET (e.g. --data digits).")
-    args.masks, args.recipe, args.label_smoothing, args.lrsi = None, "none", None, False
-    config = train_config_dict(args)
-    config["name"] = args.name or f"prune-{_model_slug(args.model)}-{args.method}"
-    config["export"] = {"verify": False, "onnx": False}
-    config = RunConfig.from_dict(config).with_overrides(list(_run_overrides(args)) + list(args.overrides))
+        raise ConfigError(f"mask method '{config.mask.method}' trains the model: give --data DATASET (e.g. --data digits).")
     return prune_by_training(config, out, console)
 
 
@@ -682,7 +705,7 @@ def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
     from surgery.train import pipeline
     from surgery.train.trainer import Interrupted
 
-    config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
+    config = configured(config, args)
     try:
         result = pipeline.run(config, resume=args.resume, console=console)
     except Interrupted as stop:
@@ -690,21 +713,6 @@ def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
         return 128 + int(stop.signum)
     print_run_summary(console, config, result)
     return 0
-
-
-def _run_overrides(args: argparse.Namespace):
-    """The run options as ``field=value`` overrides; text is JSON-quoted so YAML keeps it text ('on', '2024')."""
-    flags = (("device", "train.device"), ("amp", "train.amp"), ("seed", "train.seed"), ("name", "name"),
-             ("out", "output"), ("data_root", "data.root"))
-    for flag, field in flags:
-        value = getattr(args, flag, None)
-        if value is not None:
-            yield f"{field}={json.dumps(str(value)) if isinstance(value, (str, Path)) else value}"
-    for flag, field in (("download", "data.download"), ("compile", "train.compile")):
-        if getattr(args, flag):
-            yield f"{field}=true"
-    if args.no_progress:
-        yield "train.progress=false"
 
 
 def print_run_summary(console: Console, config, result) -> None:
@@ -754,7 +762,7 @@ def _ghost_story(result) -> str:
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    config = demo.demo_config(Path(args.out), epochs=args.epochs).with_overrides(args.overrides)
+    config = configured(demo.demo_config(), args)
     result = demo.run(config, console)
     print_run_summary(console, config, result)
     return 0

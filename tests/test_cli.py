@@ -12,10 +12,11 @@ import torch
 import yaml
 
 import surgery
-from surgery.cli import main
+from surgery.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
 from surgery.masks import load_masks, save_masks
 from surgery.models import build_model
 from surgery.pruning import random_masks
+from surgery.train.config import RunConfig
 
 NETS = textwrap.dedent(
     """
@@ -290,7 +291,7 @@ def test_train_runs_the_whole_pipeline_and_reports(capsys, tmp_path):
         p.name for p in out_dir.iterdir()}
     saved = yaml.safe_load((out_dir / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["label_smoothing"]["start"] == 0.1
-    assert saved["lr_schedule"]["milestones"] == []  # too short a run for the 50% / 75% decays: ghosts leave at 1
+    assert RunConfig.from_dict(saved).lr_plan().milestones == (1,)  # 50% and 75% of 2 epochs: both at epoch 1
 
 
 def test_run_takes_a_config_and_overrides(capsys, tmp_path):
@@ -354,6 +355,34 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
     assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out
 
 
+# ------------------------------------------------------------- flags -> config
+
+CONFIG_COMMANDS = ("train", "run", "demo", "prune")
+NOT_CONFIG_FLAGS = {"help", "config", "overrides", "resume", "list", "output", "input_size", "allow_untrained"}
+
+
+def _subparsers():
+    import argparse
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_every_flag_of_a_config_command_maps_through_the_one_table(command):
+    mapped = {dest for dest, _, _ in FLAG_FIELDS}
+    assert {a.dest for a in _subparsers()[command]._actions} - mapped <= NOT_CONFIG_FLAGS
+
+
+def test_flags_become_typed_config_fields_and_set_overrides_win():
+    args = build_parser().parse_args(["train", "cifar:resnet20", "--epochs", "3", "--name", "on", "--device", "cpu",
+                                      "--no-progress", "--option", "rounds=2", "--set", "optimizer.lr=0.05"])
+    config = configured(RunConfig.from_dict({}), args)
+    assert config.name == "on" and config.train.device == "cpu" and config.train.progress is False
+    assert config.mask.options == {"rounds": 2} and config.optimizer.lr == 0.05
+    assert config.lr_plan().milestones == (1, 2)  # --epochs 3 decays at 50% and 75% of it
+    assert flag_fields(build_parser().parse_args(["run", "x.yaml"])) == {}  # nothing set: the config's values stand
+
+
 # ------------------------------------------------------------------ prune
 
 
@@ -376,6 +405,15 @@ def test_prune_writes_a_mask_file_with_metadata_and_a_layer_table(capsys, tmp_pa
     assert "layer1.0.conv1.weight" in out and "90.00%" in out
 
 
+def test_prune_defaults_are_what_its_help_says(capsys, tmp_path):
+    code, out, err = run(capsys, "prune", "-h")
+    assert "default random" in out
+    out_file = tmp_path / "m.safetensors"
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "-o", out_file)
+    assert code == 0, err
+    assert load_masks(out_file)[1]["method"] == "random"
+
+
 def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
     mask_file = tmp_path / "snip.safetensors"
     code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "snip", "--sparsity", "0.8", "--data", "synthetic",
@@ -396,7 +434,7 @@ def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
         (["--method", "snipp", "--sparsity", "0.9"], "unknown mask method 'snipp'. Did you mean 'snip'"),
         (["--method", "imp", "--sparsity", "0.9", "--data", "synthetic", "--option", "rounds=2", "--option", "rate=0.2"],
          "short of the target 0.9"),
-        (["--sparsity", "0.9"], "needs MODEL, --method NAME and --sparsity S"),
+        (["--method", "snip"], "needs MODEL and --sparsity S"),
     ],
 )
 def test_prune_bad_input(capsys, tmp_path, flags, expected):
