@@ -232,8 +232,8 @@ def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | 
                    help="fraction of the prunable weights to prune" + (f" (default {default_sparsity})" if default_sparsity else ""))
     p.add_argument("--scope", choices=("global", "layer"), help="rank all layers together or each alone (default: the method's)")
     p.add_argument("--distribution", choices=("uniform", "erk"), help="layer budgets with --scope layer (default: the method's)")
-    p.add_argument("--dense-first", action="store_true", help="keep the first conv dense")
-    p.add_argument("--dense-last", action="store_true", help="keep the last linear dense")
+    p.add_argument("--dense-first", action="store_true", help="keep the first prunable layer dense (the stem)")
+    p.add_argument("--dense-last", action="store_true", help="keep the last prunable layer dense (the head, conv or linear)")
     p.add_argument("--prunable", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")

@@ -72,6 +72,11 @@ def test_prunable_for_can_keep_the_stem_and_head_dense():
     assert list(prunable_for(model, ["linear"])) == ["4.weight", "5.weight"]
 
 
+def test_dense_last_keeps_a_conv_classifier_dense_too():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Unflatten(1, (8, 1, 1)), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 3, 1))
+    assert list(prunable_for(model, dense_first=True, dense_last=True)) == ["2.weight"]
+
+
 @pytest.mark.parametrize(("budget", "message"), [
     (lambda: Budget(1.0), r"sparsity 1.0 is outside \[0, 1\)"),
     (lambda: Budget(-0.1), r"sparsity -0.1 is outside"),

@@ -15,7 +15,7 @@ one misses the overall target by less than one weight. Ties are broken by positi
 (``torch.topk`` on CPU is deterministic), so a finder is deterministic under its seed.
 
 ``prunable_for(model, ...)`` picks the weights to mask: conv and linear weights by
-default, optionally leaving the first conv and / or the last linear dense (they hold
+default, optionally leaving the first and / or the last prunable layer dense (they hold
 few parameters and matter most; many papers keep them dense).
 """
 
@@ -73,20 +73,18 @@ def prunable_for(
     dense_first: bool = False,
     dense_last: bool = False,
 ) -> dict[str, nn.Parameter]:
-    """The weights to mask, in module order; ``dense_first`` / ``dense_last`` leave out the first
-    conv weight and the last linear weight (by module registration order: the stem and the head)."""
+    """The weights to mask, in module order; ``dense_first`` / ``dense_last`` leave out the first and
+    the last prunable weight (by module registration order: the stem and the head), whatever their
+    type (a Conv2d classifier is the last layer as much as a Linear one)."""
     weights = prunable_weights(model, prunable)
-    kinds = _weight_kinds(model)
-    if dense_first:
-        first = next((n for n in weights if kinds.get(n) == "conv"), None)
-        weights.pop(first, None)
-    if dense_last:
-        last = next((n for n in reversed(weights) if kinds.get(n) == "linear"), None)
-        weights.pop(last, None)
+    names = list(weights)
+    for keep, name in ((dense_first, names[:1]), (dense_last, names[-1:])):
+        if keep and name:
+            weights.pop(name[0], None)
     if not weights:
         raise MaskError(
             f"{type(model).__name__} has no weight to prune with prunable={list(prunable)}"
-            + (" once the first conv / last linear stay dense" if dense_first or dense_last else "")
+            + (" once the first / last prunable layer stay dense" if dense_first or dense_last else "")
             + "; widen prunable (e.g. [conv, linear] or [all])."
         )
     return weights
@@ -106,15 +104,6 @@ def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor
         else:
             out[name] = getattr(module, attr)
     return out
-
-
-def _weight_kinds(model: nn.Module) -> dict[str, str]:
-    kinds = {}
-    for name, module in model.named_modules():
-        kind = "conv" if isinstance(module, nn.modules.conv._ConvNd) else "linear" if isinstance(module, nn.Linear) else None
-        if kind:
-            kinds[f"{name}.weight" if name else "weight"] = kind
-    return kinds
 
 
 # ------------------------------------------------------------------ budgets

@@ -70,8 +70,8 @@ class MaskConfig:
     prunable: list[str] = field(default_factory=lambda: ["conv", "linear"])
     scope: str | None = None  # global | layer; None: the method's own (its paper's)
     distribution: str | None = None  # layer budgets: uniform | erk; None: the method's own (RigL: erk)
-    dense_first: bool = False  # keep the first conv dense
-    dense_last: bool = False  # keep the last linear dense
+    dense_first: bool = False  # keep the first prunable layer dense (the stem)
+    dense_last: bool = False  # keep the last prunable layer dense (the head, conv or linear)
     batches: int = 1  # training batches a data-dependent method (SNIP, GraSP) scores on
     epochs: int | None = None  # epochs of each training round of IMP / learned masks (None: train.epochs)
     options: dict[str, Any] = field(default_factory=dict)  # the method's own (IMP rounds, RigL every, ...)
