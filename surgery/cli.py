@@ -235,6 +235,9 @@ def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | 
     p.add_argument("--dense-first", action="store_true", help="keep the first prunable layer dense (the stem)")
     p.add_argument("--dense-last", action="store_true", help="keep the last prunable layer dense (the head, conv or linear)")
     p.add_argument("--prunable", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="keep the weights this pattern matches dense (fnmatch over parameter names, e.g. "
+                        "'layer4.*' or 'fc.weight'; repeatable)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")
 
@@ -558,6 +561,7 @@ FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("dense_first", "mask.dense_first", bool),
     ("dense_last", "mask.dense_last", bool),
     ("prunable", "mask.prunable", _kinds),
+    ("exclude", "mask.exclude", list),
     ("batches", "mask.batches", int),
     ("options", "mask.options", lambda texts: dict(_option(t) for t in texts)),
     ("recipe", "recipe", str),
@@ -651,7 +655,7 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
         options.setdefault("input_shape", (1, input_channels(model), side, side))
     return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,
                          scope=m.scope, distribution=m.distribution, prunable=m.prunable,
-                         dense_first=m.dense_first, dense_last=m.dense_last, **options)
+                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude, **options)
 
 
 def _prune_by_training(config, args: argparse.Namespace, out: Path, console: Console):

@@ -414,6 +414,17 @@ def test_prune_defaults_are_what_its_help_says(capsys, tmp_path):
     assert load_masks(out_file)[1]["method"] == "random"
 
 
+def test_prune_exclude_keeps_layers_dense_and_names_a_pattern_that_matches_nothing(capsys, tmp_path):
+    out_file = tmp_path / "m.safetensors"
+    code, out, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "--exclude", "layer3.*",
+                         "--exclude", "conv1.weight", "-o", out_file)
+    assert code == 0, err
+    masks, _ = load_masks(out_file)
+    assert not any(n.startswith("layer3.") for n in masks) and "conv1.weight" not in masks and "fc.weight" in masks
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "--exclude", "layer9.*", "-o", out_file)
+    assert code == 2 and "exclude pattern 'layer9.*' matches no prunable weight" in err and "conv1.weight" in err
+
+
 def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
     mask_file = tmp_path / "snip.safetensors"
     code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "snip", "--sparsity", "0.8", "--data", "synthetic",

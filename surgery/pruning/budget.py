@@ -16,11 +16,13 @@ one misses the overall target by less than one weight. Ties are broken by positi
 
 ``prunable_for(model, ...)`` picks the weights to mask: conv and linear weights by
 default, optionally leaving the first and / or the last prunable layer dense (they hold
-few parameters and matter most; many papers keep them dense).
+few parameters and matter most; many papers keep them dense) and any weight an
+``exclude`` pattern matches (fnmatch over parameter names, e.g. ``layer4.*``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -72,22 +74,41 @@ def prunable_for(
     *,
     dense_first: bool = False,
     dense_last: bool = False,
+    exclude: Iterable[str] = (),
 ) -> dict[str, nn.Parameter]:
     """The weights to mask, in module order; ``dense_first`` / ``dense_last`` leave out the first and
     the last prunable weight (by module registration order: the stem and the head), whatever their
-    type (a Conv2d classifier is the last layer as much as a Linear one)."""
+    type (a Conv2d classifier is the last layer as much as a Linear one); ``exclude`` leaves out every
+    weight whose name matches one of its fnmatch patterns (Torch-Pruning's ``ignored_layers``)."""
     weights = prunable_weights(model, prunable)
     names = list(weights)
     for keep, name in ((dense_first, names[:1]), (dense_last, names[-1:])):
         if keep and name:
             weights.pop(name[0], None)
+    for name in excluded(names, exclude):
+        weights.pop(name, None)
     if not weights:
         raise MaskError(
             f"{type(model).__name__} has no weight to prune with prunable={list(prunable)}"
-            + (" once the first / last prunable layer stay dense" if dense_first or dense_last else "")
-            + "; widen prunable (e.g. [conv, linear] or [all])."
+            + (" once the layers kept dense are left out" if dense_first or dense_last or exclude else "")
+            + "; widen prunable (e.g. [conv, linear] or [all]) or keep fewer layers dense."
         )
     return weights
+
+
+def excluded(names: list[str], patterns: Iterable[str]) -> list[str]:
+    """The names some pattern matches (fnmatch, case-sensitive); a pattern that matches none is an error."""
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise MaskError(
+                f"exclude pattern '{pattern}' matches no prunable weight; patterns match parameter names with "
+                f"shell wildcards, e.g. '{names[-1] if names else 'fc.weight'}' or 'layer1.*'. Prunable weights: "
+                + ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "") + "."
+            )
+        matched += hits
+    return matched
 
 
 def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:

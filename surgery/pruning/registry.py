@@ -90,6 +90,7 @@ def find_masks(
     prunable: Iterable[str] = ("conv", "linear"),
     dense_first: bool = False,
     dense_last: bool = False,
+    exclude: Iterable[str] = (),
     seed: int = 0,
     **options,
 ) -> dict[str, torch.Tensor]:
@@ -106,7 +107,7 @@ def find_masks(
             f"mask method '{name}' scores weights with gradients on real data: pass batches=[(inputs, targets), ...] "
             "(CLI: --data DATASET)."
         )
-    names = list(prunable_for(model, prunable, dense_first=dense_first, dense_last=dense_last))
+    names = list(prunable_for(model, prunable, dense_first=dense_first, dense_last=dense_last, exclude=exclude))
     return found.find(model, names, budget, batches=batches, seed=seed, **options)
 
 

@@ -3,7 +3,7 @@
     name: tost-resnet20-digits
     model:        {spec: cifar:resnet20}
     data:         {dataset: digits, batch_size: 128, val_split: 0.0}
-    mask:         {method: random, sparsity: 0.9}          # or {file: mask.safetensors}
+    mask:         {method: random, sparsity: 0.9}          # or {file: mask.safetensors}; exclude: [fc.*]
     recipe:       {ghost_skip: {projection: conv1x1}, soft_activation: {kind: pswish}}
     optimizer:    {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 2e-4}
     lr_schedule:  {kind: step, gamma: 0.1}                  # milestones: default 50% / 75% of train.epochs
@@ -72,6 +72,7 @@ class MaskConfig:
     distribution: str | None = None  # layer budgets: uniform | erk; None: the method's own (RigL: erk)
     dense_first: bool = False  # keep the first prunable layer dense (the stem)
     dense_last: bool = False  # keep the last prunable layer dense (the head, conv or linear)
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns of weights kept dense, e.g. ["layer4.*"]
     batches: int = 1  # training batches a data-dependent method (SNIP, GraSP) scores on
     epochs: int | None = None  # epochs of each training round of IMP / learned masks (None: train.epochs)
     options: dict[str, Any] = field(default_factory=dict)  # the method's own (IMP rounds, RigL every, ...)

@@ -54,14 +54,14 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     if m.method == DENSE or m.sparsity == 0:
         return MaskPlan(None)
     found = method(m.method)
-    names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last))
+    names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude))
     budget = Budget(m.sparsity, m.scope or found.scope, m.distribution or found.distribution)
     options = dict(m.options)
     if found.stage == "oneshot":
         batches = training_batches(train_loader, m.batches) if found.data else None
         masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
                            distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
-                           dense_last=m.dense_last, seed=config.train.seed, **options)
+                           dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed, **options)
         return MaskPlan(masks)
     if found.stage == "during":
         hook = found.find(model, names, budget, **options)
