@@ -180,6 +180,8 @@ def _add_prune(commands) -> None:
     _add_finder_arguments(p)
     p.set_defaults(method="random")
     p.add_argument("--weights", metavar="FILE", help="trained weights to score (magnitude / OMP prunes trained weights)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="let a method that scores trained weights (magnitude) score the random initialization")
     p.add_argument("--batches", type=_positive_int, default=1, help="training batches SNIP / GraSP score on (default 1)")
     p.add_argument("--input-size", type=_positive_int, metavar="S", help="input side for data-free SynFlow (default: the model's)")
     _add_data_arguments(p, default=None)
@@ -645,6 +647,10 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
     elif found.data:
         raise ConfigError(f"mask method '{m.method}' scores weights with gradients on real data: give --data DATASET "
                           "(e.g. --data cifar10-jpeg:PATH or --data digits).")
+    if found.trained and not config.model.weights and not args.allow_untrained:
+        raise ConfigError(f"mask method '{m.method}' scores trained weights, but no --weights were given: it would "
+                          "score the random initialization. Give --weights FILE (the trained model's state_dict), or "
+                          "--allow-untrained if a mask of the initialization is what you mean.")
     torch.manual_seed(seed)
     model = build_model(config.model.spec, num_classes)
     if config.model.weights:
@@ -672,7 +678,7 @@ def print_methods(console: Console, methods) -> None:
     for column in ("method", "needs", "budget", "what it does"):
         table.add_column(column)
     for name, m in sorted(methods.items()):
-        needs = "training" if m.training else "data" if m.data else "nothing"
+        needs = "training" if m.training else "data" if m.data else "trained weights" if m.trained else "nothing"
         table.add_row(name, needs, f"{m.scope}" + (f", {m.distribution}" if m.distribution != "uniform" else ""), m.about)
     console.print(table)
 

@@ -414,6 +414,24 @@ def test_prune_defaults_are_what_its_help_says(capsys, tmp_path):
     assert load_masks(out_file)[1]["method"] == "random"
 
 
+def test_prune_magnitude_scores_trained_weights_or_untrained_ones_on_request(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model("cifar:resnet20")
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.arange(640.0).view(10, 64))
+    weights = tmp_path / "trained.safetensors"
+    save_file(model.state_dict(), str(weights))
+    out_file = tmp_path / "m.safetensors"
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "magnitude", "--sparsity", "0.5", "--weights", weights,
+                       "--scope", "layer", "-o", out_file)
+    assert code == 0, err
+    assert load_masks(out_file)[0]["fc.weight"].flatten().tolist() == [False] * 320 + [True] * 320  # the larger half
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "magnitude", "--sparsity", "0.5",
+                       "--allow-untrained", "-o", out_file)
+    assert code == 0, err
+
+
 def test_prune_exclude_keeps_layers_dense_and_names_a_pattern_that_matches_nothing(capsys, tmp_path):
     out_file = tmp_path / "m.safetensors"
     code, out, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "--exclude", "layer3.*",
@@ -446,6 +464,7 @@ def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
         (["--method", "imp", "--sparsity", "0.9", "--data", "synthetic", "--option", "rounds=2", "--option", "rate=0.2"],
          "short of the target 0.9"),
         (["--method", "snip"], "needs MODEL and --sparsity S"),
+        (["--method", "magnitude", "--sparsity", "0.5"], "scores trained weights, but no --weights were given"),
     ],
 )
 def test_prune_bad_input(capsys, tmp_path, flags, expected):
