@@ -102,8 +102,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--input-size", type=_positive_int, metavar="S", help="input images are S x S (default: the model's, else 224)"
     )
     p.add_argument(
-        "--leaf", nargs="+", action="extend", default=[], metavar="NAME",
-        help="module path or class name to keep opaque when tracing (repeatable)",
+        "--leaf", action="append", default=[], metavar="NAME",
+        help="module path or class name to keep opaque when tracing (repeatable: --leaf a --leaf b)",
     )
 
 

@@ -156,6 +156,12 @@ def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets, every_conv):
     assert report["convs_found"] == 2 and report["convs_covered"] == 1
 
 
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_leaf_is_repeatable_and_leaves_the_model_alone(command):
+    args = build_parser().parse_args([command, "--leaf", "gate", "--leaf", "Block", "cifar:resnet20"])
+    assert args.leaf == ["gate", "Block"] and args.model == "cifar:resnet20"
+
+
 def test_a_recipe_that_leaves_no_conv_to_wrap_says_which_option_brings_it_back(capsys, nets):
     code, out, err = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16")
     assert code == 2 and out == "" and "Traceback" not in err
