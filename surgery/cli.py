@@ -32,7 +32,7 @@ from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
 from surgery.graph import device_of, scalar_loss
 from surgery.manifest import ghost_cost
-from surgery.masks import prunable_weights, weight_sparsity
+from surgery.masks import load_masks, prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe
@@ -116,6 +116,9 @@ def _add_mask_arguments(p: argparse.ArgumentParser) -> None:
         "--sparsity", type=float, metavar="S", help="random masks pruning the fraction S of every conv/linear weight"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks and inputs (default 0)")
+    p.add_argument("--partial-masks", action="store_true",
+                   help="let the mask file leave prunable weights without a mask (they stay dense); "
+                        "by default it must cover them all")
 
 
 def _add_inspect(commands) -> None:
@@ -200,6 +203,9 @@ def _add_train(commands) -> None:
     p.add_argument("model", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
     _add_data_arguments(p)
     p.add_argument("--masks", metavar="FILE", help="a .safetensors mask file (instead of --method)")
+    p.add_argument("--partial-masks", action="store_true",
+                   help="let the mask file leave prunable weights without a mask (they stay dense); "
+                        "by default it must cover them all")
     _add_finder_arguments(p, default_sparsity=0.9)
     p.add_argument("--recipe", metavar="NAME|FILE", help="tost (the default: conv1x1 ghost skips around the body's "
                    "spatial convs + PSwish), none (plain sparse training, e.g. a baseline), or a recipe YAML file")
@@ -315,7 +321,10 @@ def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
 
 
 def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
-    """``--masks FILE`` as a path, ``--sparsity S`` as random masks, else None."""
+    """``--masks FILE`` (a mask file, checked against the model; a .pt state_dict as its path), ``--sparsity S``
+    as random masks, else None."""
+    if args.masks and Path(args.masks).suffix == ".safetensors":
+        return load_masks(args.masks, model=model, partial=args.partial_masks, spec=args.model)[0]
     if args.masks:
         return args.masks
     if args.sparsity is not None:
@@ -556,6 +565,7 @@ FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("val_split", "data.val_split", float),
     ("batch_size", "data.batch_size", int),
     ("masks", "mask.file", str),
+    ("partial_masks", "mask.partial", bool),
     ("method", "mask.method", str),
     ("sparsity", "mask.sparsity", float),
     ("scope", "mask.scope", str),
@@ -689,7 +699,7 @@ def print_mask_table(console: Console, result, out: Path) -> None:
     table = Table(title=f"{out}: {metadata_summary(result.metadata)}", title_justify="left")
     for column, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("of", "right"), ("sparsity", "right")):
         table.add_column(column, justify=justify)
-    rows = layer_rows(result.masks)
+    rows = layer_rows(result)
     for name, shape, kept, total, sparsity in rows:
         table.add_row(name, shape, f"{kept:,}", f"{total:,}", f"{sparsity:.1%}")
     kept = sum(r[2] for r in rows)

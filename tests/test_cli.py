@@ -1,6 +1,7 @@
 """The `surgery` command, driven through surgery.cli.main([...]) and once as the installed script."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -408,7 +409,8 @@ def test_prune_writes_a_mask_file_with_metadata_and_a_layer_table(capsys, tmp_pa
     assert meta["method"] == "random" and meta["distribution"] == "erk" and meta["model"] == "cifar:resnet20"
     assert meta["seed"] == "3" and meta["version"] == surgery.__version__ and float(meta["target_sparsity"]) == 0.9
     assert abs(float(meta["sparsity"]) - 0.9) < 1e-4 and "fc.weight" not in masks
-    assert "layer1.0.conv1.weight" in out and "90.00%" in out
+    assert "layer1.0.conv1.weight" in out and "89.79%" in out  # of every prunable weight: fc.weight is dense
+    assert re.search(r"fc\.weight +│ 10x64 +│ +640 │ +640 │ +0\.0% │", out)  # the dense layer, at 0%
 
 
 def test_prune_defaults_are_what_its_help_says(capsys, tmp_path):
@@ -477,6 +479,21 @@ def test_prune_bad_input(capsys, tmp_path, flags, expected):
     code, _, err = run(capsys, "prune", "cifar:resnet20", *flags, "--image-size", "8", "-o", tmp_path / "m.safetensors",
                        "--out", tmp_path / "run", "--no-progress")
     assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_a_mask_file_must_cover_the_model_it_is_applied_to(capsys, tmp_path):
+    mask_file = tmp_path / "r20.safetensors"
+    assert run(capsys, "prune", "cifar:resnet20", "--method", "random", "--sparsity", "0.5", "--dense-last",
+               "-o", mask_file)[0] == 0
+    onnx_file = tmp_path / "m.onnx"
+    code, _, err = run(capsys, "export", "cifar:resnet32", "--masks", mask_file, "-o", onnx_file)
+    assert code == 2 and not onnx_file.exists()
+    assert "made for cifar:resnet20, not for cifar:resnet32" in err  # the metadata's model, named with the target
+    assert "12 of the model's 34 prunable weights have no mask: layer1.3.conv1.weight" in err and "--partial-masks" in err
+    code, _, err = run(capsys, "export", "cifar:resnet32", "--masks", mask_file, "--partial-masks", "-o", onnx_file)
+    assert code == 0 and onnx_file.exists(), err
+    code, _, err = run(capsys, "export", "cifar:resnet20", "--masks", mask_file, "-o", onnx_file)  # fc.weight: dense on purpose
+    assert code == 0 and "warning" not in err, err
 
 
 def test_a_mask_file_for_another_model_lists_what_differs(capsys, tmp_path):

@@ -67,6 +67,7 @@ class MaskConfig:
     method: str = "random"  # a mask finder (surgery prune --list); or give `file`
     sparsity: float = 0.9
     file: str | None = None
+    partial: bool = False  # the file may leave prunable weights without a mask (else it must cover them all)
     prunable: list[str] = field(default_factory=lambda: ["conv", "linear"])
     scope: str | None = None  # global | layer; None: the method's own (its paper's)
     distribution: str | None = None  # layer budgets: uniform | erk; None: the method's own (RigL: erk)

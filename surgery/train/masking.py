@@ -49,7 +49,7 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
                dist: Distributed, console: Console, resume: bool | str | Path = False) -> MaskPlan:
     m = config.mask
     if m.file:
-        masks, metadata = load_masks(m.file, model=model)
+        masks, metadata = load_masks(m.file, model=model, partial=m.partial, spec=config.model.spec, kinds=m.prunable)
         return MaskPlan(masks, metadata=metadata)
     if m.method == DENSE or m.sparsity == 0:
         return MaskPlan(None)

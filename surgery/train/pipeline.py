@@ -25,6 +25,7 @@ from surgery.ghosts import ghosts
 from surgery.manifest import ghost_cost
 from surgery.masks import (
     bake_masks,
+    dense_weights,
     masked_parameters,
     overall_sparsity,
     prunable_weights,
@@ -249,7 +250,8 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     notes = {}
     if final_masks:
         save_masks(final_masks, run_dir / "masks.safetensors", method=config.mask.method, model=config.model.spec,
-                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True, **(mask_metadata or {}))
+                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True,
+                   dense=dense_weights(original, final_masks), **(mask_metadata or {}))
     _save_weights(model, run_dir / "model.safetensors")
     if kept_ghosts:
         notes["verification"] = "skipped: ghosts kept to the end (ghosts.remove_at: never), not the original architecture"
