@@ -30,6 +30,7 @@ import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
+from surgery.export import SPARSE_THRESHOLD
 from surgery.graph import device_of, scalar_loss
 from surgery.manifest import ghost_cost
 from surgery.masks import load_masks, prunable_weights, weight_sparsity
@@ -154,16 +155,17 @@ def _add_export(commands) -> None:
     p = _command(
         commands, "export",
         "Export a model (with its trained weights and masks) to ONNX, checked against onnxruntime.",
-        "surgery export torchvision:resnet18 --num-classes 10 --weights clean.safetensors --sparse -o resnet18.onnx",
+        "surgery export torchvision:resnet18 --num-classes 10 --weights clean.safetensors -o resnet18.onnx",
     )
     _add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    p.add_argument("--weights", metavar="FILE", help="state_dict (.safetensors, .pt) of the plain model, loaded strictly")
+    p.add_argument("--weights", metavar="FILE",
+                   help="state_dict (.safetensors, .pt) of the plain model, or a training checkpoint, loaded strictly")
     _add_mask_arguments(p)
     sparse = p.add_mutually_exclusive_group()
     sparse.add_argument(
         "--sparse", dest="sparse", action="store_true", default=None,
-        help="store mostly-zero weights as sparse initializers (default when masks are given)",
+        help=f"store every weight that is at least {SPARSE_THRESHOLD:.0%}% zeros as a sparse initializer (the default)",
     )
     sparse.add_argument("--dense", dest="sparse", action="store_false", help="store every weight dense")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
@@ -523,7 +525,7 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     target: nn.Module = model
     if masks is not None:  # masks are baked in by de-ghosting a masks-only compile
         target = surgery.deghost(surgery.compile(model, x, {"masks": masks}, leaf_modules=args.leaf))
-    sparse = args.sparse if args.sparse is not None else masks is not None
+    sparse = args.sparse is not False  # sparse unless --dense: export_onnx stores only mostly-zero weights sparse
     info = surgery.export_onnx(target, x, args.output, sparse=sparse, opset=args.opset)
     console.print(str(info), markup=False)
     return 0

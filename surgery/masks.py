@@ -26,6 +26,7 @@ PRUNABLE_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
 }
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
+MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes
 
 
 class Mask(nn.Module):
@@ -258,7 +259,7 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **met
     path = Path(path)
     tensors = {name: torch.as_tensor(m).to(torch.bool).contiguous().cpu() for name, m in masks.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    meta.setdefault("format", "tost-surgery-mask")
+    meta.setdefault("format", MASK_FILE_FORMAT)
     meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))  # achieved, over the masked weights
     meta.setdefault("version", _version())
     save_file(tensors, str(path), metadata=meta)
@@ -329,6 +330,17 @@ def dense_in(metadata: Mapping[str, str], path: object = "the mask file") -> dic
         raise MaskError(f"'{path}' has unreadable 'dense' metadata {metadata.get('dense')!r}; write the file with "
                         "save_masks(masks, path, dense=dense_weights(model, masks)).")
     return dense
+
+
+def is_mask_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file save_masks wrote (its ``format`` metadata says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == MASK_FILE_FORMAT
+    except Exception:  # not safetensors at all: not a mask file
+        return False
 
 
 def _made_for(metadata: Mapping[str, str]) -> str:

@@ -279,7 +279,44 @@ def test_export_loads_weights_strictly(capsys, nets, tmp_path):
     assert layers["head.weight"]["nonzeros"] == 0
 
     code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "-o", tmp_path / "x.onnx")
-    assert code == 2 and "do not fit TinyNet" in err
+    assert code == 2 and "do not fit TinyNet: 2 shapes differ, file vs model (head.weight (3, 8) vs (10, 8), " in err
+    assert len(err.strip().splitlines()) == 1  # one line, not the hundreds of keys torch lists
+
+
+def _sidecar_layers(path):
+    return {row["name"]: row for row in json.loads(Path(f"{path}.json").read_text())["layers"]}
+
+
+def test_export_weights_alone_store_mostly_zero_weights_sparse(capsys, nets, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model(f"{nets}:plain")
+    with torch.no_grad():
+        model.gate.weight.mul_(torch.rand_like(model.gate.weight) < 0.02)  # about 98% zeros, no mask file
+    weights = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(weights))
+    out_path = tmp_path / "w.onnx"
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "--input-size", 16, "-o", out_path)
+    assert code == 0, err
+    stored = {row["stored"] for name, row in _sidecar_layers(out_path).items() if row["sparsity"] >= 0.7}
+    assert stored == {"sparse"}
+    assert {row["stored"] for row in _sidecar_layers(out_path).values() if row["sparsity"] < 0.7} == {"dense"}
+
+
+def test_export_weights_from_a_training_checkpoint_or_a_mask_file(capsys, nets, tmp_path):
+    model = build_model(f"{nets}:plain")
+    x = torch.randn(2, 3, 16, 16)
+    ghosted = surgery.compile(model, x, {"masks": random_masks(model, 0.9, seed=2)})
+    checkpoint = tmp_path / "epoch0001-step000010.pt"
+    torch.save({"format": "tost-surgery-checkpoint", "epoch": 1, "model": ghosted.state_dict()}, checkpoint)
+    out_path = tmp_path / "c.onnx"
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", checkpoint, "--input-size", 16, "-o", out_path)
+    assert code == 0, err
+    assert _sidecar_layers(out_path)["head.weight"]["stored"] == "sparse"  # the checkpoint's masks, baked in
+
+    mask_file = save_masks(random_masks(model, 0.9), tmp_path / "m.safetensors")
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", mask_file, "-o", tmp_path / "m.onnx")
+    assert code == 2 and f"'{mask_file}' is a mask file, not weights: pass it as --masks" in err
 
 
 # ------------------------------------------------------------- train / run / demo
