@@ -198,6 +198,9 @@ class GhostPlan:
     removal: str = "gradual"
 
     def __post_init__(self) -> None:
+        for name, schedule in (("alpha", self.alpha), ("beta", self.beta)):
+            if min(schedule.start, schedule.end) < 0:  # what set_ghost_strength refuses, caught before training
+                raise ConfigError(f"ghosts.{name} runs from {schedule.start:g} to {schedule.end:g}; it must stay >= 0.")
         if self.per not in STEPPING:
             raise _unknown("ghost schedule stepping 'per'", self.per, STEPPING)
         if self.removal not in REMOVAL:

@@ -65,6 +65,7 @@ def test_recipe_by_name_or_file(tmp_path):
         ({"lr_schedule": {"kind": "poly"}}, "unknown learning-rate schedule 'poly'"),
         ({"ghosts": {"alpha": {"kind": "exp"}}}, "unknown schedule kind 'exp'"),
         ({"ghosts": {"remove_at": 500}}, "after the run ends"),
+        ({"ghosts": {"beta": {"start": 1, "end": -2}}}, "ghosts.beta runs from 1 to -2; it must stay >= 0"),
         ({"train": {"epochs": 0}}, "at least 1 epoch"),
         ({"train": {"amp": "fp8"}}, "unknown train.amp"),
         ({"mask": {"sparsity": 1.0}}, "outside \\[0, 1\\)"),
