@@ -67,6 +67,13 @@ def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.M
             f"timm has no model '{name}'." + did_you_mean(name, timm.list_models())
             + " List them with timm.list_models('*pattern*')."
         )
+    architecture, _, tag = name.partition(".")
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{architecture}.*")]
+    if tag and tag not in tags:  # timm itself raises a bare RuntimeError for it
+        raise UnknownModelError(
+            f"timm's {architecture} has no pretrained tag '{tag}'." + did_you_mean(tag, tags)
+            + f" Its tags: {', '.join(tags) or 'none'} (or leave the tag out)."
+        )
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     return timm.create_model(name, pretrained=False, **kwargs)
