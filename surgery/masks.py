@@ -334,12 +334,12 @@ def dense_in(metadata: Mapping[str, str], path: object = "the mask file") -> dic
 
 def is_mask_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a safetensors file save_masks wrote (its ``format`` metadata says so)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("format") == MASK_FILE_FORMAT
-    except Exception:  # not safetensors at all: not a mask file
+    except (SafetensorError, OSError):  # not safetensors at all: not a mask file
         return False
 
 
