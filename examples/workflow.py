@@ -46,7 +46,7 @@ def scaled(config: RunConfig, args: argparse.Namespace, name: str) -> RunConfig:
     scale = epochs / config.train.epochs
     out += [f"model.spec={args.model}", f"data.dataset={args.data}", f"data.image_size={args.image_size}",
             f"train.epochs={epochs}", "train.checkpoint_every=0", "lrsi.iterations=10"]
-    if config.lr_schedule.kind == "step":
+    if config.lr_schedule.kind == "step" and config.lr_schedule.milestones is not None:  # None follows the epochs
         milestones = sorted({m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})
         out.append(f"lr_schedule.milestones={milestones}")
     if isinstance(config.ghosts.remove_at, int):

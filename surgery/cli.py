@@ -13,11 +13,12 @@ import argparse
 import contextlib
 import io
 import json
+import operator
 import sys
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
+from surgery.export import SPARSE_THRESHOLD
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import ghost_cost
-from surgery.masks import prunable_weights, weight_sparsity
+from surgery.masks import load_masks, prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe
@@ -122,8 +124,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--input-size", type=_positive_int, metavar="S", help="input images are S x S (default: the model's, else 224)"
     )
     p.add_argument(
-        "--leaf", nargs="+", action="extend", default=[], metavar="NAME",
-        help="module path or class name to keep opaque when tracing (repeatable)",
+        "--leaf", action="append", default=[], metavar="NAME",
+        help="module path or class name to keep opaque when tracing (repeatable: --leaf a --leaf b)",
     )
 
 
@@ -136,6 +138,9 @@ def _add_mask_arguments(p: argparse.ArgumentParser) -> None:
         "--sparsity", type=float, metavar="S", help="random masks pruning the fraction S of every conv/linear weight"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks and inputs (default 0)")
+    p.add_argument("--partial-masks", action="store_true",
+                   help="let the mask file leave prunable weights without a mask (they stay dense); "
+                        "by default it must cover them all")
 
 
 def _add_inspect(commands) -> None:
@@ -171,16 +176,17 @@ def _add_export(commands) -> None:
     p = _command(
         commands, "export",
         "Export a model (with its trained weights and masks) to ONNX, checked against onnxruntime.",
-        "surgery export torchvision:resnet18 --num-classes 10 --weights clean.safetensors --sparse -o resnet18.onnx",
+        "surgery export torchvision:resnet18 --num-classes 10 --weights clean.safetensors -o resnet18.onnx",
     )
     _add_model_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the ONNX model")
-    p.add_argument("--weights", metavar="FILE", help="state_dict (.safetensors, .pt) of the plain model, loaded strictly")
+    p.add_argument("--weights", metavar="FILE",
+                   help="state_dict (.safetensors, .pt) of the plain model, or a training checkpoint, loaded strictly")
     _add_mask_arguments(p)
     sparse = p.add_mutually_exclusive_group()
     sparse.add_argument(
         "--sparse", dest="sparse", action="store_true", default=None,
-        help="store mostly-zero weights as sparse initializers (default when masks are given)",
+        help=f"store every weight that is at least {SPARSE_THRESHOLD:.0%}% zeros as a sparse initializer (the default)",
     )
     sparse.add_argument("--dense", dest="sparse", action="store_false", help="store every weight dense")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
@@ -198,7 +204,10 @@ def _add_prune(commands) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="the mask file to write (default: MODEL-METHOD-SPARSITY.safetensors)")
     p.add_argument("--list", action="store_true", help="list the methods and exit")
     _add_finder_arguments(p)
+    p.set_defaults(method="random")
     p.add_argument("--weights", metavar="FILE", help="trained weights to score (magnitude / OMP prunes trained weights)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="let a method that scores trained weights (magnitude) score the random initialization")
     p.add_argument("--batches", type=_positive_int, default=1, help="training batches SNIP / GraSP score on (default 1)")
     p.add_argument("--input-size", type=_positive_int, metavar="S", help="input side for data-free SynFlow (default: the model's)")
     _add_data_arguments(p, default=None)
@@ -217,6 +226,9 @@ def _add_train(commands) -> None:
     p.add_argument("model", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
     _add_data_arguments(p)
     p.add_argument("--masks", metavar="FILE", help="a .safetensors mask file (instead of --method)")
+    p.add_argument("--partial-masks", action="store_true",
+                   help="let the mask file leave prunable weights without a mask (they stay dense); "
+                        "by default it must cover them all")
     _add_finder_arguments(p, default_sparsity=0.9)
     p.add_argument("--recipe", metavar="NAME|FILE", help="tost (the default: conv1x1 ghost skips around the body's "
                    "spatial convs + PSwish), none (plain sparse training, e.g. a baseline), or a recipe YAML file")
@@ -237,7 +249,8 @@ def _add_data_arguments(p: argparse.ArgumentParser, default: str | None = "digit
 
 
 def _add_training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=_positive_int, help="default 180; LR milestones scale with it (50%%, 75%%)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="default 180; the LR decays at 50%% and 75%% of it (none for 1 epoch)")
     p.add_argument("--batch-size", type=_positive_int, help="global batch (default 128)")
     p.add_argument("--lr", type=float, help="base learning rate (default 0.1)")
     p.add_argument("--optimizer", help="sgd (default), adamw or adam")
@@ -250,9 +263,12 @@ def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | 
                    help="fraction of the prunable weights to prune" + (f" (default {default_sparsity})" if default_sparsity else ""))
     p.add_argument("--scope", choices=("global", "layer"), help="rank all layers together or each alone (default: the method's)")
     p.add_argument("--distribution", choices=("uniform", "erk"), help="layer budgets with --scope layer (default: the method's)")
-    p.add_argument("--dense-first", action="store_true", help="keep the first conv dense")
-    p.add_argument("--dense-last", action="store_true", help="keep the last linear dense")
-    p.add_argument("--prunable", default="conv,linear", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
+    p.add_argument("--dense-first", action="store_true", help="keep the first prunable layer dense (the stem)")
+    p.add_argument("--dense-last", action="store_true", help="keep the last prunable layer dense (the head, conv or linear)")
+    p.add_argument("--prunable", metavar="KINDS", help="what can be pruned: conv,linear (default) or all")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="keep the weights this pattern matches dense (fnmatch over parameter names, e.g. "
+                        "'layer4.*' or 'fc.weight'; repeatable)")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")
 
@@ -336,7 +352,10 @@ def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
 
 
 def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
-    """``--masks FILE`` as a path, ``--sparsity S`` as random masks, else None."""
+    """``--masks FILE`` (a mask file, checked against the model; a .pt state_dict as its path), ``--sparsity S``
+    as random masks, else None."""
+    if args.masks and Path(args.masks).suffix == ".safetensors":
+        return load_masks(args.masks, model=model, partial=args.partial_masks, spec=args.model)[0]
     if args.masks:
         return args.masks
     if args.sparsity is not None:
@@ -535,7 +554,7 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     target: nn.Module = model
     if masks is not None:  # masks are baked in by de-ghosting a masks-only compile
         target = surgery.deghost(surgery.compile(model, x, {"masks": masks}, leaf_modules=args.leaf))
-    sparse = args.sparse if args.sparse is not None else masks is not None
+    sparse = args.sparse is not False  # sparse unless --dense: export_onnx stores only mostly-zero weights sparse
     info = surgery.export_onnx(target, x, args.output, sparse=sparse, opset=args.opset)
     console.print(str(info), markup=False)
     return 0
@@ -547,49 +566,9 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
 def run_train(args: argparse.Namespace, console: Console) -> int:
     from surgery.train.config import RunConfig
 
-    config = RunConfig.from_dict(train_config_dict(args))
-    return _run_pipeline(config, args, console)
-
-
-def train_config_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The config ``surgery train``'s flags describe; unset flags keep RunConfig's defaults."""
-    name = args.name or args.model.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
-    data: dict[str, Any] = {"dataset": args.data, "image_size": args.image_size}
-    if args.val_split is not None:
-        data["val_split"] = args.val_split
-    if args.batch_size:
-        data["batch_size"] = args.batch_size
-    config: dict[str, Any] = {"name": name, "model": {"spec": args.model, "num_classes": args.num_classes}, "data": data}
     if args.masks and (args.method or args.sparsity is not None):
         raise ConfigError("give --masks FILE or --method / --sparsity, not both: a mask file is already a mask.")
-    config["mask"] = {"file": args.masks} if args.masks else finder_config(args, default_sparsity=0.9)
-    if args.recipe:
-        config["recipe"] = args.recipe  # tost | none | a recipe YAML file (RunConfig resolves it)
-    epochs = args.epochs or 180
-    config["train"] = {"epochs": epochs}
-    schedule = args.lr_schedule or "step"
-    config["lr_schedule"] = {"kind": schedule, "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else []}
-    optimizer = {k: v for k, v in (("name", args.optimizer), ("lr", args.lr)) if v is not None}
-    if optimizer:
-        config["optimizer"] = optimizer
-    if args.label_smoothing:
-        config["label_smoothing"] = {"kind": "constant", "start": args.label_smoothing}
-    if args.lrsi:
-        config["lrsi"] = {"enabled": True}
-    return config
-
-
-def finder_config(args: argparse.Namespace, default_sparsity: float) -> dict[str, Any]:
-    """The ``mask`` section the finder flags describe."""
-    mask: dict[str, Any] = {"method": args.method or "random",
-                            "sparsity": default_sparsity if args.sparsity is None else args.sparsity,
-                            "prunable": [k.strip() for k in args.prunable.split(",") if k.strip()],
-                            "dense_first": args.dense_first, "dense_last": args.dense_last,
-                            "options": dict(_option(text) for text in args.options)}
-    for key in ("scope", "distribution"):
-        if getattr(args, key):
-            mask[key] = getattr(args, key)
-    return mask
+    return _run_pipeline(RunConfig.from_dict({"name": _model_slug(args.model)}), args, console)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -599,23 +578,90 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _kinds(text: str) -> list[str]:
+    return [k.strip() for k in text.split(",") if k.strip()]
+
+
+# Every flag that sets a run-config field: (argparse dest, dotted config field, converter). A flag left
+# unset (None, False, []) or absent from the command sets nothing, so the config's own value stands;
+# `surgery train / run / demo` and `surgery prune`'s training methods all read flags through this table.
+FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("model", "model.spec", str),
+    ("num_classes", "model.num_classes", int),
+    ("weights", "model.weights", str),
+    ("data", "data.dataset", str),
+    ("data_root", "data.root", str),
+    ("download", "data.download", bool),
+    ("image_size", "data.image_size", int),
+    ("val_split", "data.val_split", float),
+    ("batch_size", "data.batch_size", int),
+    ("masks", "mask.file", str),
+    ("partial_masks", "mask.partial", bool),
+    ("method", "mask.method", str),
+    ("sparsity", "mask.sparsity", float),
+    ("scope", "mask.scope", str),
+    ("distribution", "mask.distribution", str),
+    ("dense_first", "mask.dense_first", bool),
+    ("dense_last", "mask.dense_last", bool),
+    ("prunable", "mask.prunable", _kinds),
+    ("exclude", "mask.exclude", list),
+    ("batches", "mask.batches", int),
+    ("options", "mask.options", lambda texts: dict(_option(t) for t in texts)),
+    ("recipe", "recipe", str),
+    ("lrsi", "lrsi.enabled", bool),
+    ("label_smoothing", "label_smoothing.start", float),
+    ("optimizer", "optimizer.name", str),
+    ("lr", "optimizer.lr", float),
+    ("lr_schedule", "lr_schedule.kind", str),
+    ("epochs", "train.epochs", int),
+    ("seed", "train.seed", int),
+    ("device", "train.device", str),
+    ("amp", "train.amp", str),
+    ("compile", "train.compile", bool),
+    ("no_progress", "train.progress", operator.not_),
+    ("name", "name", str),
+    ("out", "output", str),
+)
+
+
+def flag_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``{dotted field: value}`` for every flag of FLAG_FIELDS the user set."""
+    fields = {}
+    for dest, field, convert in FLAG_FIELDS:
+        value = getattr(args, dest, None)
+        if value is not None and value is not False and value != []:
+            fields[field] = convert(value)
+    return fields
+
+
+def configured(base, args: argparse.Namespace):
+    """``base`` (a RunConfig) with the command's flags applied, then its ``--set`` overrides."""
+    from surgery.train.config import parse_overrides
+
+    return base.with_fields({**flag_fields(args), **parse_overrides(getattr(args, "overrides", []))})
+
+
 def run_prune(args: argparse.Namespace, console: Console) -> int:
     from surgery.pruning import METHODS
     from surgery.pruning.registry import method
+    from surgery.train.config import RunConfig
 
     if args.list:
         method("random")  # loads every finder
         print_methods(console, METHODS)
         return 0
-    if not args.model or not args.method or args.sparsity is None:
-        raise ConfigError("surgery prune needs MODEL, --method NAME and --sparsity S (e.g. --method snip --sparsity 0.9); "
+    if not args.model or args.sparsity is None:
+        raise ConfigError("surgery prune needs MODEL and --sparsity S (e.g. --method snip --sparsity 0.9); "
                           "`surgery prune --list` lists the methods.")
     found = method(args.method)
+    base = RunConfig.from_dict({"name": f"prune-{_model_slug(args.model)}-{args.method}", "recipe": "none",
+                                "export": {"verify": False, "onnx": False}})
+    config = configured(base, args)
     out = Path(args.output or f"{_model_slug(args.model)}-{args.method}-{args.sparsity:g}.safetensors")
     if found.training:
-        result = _prune_by_training(args, out, console)
+        result = _prune_by_training(config, args, out, console)
     else:
-        result = _prune_oneshot(args, found, out)
+        result = _prune_oneshot(config, args, found, out)
     print_mask_table(console, result, out)
     return 0
 
@@ -624,48 +670,47 @@ def _model_slug(spec: str) -> str:
     return spec.rsplit(":", 1)[-1].replace("/", "_").removesuffix(".py")
 
 
-def _prune_oneshot(args: argparse.Namespace, found, out: Path):
+def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
+    """Score the model once (on ``mask.batches`` batches of ``--data`` when the method needs data)."""
     from surgery.prune import prune_oneshot
     from surgery.train.data import load_dataset, make_loader
+    from surgery.train.masking import training_batches
 
-    batches, num_classes, size = None, args.num_classes, args.input_size
+    m, d, seed = config.mask, config.data, config.train.seed
+    batches, num_classes, size = None, config.model.num_classes, args.input_size
     if args.data:
-        dataset = load_dataset(args.data, root=args.data_root, download=args.download, image_size=args.image_size,
-                               seed=args.seed or 0)
+        dataset = load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size, seed=seed)
         num_classes = num_classes or dataset.num_classes
         size = size or dataset.image_size
         if found.data:
-            loader = make_loader(dataset, "train", args.batch_size or 128, train=True, seed=args.seed or 0, workers=0)
-            loader.set_epoch(0)
-            batches = [b for _, b in zip(range(args.batches), loader.batches(0))]
+            batches = training_batches(make_loader(dataset, "train", d.batch_size, train=True, seed=seed, workers=0),
+                                       m.batches)
     elif found.data:
-        raise ConfigError(f"mask method '{args.method}' scores weights with gradients on real data: give --data DATASET "
+        raise ConfigError(f"mask method '{m.method}' scores weights with gradients on real data: give --data DATASET "
                           "(e.g. --data cifar10-jpeg:PATH or --data digits).")
-    torch.manual_seed(args.seed or 0)
-    model = build_model(args.model, num_classes)
-    if args.weights:
-        load_weights(model, args.weights)
-    mask = finder_config(args, default_sparsity=0.0)
-    options = dict(mask["options"])
-    if args.method == "synflow":
-        side = size or default_input_size(model, args.model)
+    if found.trained and not config.model.weights and not args.allow_untrained:
+        raise ConfigError(f"mask method '{m.method}' scores trained weights, but no --weights were given: it would "
+                          "score the random initialization. Give --weights FILE (the trained model's state_dict), or "
+                          "--allow-untrained if a mask of the initialization is what you mean.")
+    torch.manual_seed(seed)
+    model = build_model(config.model.spec, num_classes)
+    if config.model.weights:
+        load_weights(model, config.model.weights)
+    options = dict(m.options)
+    if m.method == "synflow":
+        side = size or default_input_size(model, config.model.spec)
         options.setdefault("input_shape", (1, input_channels(model), side, side))
-    return prune_oneshot(model, args.method, args.sparsity, out, spec=args.model, batches=batches, seed=args.seed or 0,
-                         scope=args.scope, distribution=args.distribution, prunable=mask["prunable"],
-                         dense_first=args.dense_first, dense_last=args.dense_last, **options)
+    return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,
+                         scope=m.scope, distribution=m.distribution, prunable=m.prunable,
+                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude, **options)
 
 
-def _prune_by_training(args: argparse.Namespace, out: Path, console: Console):
+def _prune_by_training(config, args: argparse.Namespace, out: Path, console: Console):
+    """A training method's mask: a plain training run (no ghosts, no export) ends in it."""
     from surgery.prune import prune_by_training
-    from surgery.train.config import RunConfig
 
     if not args.data:
-        raise ConfigError(f"mask method '{args.method}' trains the model: give --data DATASET (e.g. --data digits).")
-    args.masks, args.recipe, args.label_smoothing, args.lrsi = None, "none", None, False
-    config = train_config_dict(args)
-    config["name"] = args.name or f"prune-{_model_slug(args.model)}-{args.method}"
-    config["export"] = {"verify": False, "onnx": False}
-    config = RunConfig.from_dict(config).with_overrides(list(_run_overrides(args)) + list(args.overrides))
+        raise ConfigError(f"mask method '{config.mask.method}' trains the model: give --data DATASET (e.g. --data digits).")
     return prune_by_training(config, out, console)
 
 
@@ -674,7 +719,7 @@ def print_methods(console: Console, methods) -> None:
     for column in ("method", "needs", "budget", "what it does"):
         table.add_column(column)
     for name, m in sorted(methods.items()):
-        needs = "training" if m.training else "data" if m.data else "nothing"
+        needs = "training" if m.training else "data" if m.data else "trained weights" if m.trained else "nothing"
         table.add_row(name, needs, f"{m.scope}" + (f", {m.distribution}" if m.distribution != "uniform" else ""), m.about)
     console.print(table)
 
@@ -686,7 +731,7 @@ def print_mask_table(console: Console, result, out: Path) -> None:
     table = Table(title=f"{out}: {metadata_summary(result.metadata)}", title_justify="left")
     for column, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("of", "right"), ("sparsity", "right")):
         table.add_column(column, justify=justify)
-    rows = layer_rows(result.masks)
+    rows = layer_rows(result)
     for name, shape, kept, total, sparsity in rows:
         table.add_row(name, shape, f"{kept:,}", f"{total:,}", f"{sparsity:.1%}")
     kept = sum(r[2] for r in rows)
@@ -712,27 +757,12 @@ def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
     """Apply the shared run options, run the pipeline, print where everything went."""
     from surgery.train import pipeline
 
-    config = config.with_overrides(list(_run_overrides(args)) + list(args.overrides))
+    config = configured(config, args)
     if _already_complete(config, args, console):
         return 0
     result = pipeline.run(config, resume=args.resume, force=args.force, console=console)
     print_run_summary(console, config, result)
     return 0
-
-
-def _run_overrides(args: argparse.Namespace):
-    """The run options as ``field=value`` overrides; text is JSON-quoted so YAML keeps it text ('on', '2024')."""
-    flags = (("device", "train.device"), ("amp", "train.amp"), ("seed", "train.seed"), ("name", "name"),
-             ("out", "output"), ("data_root", "data.root"))
-    for flag, field in flags:
-        value = getattr(args, flag, None)
-        if value is not None:
-            yield f"{field}={json.dumps(str(value)) if isinstance(value, (str, Path)) else value}"
-    for flag, field in (("download", "data.download"), ("compile", "train.compile")):
-        if getattr(args, flag):
-            yield f"{field}=true"
-    if args.no_progress:
-        yield "train.progress=false"
 
 
 def _already_complete(config, args: argparse.Namespace, console: Console) -> bool:
@@ -789,7 +819,7 @@ def print_run_summary(console: Console, config, result) -> None:
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:
-    config = demo.demo_config(Path(args.out), epochs=args.epochs).with_overrides(args.overrides)
+    config = configured(demo.demo_config(), args)
     if _already_complete(config, args, console):
         return 0
     result = demo.run(config, console, resume=args.resume, force=args.force)

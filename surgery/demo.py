@@ -10,8 +10,6 @@ reported. It is ``surgery run`` on the config below.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rich.console import Console
 
 from surgery.train import RunConfig, RunResult
@@ -20,22 +18,22 @@ from surgery.train import run as run_pipeline
 EPOCHS = 30
 
 
-def demo_config(out: Path = Path("runs/demo"), *, epochs: int | None = None) -> RunConfig:
-    epochs = epochs or EPOCHS
+def demo_config() -> RunConfig:
+    """The demo's config; ``surgery demo``'s flags and ``--set`` change it like any other config's."""
     return RunConfig.from_dict({
         "name": "demo",
-        "output": str(out),
+        "output": "runs/demo",
         "model": {"spec": "cifar:resnet20"},
         "data": {"dataset": "digits", "image_size": 16, "batch_size": 128},
         "mask": {"method": "random", "sparsity": 0.9},
         "recipe": "tost",
         "lrsi": {"enabled": True, "iterations": 20},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
-        "lr_schedule": {"kind": "step", "milestones": [epochs // 2, epochs * 3 // 4] if epochs >= 4 else [], "gamma": 0.1},
+        "lr_schedule": {"kind": "step", "gamma": 0.1},  # decays at 50% and 75% of train.epochs
         "ghosts": {"alpha": {"kind": "linear", "start": 1.0, "end": 0.0},
                    "beta": {"kind": "linear", "start": 1.0, "end": 50.0}, "per": "step", "remove_at": "first_decay"},
         "label_smoothing": {"kind": "constant", "start": 0.1},
-        "train": {"epochs": epochs, "device": "cpu", "checkpoint_every": 5, "tensorboard": False},
+        "train": {"epochs": EPOCHS, "device": "cpu", "checkpoint_every": 5, "tensorboard": False},
     })
 
 

@@ -30,6 +30,10 @@ class NoTargetsError(SurgeryError):
     """A pass found nothing to act on (e.g. the skip pass in a model without convs)."""
 
 
+class GhostError(SurgeryError):
+    """A ghost strength that is not a finite number >= 0, or set on a model that holds no ghosts."""
+
+
 class GhostsRemainError(SurgeryError):
     """An operation that needs a clean model got one that still holds ghosts or masks."""
 

@@ -60,6 +60,7 @@ MIN_OPSET = 17  # LayerNormalization's first opset; below it the exporter's down
 EXTERNAL_DATA_BYTES = onnx.checker.MAXIMUM_PROTOBUF  # 2 GiB: protobuf cannot serialize more
 EXTERNAL_TENSOR_MIN_BYTES = 1024  # smaller tensors stay inline even in an external-data file
 TINY = 1e-12  # floor of the reference magnitude in the relative error
+SPARSE_THRESHOLD = 0.7  # a weight with at least this fraction of zeros is stored sparse (with sparse=True)
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
@@ -137,7 +138,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     sparse: bool = False,
-    sparse_threshold: float = 0.7,
+    sparse_threshold: float = SPARSE_THRESHOLD,
     opset: int = 18,
     deghost: bool = False,
     dynamic_batch: bool = True,

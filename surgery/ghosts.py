@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from surgery.errors import GhostError
+
 GHOSTS_ROOT = "_ghosts"  # every ghost lives under this submodule: one group, one delete
 
 
@@ -254,10 +256,20 @@ def ghost_parameters(model: nn.Module) -> list[nn.Parameter]:
 def set_ghost_strength(model: nn.Module, alpha: float | None = None, beta: float | None = None) -> int:
     """Set every GhostSkip's alpha and every PSwish's beta in place; returns how many ghosts changed.
 
-    Buffers are filled in place: no retrace, no recompile, safe under torch.compile and DDP.
+    Buffers are filled in place: no retrace, no recompile, safe under torch.compile and DDP. Values
+    must be finite and >= 0 (alpha scales a skip, beta is PSwish's sharpness); a model without
+    ghosts is an error, since a schedule driving it would change nothing.
     """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise GhostError(f"set_ghost_strength: {name}={value!r} must be a finite number >= 0 "
+                             "(alpha 1 -> 0 fades the skips, beta 1 -> 50 sharpens PSwish towards ReLU).")
+    held = ghosts(model)
+    if not held:
+        raise GhostError(f"set_ghost_strength: {type(model).__name__} holds no ghosts; compile it with a recipe "
+                         "that adds some (ghost_skip, soft_activation), e.g. surgery.compile(model, x).")
     changed = 0
-    for _, ghost in ghosts(model):
+    for _, ghost in held:
         if alpha is not None and isinstance(ghost, GhostSkip):
             ghost.alpha.fill_(alpha)
             changed += 1

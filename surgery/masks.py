@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from surgery.errors import MaskError, did_you_mean
 from surgery.layers import PRUNABLE_KINDS
 
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
+MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes
 
 
 class Mask(nn.Module):
@@ -247,13 +249,14 @@ def _restore_order(params: dict[str, nn.Parameter | None], order: tuple[str, ...
 
 def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: object) -> Path:
     """Write masks as safetensors (bool tensors) with string metadata: method, target_sparsity, model, seed...
-    as given, plus the achieved ``sparsity`` and the software ``version``."""
+    as given, plus the achieved ``sparsity`` and the software ``version``. Give ``dense=dense_weights(model,
+    masks)`` when the masks leave prunable weights dense on purpose: a file must otherwise cover them all."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {name: torch.as_tensor(m).to(torch.bool).contiguous().cpu() for name, m in masks.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    meta.setdefault("format", "tost-surgery-mask")
+    meta.setdefault("format", MASK_FILE_FORMAT)
     meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))  # achieved, over the masked weights
     meta.setdefault("version", _version())
     save_file(tensors, str(path), metadata=meta)
@@ -274,8 +277,21 @@ def _usual_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def load_masks(path: str | os.PathLike, *, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a mask file: ``(masks, metadata)``; with ``model``, check that the masks belong to it."""
+def load_masks(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    partial: bool = False,
+    spec: str | None = None,
+    kinds: Iterable[str] = ("conv", "linear"),
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a mask file: ``(masks, metadata)``.
+
+    With ``model``, check that the masks belong to it (``check_masks_fit``): every mask names one of its
+    weights with the same shape and, unless ``partial``, every prunable weight (``kinds``) has a mask or
+    is one the file says it leaves dense. With ``spec`` (the model's spec), warn when the file was made
+    for another model spec.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -287,31 +303,83 @@ def load_masks(path: str | os.PathLike, *, model: nn.Module | None = None) -> tu
             masks = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as error:
         raise MaskError(f"'{path}' is not a readable safetensors mask file: {error}") from error
+    if spec is not None and metadata.get("model") and metadata["model"] != spec:
+        warnings.warn(f"mask file '{path}' was made for {metadata['model']}, not for {spec}.", stacklevel=2)
     if model is not None:
-        check_masks_fit(masks, model, source=f"mask file '{path}'" + _made_for(metadata))
+        check_masks_fit(masks, model, source=f"mask file '{path}'" + _made_for(metadata), kinds=kinds,
+                        dense=dense_in(metadata, path), partial=partial)
     return masks, metadata
+
+
+def dense_weights(model: nn.Module, masks: Mapping[str, torch.Tensor],
+                  kinds: Iterable[str] = ("conv", "linear")) -> dict[str, list[int]]:
+    """``{name: shape}`` of the model's prunable weights the masks leave dense (a mask file's ``dense``)."""
+    return {name: list(w.shape) for name, w in prunable_weights(model, kinds).items() if name not in masks}
+
+
+def dense_in(metadata: Mapping[str, str], path: object = "the mask file") -> dict[str, list[int]]:
+    """The weights a mask file says it leaves dense on purpose (its ``dense`` metadata), by name with shape."""
+    try:
+        dense = json.loads(metadata.get("dense", "{}"))
+    except ValueError:
+        dense = None
+    if not isinstance(dense, dict):
+        raise MaskError(f"'{path}' has unreadable 'dense' metadata {metadata.get('dense')!r}; write the file with "
+                        "save_masks(masks, path, dense=dense_weights(model, masks)).")
+    return dense
+
+
+def is_mask_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file save_masks wrote (its ``format`` metadata says so)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == MASK_FILE_FORMAT
+    except (SafetensorError, OSError):  # not safetensors at all: not a mask file
+        return False
 
 
 def _made_for(metadata: Mapping[str, str]) -> str:
     return f" (made for {metadata['model']})" if metadata.get("model") else ""
 
 
-def check_masks_fit(masks: Mapping[str, torch.Tensor], model: nn.Module, *, source: str = "the masks") -> None:
-    """Raise a MaskError listing every mask whose name the model lacks or whose shape differs."""
+def check_masks_fit(
+    masks: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    source: str = "the masks",
+    kinds: Iterable[str] = ("conv", "linear"),
+    dense: Iterable[str] = (),
+    partial: bool = False,
+) -> None:
+    """Raise a MaskError listing every mask whose name the model lacks or whose shape differs and,
+    unless ``partial``, every prunable weight (``kinds``) with no mask that ``dense`` does not name."""
     shapes = {name: tuple(p.shape) for name, p in _all_weights(model).items()}
     unknown = [name for name in masks if name not in shapes]
     different = [f"{name}: {tuple(m.shape)} in the file, {shapes[name]} in the model"
                  for name, m in masks.items() if name in shapes and tuple(m.shape) != shapes[name]]
-    if not unknown and not different:
+    prunable = prunable_weights(model, kinds)
+    dense = set(dense)
+    missing = [] if partial else [name for name in prunable if name not in masks and name not in dense]
+    if not unknown and not different and not missing:
         return
     lines = [f"{source} does not fit {type(model).__name__}:"]
     if unknown:
-        lines.append(f"  {len(unknown)} names the model does not have: " + ", ".join(unknown[:8]) + (" ..." if len(unknown) > 8 else ""))
+        lines.append(f"  {len(unknown)} names the model does not have: " + _some(unknown))
     if different:
         lines.append(f"  {len(different)} shapes differ: " + "; ".join(different[:8]) + (" ..." if len(different) > 8 else ""))
+    if missing:
+        lines.append(f"  {len(missing)} of the model's {len(prunable)} prunable weights have no mask: " + _some(missing))
     lines.append("Make the mask for this model (surgery prune MODEL ...), or build the model the mask was made for "
-                 "(same architecture and --num-classes).")
+                 "(same architecture and --num-classes)."
+                 + (" To leave the weights without a mask dense, pass --partial-masks (Python: partial=True)."
+                    if missing and not unknown and not different else ""))
     raise MaskError("\n".join(lines))
+
+
+def _some(names: list[str], n: int = 8) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
 def _all_weights(model: nn.Module) -> dict[str, torch.Tensor]:

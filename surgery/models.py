@@ -71,6 +71,13 @@ def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.M
             f"timm has no model '{name}'." + did_you_mean(name, timm.list_models())
             + " List them with timm.list_models('*pattern*')."
         )
+    architecture, _, tag = name.partition(".")
+    tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{architecture}.*")]
+    if tag and tag not in tags:  # timm itself raises a bare RuntimeError for it
+        raise UnknownModelError(
+            f"timm's {architecture} has no pretrained tag '{tag}'." + did_you_mean(tag, tags)
+            + f" Its tags: {', '.join(tags) or 'none'} (or leave the tag out)."
+        )
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     return timm.create_model(name, pretrained=False, **kwargs)
@@ -260,31 +267,70 @@ def input_channels(model: nn.Module, default: int = 3) -> int:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state_dict file (.safetensors, or .pt / .pth via ``torch.load(weights_only=True)``) strictly."""
-    state = read_state_dict(Path(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise SurgeryError(
-            f"weights '{path}' do not fit {type(model).__qualname__}: {error}\n"
-            "Check the model spec and --num-classes; weights saved from a ghosted model "
-            "must be de-ghosted first (surgery.deghost), which bakes masks into plain weights."
-        ) from error
+    """Load a weights file into ``model`` strictly: a state_dict (.safetensors, or .pt / .pth / .bin read
+    with ``torch.load(weights_only=True)``) or a trainer checkpoint (its model's weights, masks baked in).
+    A mask file, or weights that do not fit, is a ``SurgeryError`` saying what the file is and what to do."""
+    path = Path(path)
+    state = plain_weights(read_state_dict(path), path)
+    _check_weights_fit(model, state, path)
+    model.load_state_dict(state, strict=True)
     return model
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a weights file, or the model's in a trainer checkpoint."""
+    from surgery.masks import is_mask_file
+
     if not path.is_file():
         raise SurgeryError(f"weights file '{path}' does not exist.")
     if path.suffix == ".safetensors":
+        if is_mask_file(path):
+            raise SurgeryError(f"'{path}' is a mask file, not weights: pass it as --masks {path} "
+                               "(Python: load_masks, or a recipe's masks section).")
         from safetensors.torch import load_file
 
         return load_file(str(path))
     if path.suffix not in (".pt", ".pth", ".bin"):
         raise SurgeryError(f"weights file '{path}' is neither .safetensors nor .pt/.pth (a torch.save-d state_dict).")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a training checkpoint
+    for key in ("model", "state_dict"):  # a trainer checkpoint; a {"state_dict": ...} wrapper
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise SurgeryError(f"weights file '{path}' holds a {type(state).__name__}, not a state_dict.")
     return state
+
+
+def plain_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """``state`` keyed as the plain model's: masks baked into their weights (``x.parametrizations.weight.
+    original * ...0.mask`` -> ``x.weight``, as a trainer checkpoint stores them), ghosts left out."""
+    from surgery.ghosts import GHOSTS_ROOT
+    from surgery.init.rewind import plain_key
+
+    if any(key.split(".")[0] == GHOSTS_ROOT for key in state):
+        warnings.warn(f"checkpoint '{path}' was saved while the ghosts were still in; the model loaded from it "
+                      "leaves them out (load a checkpoint from after they left, or the run's model.safetensors).")
+    masks = {key.replace(".0.mask", ".original"): t for key, t in state.items() if key.endswith(".0.mask")}
+    plain = {}
+    for key, tensor in state.items():
+        name = plain_key(key)
+        if name is not None and key.split(".")[0] != GHOSTS_ROOT:
+            plain[name] = tensor * masks[key] if key in masks else tensor
+    return plain
+
+
+def _check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """One line with counts and a few names when ``state`` does not fit ``model`` strictly."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    different = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for names, what in ((missing, "of the model's entries missing from the file"),
+                                 (unexpected, "entries the model does not have"),
+                                 (different, "shapes differ, file vs model")) if names]
+    if parts:
+        raise SurgeryError(f"weights '{path}' do not fit {type(model).__qualname__}: " + "; ".join(parts)
+                           + ". Check the model spec and --num-classes.")

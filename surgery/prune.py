@@ -11,6 +11,7 @@ model, seed, software version (and, for ASNI, the centroids).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery.masks import load_masks, overall_sparsity, save_masks
+from surgery.masks import dense_in, dense_weights, load_masks, overall_sparsity, prunable_weights, save_masks
 from surgery.pruning import find_masks, method
 from surgery.pruning.budget import achieved_sparsity
 
@@ -30,6 +31,7 @@ class PruneResult:
     metadata: dict[str, str]
     path: Path
     run_dir: Path | None = None  # where a training method's run went
+    order: list[str] | None = None  # the model's prunable weights in module order (None: the file's order)
 
 
 def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, spec: str, batches=None, seed: int = 0,
@@ -39,9 +41,10 @@ def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, sp
     found = method(name)
     meta = {"method": name, "target_sparsity": sparsity, "model": spec, "seed": seed,
             "scope": budget_and_options.get("scope") or found.scope,
-            "distribution": budget_and_options.get("distribution") or found.distribution}
+            "distribution": budget_and_options.get("distribution") or found.distribution,
+            "dense": dense_weights(model, masks)}
     path = save_masks(masks, out, **meta)
-    return PruneResult(masks, load_masks(path)[1], path)
+    return PruneResult(masks, load_masks(path)[1], path, order=list(prunable_weights(model)))
 
 
 def prune_by_training(config, out: Path, console=None) -> PruneResult:
@@ -91,20 +94,31 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
         raise
     m = config.mask
     path = save_masks(plan.masks, out, method=m.method, target_sparsity=m.sparsity, model=config.model.spec,
-                      seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options)
+                      seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options,
+                      dense=dense_weights(model, plan.masks))
     if plan.weights is not None and dist.is_main:  # IMP's rewind point / learned masks' folded weights
         save_start_weights(config.run_dir, plan.weights)
     record.update(rounds=plan.rounds, sparsity=overall_sparsity(plan.masks), mask_file=str(path))
     record.write(COMPLETED)
     dist.close()
-    return PruneResult(plan.masks, load_masks(path)[1], path, config.run_dir)
+    return PruneResult(plan.masks, load_masks(path)[1], path, config.run_dir, order=list(prunable_weights(model)))
 
 
-def layer_rows(masks: dict[str, torch.Tensor]) -> list[tuple[str, str, int, int, float]]:
-    """(layer, shape, kept, total, sparsity) per masked weight, in the file's order."""
-    sparsity = achieved_sparsity(masks)
-    return [(name, "x".join(map(str, m.shape)), int(m.count_nonzero()), m.numel(), sparsity[name])
-            for name, m in masks.items()]
+def layer_rows(result: PruneResult) -> list[tuple[str, str, int, int, float]]:
+    """(layer, shape, kept, total, sparsity) per prunable weight, those the file leaves dense at 0%,
+    in module order where it is known."""
+    sparsity = achieved_sparsity(result.masks)
+    rows = {name: (name, _shape(m.shape), int(m.count_nonzero()), m.numel(), sparsity[name])
+            for name, m in result.masks.items()}
+    for name, shape in dense_in(result.metadata, result.path).items():
+        total = math.prod(shape)
+        rows[name] = (name, _shape(shape), total, total, 0.0)
+    order = [n for n in result.order or () if n in rows]
+    return [rows[n] for n in order] + [row for n, row in rows.items() if n not in order]
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def metadata_summary(metadata: dict[str, str]) -> str:

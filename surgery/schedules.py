@@ -25,6 +25,16 @@ STEPPING = ("step", "epoch")
 REMOVAL = ("gradual", "abrupt")
 FIRST_DECAY = "first_decay"
 NEVER = "never"
+DECAY_FRACTIONS = (0.5, 0.75)  # ToST's step decays: epochs 90 and 135 of 180
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The step decays of an ``epochs`` run: at 50% and 75% of it, rounded down to whole epochs.
+
+    Every run of 2+ epochs decays before its last epoch; at 2 epochs both fractions fall on
+    epoch 1 and it decays once; a 1-epoch run has no decay (its only epoch is epoch 0).
+    """
+    return sorted({int(epochs * f) for f in DECAY_FRACTIONS} - {0})
 
 
 def _unknown(what: str, name: Any, known: Sequence[str]) -> ConfigError:
@@ -158,9 +168,12 @@ class LRSchedule:
     def check(self, total_epochs: int) -> None:
         late = [m for m in self.milestones if m >= total_epochs] if self.kind == "step" else []
         if late:
+            fix = (f"leave lr_schedule.milestones out to decay at 50% and 75% of the run "
+                   f"({scaled_milestones(total_epochs)})" if total_epochs > 1 else
+                   "a 1-epoch run has no decay: leave lr_schedule.milestones out or set it to []")
             raise ConfigError(
                 f"lr_schedule milestones {late} are at or after the last epoch ({total_epochs} epochs): "
-                f"they would never apply; scale them to the run, e.g. {[round(total_epochs * f) for f in (0.5, 0.75)]}."
+                f"they would never apply; {fix}."
             )
 
 
@@ -185,6 +198,9 @@ class GhostPlan:
     removal: str = "gradual"
 
     def __post_init__(self) -> None:
+        for name, schedule in (("alpha", self.alpha), ("beta", self.beta)):
+            if min(schedule.start, schedule.end) < 0:  # what set_ghost_strength refuses, caught before training
+                raise ConfigError(f"ghosts.{name} runs from {schedule.start:g} to {schedule.end:g}; it must stay >= 0.")
         if self.per not in STEPPING:
             raise _unknown("ghost schedule stepping 'per'", self.per, STEPPING)
         if self.removal not in REMOVAL:

@@ -72,6 +72,23 @@ def test_prunable_for_can_keep_the_stem_and_head_dense():
     assert list(prunable_for(model, ["linear"])) == ["4.weight", "5.weight"]
 
 
+def test_exclude_patterns_keep_matching_weights_dense():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 4), nn.Linear(4, 2))
+    assert list(prunable_for(model, exclude=["4.*", "0.weight"])) == ["2.weight", "5.weight"]
+    with pytest.raises(MaskError, match=r"exclude pattern 'fc\.\*' matches no prunable weight.*0\.weight, 2\.weight"):
+        prunable_for(model, exclude=["fc.*"])
+    masks = random_masks(model, 0.5)
+    assert "4.weight" in masks  # without exclude every weight is masked; with it, none that matches
+    from surgery.pruning import find_masks
+
+    assert set(find_masks(model, "random", 0.5, exclude=["4.*"])) == {"0.weight", "2.weight", "5.weight"}
+
+
+def test_dense_last_keeps_a_conv_classifier_dense_too():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Unflatten(1, (8, 1, 1)), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 3, 1))
+    assert list(prunable_for(model, dense_first=True, dense_last=True)) == ["2.weight"]
+
+
 @pytest.mark.parametrize(("budget", "message"), [
     (lambda: Budget(1.0), r"sparsity 1.0 is outside \[0, 1\)"),
     (lambda: Budget(-0.1), r"sparsity -0.1 is outside"),

@@ -1,6 +1,7 @@
 """The `surgery` command, driven through surgery.cli.main([...]) and once as the installed script."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import torch
 import yaml
 
 import surgery
-from surgery.cli import main
+from surgery.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
 from surgery.masks import load_masks, save_masks
 from surgery.models import build_model
 from surgery.pruning import random_masks
+from surgery.train.config import RunConfig
 
 NETS = textwrap.dedent(
     """
@@ -186,6 +188,12 @@ def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets, every_conv):
     assert report["convs_found"] == 2 and report["convs_covered"] == 1
 
 
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_leaf_is_repeatable_and_leaves_the_model_alone(command):
+    args = build_parser().parse_args([command, "--leaf", "gate", "--leaf", "Block", "cifar:resnet20"])
+    assert args.leaf == ["gate", "Block"] and args.model == "cifar:resnet20"
+
+
 def test_a_recipe_that_leaves_no_conv_to_wrap_says_which_option_brings_it_back(capsys, nets):
     code, out, err = run(capsys, "inspect", f"{nets}:gated", "--leaf", "gate", "--input-size", "16")
     assert code == 2 and out == "" and "Traceback" not in err
@@ -302,7 +310,44 @@ def test_export_loads_weights_strictly(capsys, nets, tmp_path):
     assert layers["head.weight"]["nonzeros"] == 0
 
     code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "-o", tmp_path / "x.onnx")
-    assert code == 2 and "do not fit TinyNet" in err
+    assert code == 2 and "do not fit TinyNet: 2 shapes differ, file vs model (head.weight (3, 8) vs (10, 8), " in err
+    assert len(err.strip().splitlines()) == 1  # one line, not the hundreds of keys torch lists
+
+
+def _sidecar_layers(path):
+    return {row["name"]: row for row in json.loads(Path(f"{path}.json").read_text())["layers"]}
+
+
+def test_export_weights_alone_store_mostly_zero_weights_sparse(capsys, nets, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model(f"{nets}:plain")
+    with torch.no_grad():
+        model.gate.weight.mul_(torch.rand_like(model.gate.weight) < 0.02)  # about 98% zeros, no mask file
+    weights = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(weights))
+    out_path = tmp_path / "w.onnx"
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "--input-size", 16, "-o", out_path)
+    assert code == 0, err
+    stored = {row["stored"] for name, row in _sidecar_layers(out_path).items() if row["sparsity"] >= 0.7}
+    assert stored == {"sparse"}
+    assert {row["stored"] for row in _sidecar_layers(out_path).values() if row["sparsity"] < 0.7} == {"dense"}
+
+
+def test_export_weights_from_a_training_checkpoint_or_a_mask_file(capsys, nets, tmp_path):
+    model = build_model(f"{nets}:plain")
+    x = torch.randn(2, 3, 16, 16)
+    ghosted = surgery.compile(model, x, {"masks": random_masks(model, 0.9, seed=2)})
+    checkpoint = tmp_path / "epoch0001-step000010.pt"
+    torch.save({"format": "tost-surgery-checkpoint", "epoch": 1, "model": ghosted.state_dict()}, checkpoint)
+    out_path = tmp_path / "c.onnx"
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", checkpoint, "--input-size", 16, "-o", out_path)
+    assert code == 0, err
+    assert _sidecar_layers(out_path)["head.weight"]["stored"] == "sparse"  # the checkpoint's masks, baked in
+
+    mask_file = save_masks(random_masks(model, 0.9), tmp_path / "m.safetensors")
+    code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", mask_file, "-o", tmp_path / "m.onnx")
+    assert code == 2 and f"'{mask_file}' is a mask file, not weights: pass it as --masks" in err
 
 
 # ------------------------------------------------------------- train / run / demo
@@ -321,7 +366,7 @@ def test_train_runs_the_whole_pipeline_and_reports(capsys, tmp_path):
         p.name for p in out_dir.iterdir()}
     saved = yaml.safe_load((out_dir / "config.yaml").read_text())
     assert saved["train"]["epochs"] == 2 and saved["label_smoothing"]["start"] == 0.1
-    assert saved["lr_schedule"]["milestones"] == []  # too short a run for the 50% / 75% decays: ghosts leave at 1
+    assert RunConfig.from_dict(saved).lr_plan().milestones == (1,)  # 50% and 75% of 2 epochs: both at epoch 1
 
 
 def test_run_takes_a_config_and_overrides(capsys, tmp_path):
@@ -387,6 +432,34 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
     assert code == 0 and f"demo is already complete: its results are in {tmp_path}" in out and "epoch" not in out
 
 
+# ------------------------------------------------------------- flags -> config
+
+CONFIG_COMMANDS = ("train", "run", "demo", "prune")
+NOT_CONFIG_FLAGS = {"help", "config", "overrides", "resume", "list", "output", "input_size", "allow_untrained"}
+
+
+def _subparsers():
+    import argparse
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_every_flag_of_a_config_command_maps_through_the_one_table(command):
+    mapped = {dest for dest, _, _ in FLAG_FIELDS}
+    assert {a.dest for a in _subparsers()[command]._actions} - mapped <= NOT_CONFIG_FLAGS
+
+
+def test_flags_become_typed_config_fields_and_set_overrides_win():
+    args = build_parser().parse_args(["train", "cifar:resnet20", "--epochs", "3", "--name", "on", "--device", "cpu",
+                                      "--no-progress", "--option", "rounds=2", "--set", "optimizer.lr=0.05"])
+    config = configured(RunConfig.from_dict({}), args)
+    assert config.name == "on" and config.train.device == "cpu" and config.train.progress is False
+    assert config.mask.options == {"rounds": 2} and config.optimizer.lr == 0.05
+    assert config.lr_plan().milestones == (1, 2)  # --epochs 3 decays at 50% and 75% of it
+    assert flag_fields(build_parser().parse_args(["run", "x.yaml"])) == {}  # nothing set: the config's values stand
+
+
 # ------------------------------------------------------------------ prune
 
 
@@ -406,7 +479,46 @@ def test_prune_writes_a_mask_file_with_metadata_and_a_layer_table(capsys, tmp_pa
     assert meta["method"] == "random" and meta["distribution"] == "erk" and meta["model"] == "cifar:resnet20"
     assert meta["seed"] == "3" and meta["version"] == surgery.__version__ and float(meta["target_sparsity"]) == 0.9
     assert abs(float(meta["sparsity"]) - 0.9) < 1e-4 and "fc.weight" not in masks
-    assert "layer1.0.conv1.weight" in out and "90.00%" in out
+    assert "layer1.0.conv1.weight" in out and "89.79%" in out  # of every prunable weight: fc.weight is dense
+    assert re.search(r"fc\.weight +│ 10x64 +│ +640 │ +640 │ +0\.0% │", out)  # the dense layer, at 0%
+
+
+def test_prune_defaults_are_what_its_help_says(capsys, tmp_path):
+    code, out, err = run(capsys, "prune", "-h")
+    assert "default random" in out
+    out_file = tmp_path / "m.safetensors"
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "-o", out_file)
+    assert code == 0, err
+    assert load_masks(out_file)[1]["method"] == "random"
+
+
+def test_prune_magnitude_scores_trained_weights_or_untrained_ones_on_request(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    model = build_model("cifar:resnet20")
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.arange(640.0).view(10, 64))
+    weights = tmp_path / "trained.safetensors"
+    save_file(model.state_dict(), str(weights))
+    out_file = tmp_path / "m.safetensors"
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "magnitude", "--sparsity", "0.5", "--weights", weights,
+                       "--scope", "layer", "-o", out_file)
+    assert code == 0, err
+    assert load_masks(out_file)[0]["fc.weight"].flatten().tolist() == [False] * 320 + [True] * 320  # the larger half
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--method", "magnitude", "--sparsity", "0.5",
+                       "--allow-untrained", "-o", out_file)
+    assert code == 0, err
+
+
+def test_prune_exclude_keeps_layers_dense_and_names_a_pattern_that_matches_nothing(capsys, tmp_path):
+    out_file = tmp_path / "m.safetensors"
+    code, out, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "--exclude", "layer3.*",
+                         "--exclude", "conv1.weight", "-o", out_file)
+    assert code == 0, err
+    masks, _ = load_masks(out_file)
+    assert not any(n.startswith("layer3.") for n in masks) and "conv1.weight" not in masks and "fc.weight" in masks
+    code, _, err = run(capsys, "prune", "cifar:resnet20", "--sparsity", "0.5", "--exclude", "layer9.*", "-o", out_file)
+    assert code == 2 and "exclude pattern 'layer9.*' matches no prunable weight" in err and "conv1.weight" in err
 
 
 def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
@@ -429,13 +541,29 @@ def test_prune_snip_on_data_then_train_on_the_mask(capsys, tmp_path):
         (["--method", "snipp", "--sparsity", "0.9"], "unknown mask method 'snipp'. Did you mean 'snip'"),
         (["--method", "imp", "--sparsity", "0.9", "--data", "synthetic", "--option", "rounds=2", "--option", "rate=0.2"],
          "short of the target 0.9"),
-        (["--sparsity", "0.9"], "needs MODEL, --method NAME and --sparsity S"),
+        (["--method", "snip"], "needs MODEL and --sparsity S"),
+        (["--method", "magnitude", "--sparsity", "0.5"], "scores trained weights, but no --weights were given"),
     ],
 )
 def test_prune_bad_input(capsys, tmp_path, flags, expected):
     code, _, err = run(capsys, "prune", "cifar:resnet20", *flags, "--image-size", "8", "-o", tmp_path / "m.safetensors",
                        "--out", tmp_path / "run", "--no-progress")
     assert code == 2 and expected in err and "Traceback" not in err, err
+
+
+def test_a_mask_file_must_cover_the_model_it_is_applied_to(capsys, tmp_path):
+    mask_file = tmp_path / "r20.safetensors"
+    assert run(capsys, "prune", "cifar:resnet20", "--method", "random", "--sparsity", "0.5", "--dense-last",
+               "-o", mask_file)[0] == 0
+    onnx_file = tmp_path / "m.onnx"
+    code, _, err = run(capsys, "export", "cifar:resnet32", "--masks", mask_file, "-o", onnx_file)
+    assert code == 2 and not onnx_file.exists()
+    assert "made for cifar:resnet20, not for cifar:resnet32" in err  # the metadata's model, named with the target
+    assert "12 of the model's 34 prunable weights have no mask: layer1.3.conv1.weight" in err and "--partial-masks" in err
+    code, _, err = run(capsys, "export", "cifar:resnet32", "--masks", mask_file, "--partial-masks", "-o", onnx_file)
+    assert code == 0 and onnx_file.exists(), err
+    code, _, err = run(capsys, "export", "cifar:resnet20", "--masks", mask_file, "-o", onnx_file)  # fc.weight: dense on purpose
+    assert code == 0 and "warning" not in err, err
 
 
 def test_a_mask_file_for_another_model_lists_what_differs(capsys, tmp_path):

@@ -183,6 +183,30 @@ def test_set_ghost_strength_sets_only_what_is_given():
     assert {b.item() for n, b in ghosted.named_buffers() if n.endswith("beta")} == {5.0}
 
 
+@pytest.mark.parametrize(("values", "message"), [
+    ({"alpha": float("nan")}, "alpha=nan must be a finite number >= 0"),
+    ({"beta": -1.0}, "beta=-1.0 must be a finite number >= 0"),
+    ({"alpha": float("inf")}, "alpha=inf"),
+    ({"beta": "5"}, "beta='5'"),
+])
+def test_set_ghost_strength_refuses_values_that_are_not_finite_and_non_negative(values, message):
+    _, ghosted, _ = compiled_small_cnn()
+    with pytest.raises(surgery.GhostError, match=message):
+        surgery.set_ghost_strength(ghosted, **values)
+    assert {b.item() for n, b in ghosted.named_buffers() if n.endswith("alpha")} == {1.0}  # nothing changed
+
+
+def test_set_ghost_strength_on_a_model_without_ghosts_is_an_error():
+    model = seeded(SmallCNN)
+    with pytest.raises(surgery.GhostError, match="SmallCNN holds no ghosts"):
+        surgery.set_ghost_strength(model, alpha=0.5)
+    from surgery.pruning import random_masks
+
+    masks_only = surgery.compile(model, torch.randn(2, 3, 8, 8), {"masks": random_masks(model, 0.5)})
+    with pytest.raises(surgery.GhostError, match="holds no ghosts"):
+        surgery.set_ghost_strength(masks_only, beta=2.0)
+
+
 def test_alpha_zero_with_skips_only_reproduces_the_model_exactly():
     model = seeded(SmallCNN).eval()
     x = torch.randn(2, 3, 8, 8)

@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize, prune
 import surgery
 from surgery.masks import (
     Mask,
+    dense_weights,
     load_masks,
     masked_parameters,
     masks_from_prune,
@@ -156,6 +157,35 @@ def test_mask_file_round_trip_with_metadata(tmp_path):
     assert float(metadata["sparsity"]) == pytest.approx(0.9, abs=0.01)
     ghosted = surgery.compile(model, X, {"masks": str(path)})
     assert all(torch.equal(masked_parameters(ghosted)[n], masks[n]) for n in masks)
+
+
+def test_a_mask_file_must_cover_every_prunable_weight_unless_partial(tmp_path):
+    model, masks = model_and_masks(0.5)
+    del masks["conv2.weight"], masks["fc.weight"]
+    path = save_masks(masks, tmp_path / "part.safetensors")
+    with pytest.raises(surgery.MaskError, match=r"(?s)2 of the model's 3 prunable weights have no mask: conv2.weight, "
+                                                r"fc.weight.*pass --partial-masks \(Python: partial=True\)"):
+        load_masks(path, model=model)
+    with pytest.raises(surgery.MaskError, match="have no mask"):
+        surgery.compile(model, X, {"masks": str(path)})
+    assert set(load_masks(path, model=model, partial=True)[0]) == {"conv1.weight"}
+    ghosted = surgery.compile(model, X, {"masks": {"source": str(path), "partial": True}})
+    assert set(masked_parameters(ghosted)) == {"conv1.weight"}
+
+
+def test_weights_a_mask_file_leaves_dense_on_purpose_are_covered(tmp_path):
+    model, masks = model_and_masks(0.5)
+    del masks["fc.weight"]
+    assert dense_weights(model, masks) == {"fc.weight": [5, 6]}
+    path = save_masks(masks, tmp_path / "dense-last.safetensors", dense=dense_weights(model, masks))
+    assert set(load_masks(path, model=model)[0]) == {"conv1.weight", "conv2.weight"}
+
+
+def test_a_mask_file_made_for_another_model_spec_warns_naming_both(tmp_path):
+    model, masks = model_and_masks(0.5)
+    path = save_masks(masks, tmp_path / "m.safetensors", model="cifar:resnet20")
+    with pytest.warns(UserWarning, match="made for cifar:resnet20, not for cifar:resnet32"):
+        load_masks(path, model=model, spec="cifar:resnet32")
 
 
 def test_missing_or_unreadable_mask_files_name_the_file(tmp_path):

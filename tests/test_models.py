@@ -96,6 +96,9 @@ def test_file_factory_without_num_classes_warns_and_ignores_it(model_file):
     [
         ("torchvision:resnet81", ["no classification model 'resnet81'", "Did you mean 'resnet18'"]),
         ("timm:resnt18", ["timm has no model 'resnt18'", "Did you mean 'resnet18'"]),
+        ("timm:resnet5", ["timm has no model 'resnet5'", "Did you mean 'resnet50'"]),
+        ("timm:notamodel", ["timm has no model 'notamodel'", "timm.list_models('*pattern*')"]),
+        ("timm:resnet18.a1_in1kk", ["resnet18 has no pretrained tag 'a1_in1kk'", "Did you mean 'a1_in1k'"]),
         ("resnet18", ["not one of the accepted forms", "'torchvision:resnet18' or 'timm:resnet18'"]),
         ("tochvision:resnet18", ["unknown source 'tochvision'", "Did you mean 'torchvision'", "file.py:factory"]),
         ("torchvision:", ["names no model"]),

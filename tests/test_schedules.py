@@ -7,7 +7,7 @@ import math
 import pytest
 
 from surgery.errors import ConfigError
-from surgery.schedules import Clock, GhostPlan, LRSchedule, Schedule, SmoothingPlan
+from surgery.schedules import Clock, GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 
 def test_linear_is_the_pipeline_papers_formula():
@@ -88,6 +88,22 @@ def test_learning_rate_factors():
         LRSchedule("cosinus")
     with pytest.raises(ConfigError, match="never apply"):
         LRSchedule("step", (90, 200)).check(180)
+
+
+@pytest.mark.parametrize("epochs", range(2, 40))
+def test_every_run_of_two_or_more_epochs_decays_at_half_and_three_quarters(epochs):
+    milestones = scaled_milestones(epochs)
+    assert milestones and all(0 < m < epochs for m in milestones)
+    assert milestones == sorted({epochs // 2, epochs * 3 // 4})
+    LRSchedule("step", tuple(milestones)).check(epochs)  # the rule satisfies its own check
+
+
+def test_a_one_epoch_run_has_no_decay_and_the_suggested_milestones_keep_the_rule():
+    assert scaled_milestones(1) == [] and scaled_milestones(180) == [90, 135] and scaled_milestones(3) == [1, 2]
+    with pytest.raises(ConfigError, match=r"at 50% and 75% of the run \(\[1\]\)"):
+        LRSchedule("step", (1, 2)).check(2)
+    with pytest.raises(ConfigError, match="a 1-epoch run has no decay"):
+        LRSchedule("step", (1,)).check(1)
 
 
 def test_label_smoothing_decays_over_its_own_span_then_holds():

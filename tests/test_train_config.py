@@ -11,7 +11,7 @@ from surgery.train.config import RunConfig, config_differences
 def test_defaults_are_tosts():
     c = RunConfig()
     assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum, c.optimizer.weight_decay) == ("sgd", 0.1, 0.9, 2e-4)
-    assert (c.data.batch_size, c.train.epochs, c.lr_schedule.milestones, c.lr_schedule.gamma) == (128, 180, [90, 135], 0.1)
+    assert (c.data.batch_size, c.train.epochs, c.lr_plan().milestones, c.lr_schedule.gamma) == (128, 180, (90, 135), 0.1)
     assert c.ghost_plan().removal_epoch(c.lr_plan(), c.train.epochs) == 90
 
 
@@ -65,6 +65,7 @@ def test_recipe_by_name_or_file(tmp_path):
         ({"lr_schedule": {"kind": "poly"}}, "unknown learning-rate schedule 'poly'"),
         ({"ghosts": {"alpha": {"kind": "exp"}}}, "unknown schedule kind 'exp'"),
         ({"ghosts": {"remove_at": 500}}, "after the run ends"),
+        ({"ghosts": {"beta": {"start": 1, "end": -2}}}, "ghosts.beta runs from 1 to -2; it must stay >= 0"),
         ({"train": {"epochs": 0}}, "at least 1 epoch"),
         ({"train": {"amp": "fp8"}}, "unknown train.amp"),
         ({"mask": {"sparsity": 1.0}}, "outside \\[0, 1\\)"),
@@ -75,6 +76,37 @@ def test_recipe_by_name_or_file(tmp_path):
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(("epochs", "milestones"), [(1, ()), (2, (1,)), (3, (1, 2)), (10, (5, 7)), (180, (90, 135))])
+def test_milestones_left_out_follow_the_epochs(epochs, milestones):
+    assert RunConfig().with_overrides([f"train.epochs={epochs}"]).lr_plan().milestones == milestones
+
+
+def test_every_problem_of_a_config_in_one_message():
+    data = {"trian": {"epochs": 3}, "optimizer": {"nme": "sgd"}, "train": {"epoch": 3}, "mask": {"methd": "snip"}}
+    with pytest.raises(ConfigError, match="the config has 4 problems") as error:
+        RunConfig.from_dict(data)
+    text = str(error.value)
+    for hint in ("'trian'. Did you mean 'train'", "'nme'. Did you mean 'name'", "'epoch'. Did you mean 'epochs'",
+                 "'methd'. Did you mean 'method'"):
+        assert hint in text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=three", "train.epochs must be an integer, got 'three'"),
+        ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
+        ("optimizer.lr=fast", "optimizer.lr must be a number, got 'fast'"),
+        ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
+        ("mask.prunable=conv", "mask.prunable must be a list, got 'conv'"),
+        ("mask.options=3", "mask.options must be a mapping, got 3"),
+    ],
+)
+def test_type_errors_name_the_type_expected(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        RunConfig().with_overrides([override])
 
 
 def test_overrides():

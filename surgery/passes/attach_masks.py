@@ -3,7 +3,9 @@
 Masks come from a ``{param_name: tensor}`` dict, a safetensors mask file, a
 ``torch.save``-d state_dict whose zeros mark pruned weights, or from the model itself:
 ``from_prune`` (``torch.nn.utils.prune``'s ``weight_mask`` buffers) or ``from_zeros``
-(its weights' exact zeros). Weights the masks do not name stay dense.
+(its weights' exact zeros). Weights the masks do not name stay dense, except that a
+mask file must cover every prunable weight (or say it leaves it dense) unless
+``partial: true``: a file made for another model is refused, not half applied.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ SOURCES_FROM_MODEL = ("from_prune", "from_zeros")
 class MaskOptions:
     source: Any = None  # {param: tensor} | "mask.safetensors" | "state_dict.pt" | "from_prune" | "from_zeros"
     prunable: tuple[str, ...] = ("conv", "linear")
+    partial: bool = False  # a mask file may leave prunable weights without a mask (they stay dense)
 
     def __post_init__(self):
         if self.source is None:
@@ -84,7 +87,7 @@ def _resolve(gm: fx.GraphModule, options: MaskOptions) -> Mapping[str, torch.Ten
 
 def _from_file(gm: fx.GraphModule, path: Path, options: MaskOptions) -> Mapping[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_masks(path)[0]
+        return load_masks(path, model=gm, partial=options.partial, kinds=options.prunable)[0]
     if path.suffix in (".pt", ".pth"):
         if not path.is_file():
             raise MaskError(f"state_dict file '{path}' does not exist.")

@@ -15,12 +15,14 @@ one misses the overall target by less than one weight. Ties are broken by positi
 (``torch.topk`` on CPU is deterministic), so a finder is deterministic under its seed.
 
 ``prunable_for(model, ...)`` picks the weights to mask: conv and linear weights by
-default, optionally leaving the first conv and / or the last linear dense (they hold
-few parameters and matter most; many papers keep them dense).
+default, optionally leaving the first and / or the last prunable layer dense (they hold
+few parameters and matter most; many papers keep them dense) and any weight an
+``exclude`` pattern matches (fnmatch over parameter names, e.g. ``layer4.*``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -28,7 +30,6 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError, did_you_mean
-from surgery.layers import layer_kind
 from surgery.masks import prunable_weights
 
 SCOPES = ("global", "layer")
@@ -73,24 +74,41 @@ def prunable_for(
     *,
     dense_first: bool = False,
     dense_last: bool = False,
+    exclude: Iterable[str] = (),
 ) -> dict[str, nn.Parameter]:
-    """The weights to mask, in module order; ``dense_first`` / ``dense_last`` leave out the first
-    conv weight and the last linear weight (by module registration order: the stem and the head)."""
+    """The weights to mask, in module order; ``dense_first`` / ``dense_last`` leave out the first and
+    the last prunable weight (by module registration order: the stem and the head), whatever their
+    type (a Conv2d classifier is the last layer as much as a Linear one); ``exclude`` leaves out every
+    weight whose name matches one of its fnmatch patterns (Torch-Pruning's ``ignored_layers``)."""
     weights = prunable_weights(model, prunable)
-    kinds = _weight_kinds(model)
-    if dense_first:
-        first = next((n for n in weights if kinds.get(n) == "conv"), None)
-        weights.pop(first, None)
-    if dense_last:
-        last = next((n for n in reversed(weights) if kinds.get(n) == "linear"), None)
-        weights.pop(last, None)
+    names = list(weights)
+    for keep, name in ((dense_first, names[:1]), (dense_last, names[-1:])):
+        if keep and name:
+            weights.pop(name[0], None)
+    for name in excluded(names, exclude):
+        weights.pop(name, None)
     if not weights:
         raise MaskError(
             f"{type(model).__name__} has no weight to prune with prunable={list(prunable)}"
-            + (" once the first conv / last linear stay dense" if dense_first or dense_last else "")
-            + "; widen prunable (e.g. [conv, linear] or [all])."
+            + (" once the layers kept dense are left out" if dense_first or dense_last or exclude else "")
+            + "; widen prunable (e.g. [conv, linear] or [all]) or keep fewer layers dense."
         )
     return weights
+
+
+def excluded(names: list[str], patterns: Iterable[str]) -> list[str]:
+    """The names some pattern matches (fnmatch, case-sensitive); a pattern that matches none is an error."""
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise MaskError(
+                f"exclude pattern '{pattern}' matches no prunable weight; patterns match parameter names with "
+                f"shell wildcards, e.g. '{names[-1] if names else 'fc.weight'}' or 'layer1.*'. Prunable weights: "
+                + ", ".join(names[:6]) + (f" ... ({len(names)} in all)" if len(names) > 6 else "") + "."
+            )
+        matched += hits
+    return matched
 
 
 def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
@@ -107,15 +125,6 @@ def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor
         else:
             out[name] = getattr(module, attr)
     return out
-
-
-def _weight_kinds(model: nn.Module) -> dict[str, str]:
-    kinds = {}
-    for name, module in model.named_modules():
-        kind = layer_kind(module)
-        if kind:
-            kinds[f"{name}.weight" if name else "weight"] = kind
-    return kinds
 
 
 # ------------------------------------------------------------------ budgets

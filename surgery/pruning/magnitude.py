@@ -18,7 +18,7 @@ from surgery.pruning.budget import Budget, masks_from_scores, weights_of
 from surgery.pruning.registry import METHODS, register
 
 
-@register("magnitude", scope="global", about="one-shot magnitude pruning (OMP) of trained weights")
+@register("magnitude", scope="global", trained=True, about="one-shot magnitude pruning (OMP) of trained weights")
 def find_magnitude(
     model: nn.Module, names: list[str], budget: Budget, *, batches: Any = None, seed: int = 0, **options: Any
 ) -> dict[str, torch.Tensor]:

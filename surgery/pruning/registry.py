@@ -5,7 +5,8 @@ A finder is a function ``find(model, names, budget, *, batches, seed, **options)
 many each keeps, ``batches`` is a list of ``(inputs, targets)`` for data-dependent methods
 (``None`` otherwise). It never modifies ``model`` (it scores a copy) and returns
 ``{name: bool tensor}`` on the CPU. ``register`` adds one to ``METHODS``; each lives in
-its own file under ``surgery/pruning/``.
+its own file under ``surgery/pruning/``. A method marked ``trained`` (magnitude) scores
+trained weights: ``surgery prune`` refuses it without ``--weights`` (or ``--allow-untrained``).
 
 Methods that train have a ``stage``: ``during`` (GMP, RigL, ASNI, OptG: the mask changes
 while the model trains; ``find`` builds a ``surgery.hooks.TrainingHook``) or
@@ -37,6 +38,7 @@ class Method:
     scope: str  # the default budget scope: what the method's paper does
     about: str
     distribution: str = "uniform"  # the default layer budgets (RigL: erk)
+    trained: bool = False  # scores trained weights: on a random initialization its mask means nothing
 
     @property
     def training(self) -> bool:
@@ -59,12 +61,12 @@ STAGES = ("oneshot", "during", "before")
 
 
 def register(name: str, *, data: bool = False, stage: str = "oneshot", scope: str = "layer", about: str = "",
-             distribution: str = "uniform"):
+             distribution: str = "uniform", trained: bool = False):
     """Decorator: ``@register("snip", data=True, scope="global", about="...")``."""
     assert stage in STAGES, stage
 
     def add(find: Finder) -> Finder:
-        METHODS[name] = Method(name, find, data, stage, scope, about, distribution)
+        METHODS[name] = Method(name, find, data, stage, scope, about, distribution, trained)
         return find
 
     return add
@@ -90,6 +92,7 @@ def find_masks(
     prunable: Iterable[str] = ("conv", "linear"),
     dense_first: bool = False,
     dense_last: bool = False,
+    exclude: Iterable[str] = (),
     seed: int = 0,
     **options,
 ) -> dict[str, torch.Tensor]:
@@ -106,7 +109,7 @@ def find_masks(
             f"mask method '{name}' scores weights with gradients on real data: pass batches=[(inputs, targets), ...] "
             "(CLI: --data DATASET)."
         )
-    names = list(prunable_for(model, prunable, dense_first=dense_first, dense_last=dense_last))
+    names = list(prunable_for(model, prunable, dense_first=dense_first, dense_last=dense_last, exclude=exclude))
     return found.find(model, names, budget, batches=batches, seed=seed, **options)
 
 

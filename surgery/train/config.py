@@ -3,18 +3,20 @@
     name: tost-resnet20-digits
     model:        {spec: cifar:resnet20}
     data:         {dataset: digits, batch_size: 128, val_split: 0.0}
-    mask:         {method: random, sparsity: 0.9}          # or {file: mask.safetensors}
+    mask:         {method: random, sparsity: 0.9}          # or {file: mask.safetensors}; exclude: [fc.*]
     recipe:       {ghost_skip: {projection: conv1x1}, soft_activation: {kind: pswish}}
     optimizer:    {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 2e-4}
-    lr_schedule:  {kind: step, milestones: [90, 135], gamma: 0.1}
+    lr_schedule:  {kind: step, gamma: 0.1}                  # milestones: default 50% / 75% of train.epochs
     ghosts:       {alpha: {kind: linear, start: 1, end: 0}, beta: {...}, per: step, remove_at: first_decay}
     label_smoothing: {kind: linear, start: 0.1, end: 0.0}
     train:        {epochs: 180, device: auto, amp: auto}
 
-Unknown sections or fields are ``ConfigError``s naming them (with close matches);
-``--set train.epochs=3`` style overrides go through ``with_overrides``. The defaults
-are ToST's: SGD momentum 0.9, weight decay 2e-4, lr 0.1, batch 128, 180 epochs,
-decay x0.1 at 90 and 135.
+Every problem of a config (unknown sections or fields, with close matches; values of the
+wrong type, naming the type expected; values out of range) is reported in one
+``ConfigError`` listing them all. ``with_fields`` sets fields by dotted name (what the
+CLI's flags map to), ``with_overrides`` does the same from ``--set train.epochs=3`` text.
+The defaults are ToST's: SGD momentum 0.9, weight decay 2e-4, lr 0.1, batch 128, 180
+epochs, decay x0.1 at 50% and 75% of the run (90 and 135).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from surgery.errors import ConfigError, did_you_mean
+from surgery.errors import ConfigError, SurgeryError, did_you_mean
 from surgery.recipe import TOST_RECIPE, Recipe
-from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan
+from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -65,11 +67,13 @@ class MaskConfig:
     method: str = "random"  # a mask finder (surgery prune --list); or give `file`
     sparsity: float = 0.9
     file: str | None = None
+    partial: bool = False  # the file may leave prunable weights without a mask (else it must cover them all)
     prunable: list[str] = field(default_factory=lambda: ["conv", "linear"])
     scope: str | None = None  # global | layer; None: the method's own (its paper's)
     distribution: str | None = None  # layer budgets: uniform | erk; None: the method's own (RigL: erk)
-    dense_first: bool = False  # keep the first conv dense
-    dense_last: bool = False  # keep the last linear dense
+    dense_first: bool = False  # keep the first prunable layer dense (the stem)
+    dense_last: bool = False  # keep the last prunable layer dense (the head, conv or linear)
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns of weights kept dense, e.g. ["layer4.*"]
     batches: int = 1  # training batches a data-dependent method (SNIP, GraSP) scores on
     epochs: int | None = None  # epochs of each training round of IMP / learned masks (None: train.epochs)
     options: dict[str, Any] = field(default_factory=dict)  # the method's own (IMP rounds, RigL every, ...)
@@ -96,7 +100,7 @@ class OptimizerConfig:
 @dataclass
 class LRScheduleConfig:
     kind: str = "step"
-    milestones: list[int] = field(default_factory=lambda: [90, 135])
+    milestones: list[int] | None = None  # None: 50% and 75% of train.epochs (schedules.scaled_milestones)
     gamma: float = 0.1
     warmup_epochs: int = 0
     delta: float | None = None
@@ -192,12 +196,20 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, base: Path | None = None) -> RunConfig:
         """A validated config; a missing ``recipe`` is ToST (what ``surgery train`` trains), and a recipe
-        given by name (``tost``, ``none``) or as a recipe YAML path (relative to ``base``) becomes its passes."""
+        given by name (``tost``, ``none``) or as a recipe YAML path (relative to ``base``) becomes its passes.
+        Raises one ``ConfigError`` listing every problem found."""
         data = dict(data or {})
+        problems: list[str] = []
         if "recipe" in data:
-            data["recipe"] = recipe_section(data["recipe"], base)
-        config = _build(cls, data, "")
-        config.validate()
+            try:
+                data["recipe"] = recipe_section(data["recipe"], base)
+            except ConfigError as error:
+                problems.append(str(error))
+                del data["recipe"]
+        config = _build(cls, data, "", problems)
+        problems += config.problems()
+        if problems:
+            raise ConfigError(listed(problems))
         return config
 
     @classmethod
@@ -236,12 +248,14 @@ class RunConfig:
 
     def with_overrides(self, overrides: Sequence[str]) -> RunConfig:
         """A copy with ``section.field=value`` overrides applied (values parsed as YAML)."""
+        return self.with_fields(parse_overrides(overrides))
+
+    def with_fields(self, fields: Mapping[str, Any]) -> RunConfig:
+        """A copy with fields set by dotted name, e.g. ``{"train.epochs": 3}``; unknown names are
+        reported with the config's other problems."""
         data = self.to_dict()
-        for item in overrides:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override '{item}' is not of the form section.field=value, e.g. train.epochs=3.")
-            _set_dotted(data, key.strip(), yaml.safe_load(text))
+        for key, value in fields.items():
+            _set_dotted(data, key, value)
         return RunConfig.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,7 +278,8 @@ class RunConfig:
 
     def lr_plan(self) -> LRSchedule:
         s = self.lr_schedule
-        return LRSchedule(s.kind, tuple(int(m) for m in s.milestones), float(s.gamma), int(s.warmup_epochs), s.delta)
+        milestones = scaled_milestones(self.train.epochs) if s.milestones is None else s.milestones
+        return LRSchedule(s.kind, tuple(int(m) for m in milestones), float(s.gamma), int(s.warmup_epochs), s.delta)
 
     def ghost_plan(self) -> GhostPlan:
         g = self.ghosts
@@ -283,49 +298,97 @@ class RunConfig:
         return SmoothingPlan(Schedule(s.kind, float(s.start), float(end), int(s.steps)), s.epochs, s.per)
 
     def validate(self) -> None:
-        """Everything that can be checked before any model is built."""
-        epochs = self.train.epochs
-        if epochs < 1:
-            raise ConfigError(f"train.epochs is {epochs}; train for at least 1 epoch.")
-        if self.optimizer.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"unknown optimizer '{self.optimizer.name}'." + did_you_mean(self.optimizer.name, OPTIMIZERS)
-                + f" Known: {list(OPTIMIZERS)}."
-            )
-        if self.train.select not in SELECTIONS:
-            raise ConfigError(f"unknown train.select '{self.train.select}'." + did_you_mean(self.train.select, SELECTIONS)
-                              + f" Known: {list(SELECTIONS)}.")
+        """Raise one ``ConfigError`` listing every problem ``problems()`` finds."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(listed(problems))
+
+    def problems(self) -> list[str]:
+        """Everything wrong that can be seen before any model is built, one message per problem."""
+        found = [message for check in self._checks() if (message := _problem(check))]
+        return list(dict.fromkeys(found))  # a schedule's problem shows once, not once per check that reads it
+
+    def _checks(self):
+        """Each check raises a ``SurgeryError`` for one problem; later checks assume nothing of earlier ones."""
+        yield self._check_epochs
+        yield lambda: _check_choice("optimizer", self.optimizer.name, OPTIMIZERS)
+        yield lambda: _check_choice("train.select", self.train.select, SELECTIONS)
+        yield self._check_selection
+        yield lambda: _check_choice("train.amp", self.train.amp, AMP_MODES)
+        yield self._check_numbers
+        yield self._check_mask
+        yield self._check_lrsi
+        yield self.lr_plan
+        yield self.ghost_plan
+        yield self._check_schedules
+        yield self.smoothing_plan
+        yield self._check_distill
+
+    def _check_epochs(self) -> None:
+        if self.train.epochs < 1:
+            raise ConfigError(f"train.epochs is {self.train.epochs}; train for at least 1 epoch.")
+
+    def _check_selection(self) -> None:
         if self.train.select == "best_val" and not self.data.val_split:
             raise ConfigError("train.select: best_val picks the epoch with the best validation accuracy, but there is no "
                               "validation split: set data.val_split (e.g. 0.1 holds out 5,000 of CIFAR-10's 50,000).")
-        if self.train.amp not in AMP_MODES:
-            raise ConfigError(f"unknown train.amp '{self.train.amp}'." + did_you_mean(self.train.amp, AMP_MODES) + f" Known: {list(AMP_MODES)}.")
+
+    def _check_numbers(self) -> None:
         if self.optimizer.lr <= 0:
             raise ConfigError(f"optimizer.lr is {self.optimizer.lr}; it must be > 0 (ToST uses 0.1).")
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
         if self.train.checkpoint_every < 0 or self.train.log_every < 1 or self.train.eval_every < 1:
             raise ConfigError("train.checkpoint_every must be >= 0 (0: only at the end), log_every and eval_every >= 1.")
+
+    def _check_mask(self) -> None:
         if self.mask.file is None and not 0.0 <= self.mask.sparsity < 1.0:
             raise ConfigError(f"mask.sparsity {self.mask.sparsity} is outside [0, 1): give the fraction to prune, e.g. 0.9.")
         if self.mask.batches < 1:
             raise ConfigError(f"mask.batches is {self.mask.batches}; score on at least 1 batch.")
+        if self.init.centroids and not self.mask.file:
+            raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
+
+    def _check_lrsi(self) -> None:
         if self.lrsi.enabled:
             from surgery.init.lrsi import check_options
 
             lrsi = self.lrsi
             check_options(self.lrsi_eta(), lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound, lrsi.min_scale,
                           prefix="lrsi.")
-        if self.init.centroids and not self.mask.file:
-            raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
+
+    def _check_schedules(self) -> None:
+        epochs = max(self.train.epochs, 1)
         lr = self.lr_plan()
         lr.check(epochs)
         plan = self.ghost_plan()
-        if self.recipe_object().passes and any(n in ("ghost_skip", "soft_activation") for n, _ in self.recipe_object().passes):
+        if any(n in ("ghost_skip", "soft_activation") for n, _ in self.recipe_object().passes):
             plan.removal_epoch(lr, epochs)
-        self.smoothing_plan()
+
+    def _check_distill(self) -> None:
         if self.distill.teacher is not None and self.distill.temperature <= 0:
             raise ConfigError(f"distill.temperature {self.distill.temperature} must be > 0 (Hinton et al. use 1-20, often 4).")
+
+
+def _check_choice(field_name: str, value: str, known: Sequence[str]) -> None:
+    if value not in known:
+        raise ConfigError(f"unknown {field_name} '{value}'." + did_you_mean(str(value), known) + f" Known: {list(known)}.")
+
+
+def _problem(check) -> str | None:
+    """The message of the problem ``check()`` raises, or None."""
+    try:
+        check()
+    except SurgeryError as error:
+        return str(error)
+    return None
+
+
+def listed(problems: Sequence[str]) -> str:
+    """One problem as itself; several as a count and a list, so one run shows them all."""
+    if len(problems) == 1:
+        return problems[0]
+    return f"the config has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}
@@ -374,47 +437,64 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
 # ------------------------------------------------------------------ generic dataclass building
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", list: "a list",
+              dict: "a mapping"}
+
+
+def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
+    """``cls`` from ``data``; each unknown field or bad value is added to ``problems`` and left at its default."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config section '{where or 'top level'}' must be a mapping, not {data!r}.")
+        problems.append(f"config section '{where or 'top level'}' must be a mapping, not {data!r}.")
+        return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
         if key not in names:
             place = f"section '{where}'" if where else "the config"
-            raise ConfigError(f"{place} has no field '{key}'." + did_you_mean(str(key), names) + f" Fields: {names}.")
-        values[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+            problems.append(f"{place} has no field '{key}'." + did_you_mean(str(key), names) + f" Fields: {names}.")
+        elif dataclasses.is_dataclass(hints[key]):
+            values[key] = _build(hints[key], value, dotted, problems)
+        else:
+            try:
+                values[key] = _coerce(hints[key], value, dotted)
+            except ConfigError as error:
+                problems.append(str(error))
     return cls(**values)
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    optional = _is_optional(hint)
+    """``value`` as the field's type (YAML reads 2e-4 as text, 3.0 may mean 3); a ConfigError naming the type."""
     if value is None:
-        if optional or hint is Any:
+        if _is_optional(hint) or hint is Any:
             return None
         raise ConfigError(f"{where} cannot be empty; give a value (see examples/configs/).")
     base = _non_none(hint)
-    try:
-        if base is float:
-            return float(value)  # YAML reads 2e-4 as a string
-        if base is int and not isinstance(value, bool):
-            if float(value) != int(float(value)):
-                raise ValueError(f"{value} is not a whole number")
-            return int(float(value))
-        if base is bool and not isinstance(value, bool):
-            raise ValueError(f"{value!r} is not true or false")
-        if base is str and not isinstance(value, str):
-            raise ValueError(f"{value!r} is not text")
-        if typing.get_origin(base) is list and not isinstance(value, list):
-            raise ValueError(f"{value!r} is not a list")
-        if typing.get_origin(base) is dict and not isinstance(value, Mapping):
-            raise ValueError(f"{value!r} is not a mapping")
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}.") from error
-    return dict(value) if isinstance(value, Mapping) else value
+    kind = typing.get_origin(base) or base
+    if kind not in TYPE_NAMES:
+        return value  # Any, or a union such as str | bool: the field's own check reads it
+    converted = _converted(kind, value)
+    if converted is None:
+        raise ConfigError(f"{where} must be {TYPE_NAMES[kind]}, got {value!r}.")
+    return converted
+
+
+def _converted(kind: type, value: Any) -> Any:
+    """``value`` as ``kind``, or None when it is not one."""
+    if kind is bool or isinstance(value, bool):
+        return value if kind is bool and isinstance(value, bool) else None
+    if kind in (int, float):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        if kind is float:
+            return number
+        return int(number) if number.is_integer() else None
+    if kind is dict:
+        return dict(value) if isinstance(value, Mapping) else None
+    return value if isinstance(value, kind) else None
 
 
 def _is_optional(hint: Any) -> bool:
@@ -428,16 +508,26 @@ def _non_none(hint: Any) -> Any:
     return hint
 
 
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=3", ...]`` as ``{"train.epochs": 3}`` (values parsed as YAML)."""
+    fields = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form section.field=value, e.g. train.epochs=3.")
+        try:
+            fields[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({error}).") from error
+    return fields
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
+    """Set ``a.b.c`` in nested mappings, making missing levels; ``_build`` reports names the config lacks."""
+    *sections, name = key.split(".")
     node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            if part not in node and not (i == 0 and part == "recipe"):
-                raise ConfigError(f"override '{key}': the config has no section '{'.'.join(parts[: i + 1])}'." + did_you_mean(part, node))
-            child = node[part] = {} if child is None else child
-        node = child
-    if parts[-1] not in node and parts[0] != "recipe":
-        raise ConfigError(f"override '{key}': no field '{parts[-1]}'." + did_you_mean(parts[-1], node) + f" Fields: {list(node)}.")
-    node[parts[-1]] = value
+    for part in sections:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[name] = value

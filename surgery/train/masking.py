@@ -50,19 +50,19 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
                dist: Distributed, console: Console, resume: bool | str | Path = False) -> MaskPlan:
     m = config.mask
     if m.file:
-        masks, metadata = load_masks(m.file, model=model)
+        masks, metadata = load_masks(m.file, model=model, partial=m.partial, spec=config.model.spec, kinds=m.prunable)
         return MaskPlan(masks, metadata=metadata)
     if m.method == DENSE or m.sparsity == 0:
         return MaskPlan(None)
     found = method(m.method)
-    names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last))
+    names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude))
     budget = Budget(m.sparsity, m.scope or found.scope, m.distribution or found.distribution)
     options = dict(m.options)
     if found.stage == "oneshot":
         batches = training_batches(train_loader, m.batches) if found.data else None
         masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
                            distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
-                           dense_last=m.dense_last, seed=config.train.seed, **options)
+                           dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed, **options)
         return MaskPlan(masks)
     if found.stage == "during":
         hook = found.find(model, names, budget, **options)
@@ -126,8 +126,9 @@ def round_config(config: RunConfig) -> RunConfig:
     data["label_smoothing"] = {"kind": "constant", "start": 0.0}
     data["distill"] = {**data["distill"], "teacher": None}
     data["train"] = {**data["train"], "epochs": epochs}
-    data["lr_schedule"] = {**data["lr_schedule"],
-                           "milestones": sorted({m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})}
+    if config.lr_schedule.milestones is not None:  # None already follows the epochs
+        data["lr_schedule"] = {**data["lr_schedule"], "milestones": sorted(
+            {m2 for m in config.lr_schedule.milestones if 0 < (m2 := round(m * scale)) < epochs})}
     return RunConfig.from_dict(data)
 
 

@@ -35,6 +35,7 @@ from surgery.ghosts import ghosts
 from surgery.interrupt import Interrupted, signal_name
 from surgery.masks import (
     bake_masks,
+    dense_weights,
     masked_parameters,
     prunable_weights,
     save_masks,
@@ -377,7 +378,8 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         return result
     if final_masks:
         save_masks(final_masks, files.masks, method=config.mask.method, model=config.model.spec,
-                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True, **(mask_metadata or {}))
+                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True,
+                   dense=dense_weights(original, final_masks), **(mask_metadata or {}))
     _save_weights(model, files.weights)
     if kept_ghosts:
         record.update(verification=verification_skipped(
