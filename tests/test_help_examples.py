@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery.cli import build_parser
+from surgery.cli import build_parser, configured
 from surgery.models import build_model
 from surgery.pruning.registry import method
 from surgery.train.config import RunConfig
@@ -51,8 +51,8 @@ def test_help_example_is_valid(command, line):
         method(args.method)
     if getattr(args, "config", None):
         assert (ROOT / args.config).is_file(), f"{line}: {args.config} does not exist"
-        RunConfig.from_yaml(ROOT / args.config).with_overrides(args.overrides)
-    elif getattr(args, "overrides", None) and args.command == "demo":
+        configured(RunConfig.from_yaml(ROOT / args.config), args)
+    elif args.command == "demo":
         from surgery import demo
 
-        demo.demo_config(Path("unused")).with_overrides(args.overrides)
+        configured(demo.demo_config(), args)

@@ -175,6 +175,29 @@ def test_resume_of_a_completed_run_says_so_and_force_verifies_and_exports_again(
     assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())
 
 
+def test_resume_with_another_config_is_refused_before_anything_is_rewritten(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    files = RunFiles(out_dir)
+    code, _, err = cli(capsys, *TINY_TRAIN, "--out", out_dir)
+    assert code == 0, err
+    recorded, config = files.result.read_text(), files.config.read_text()
+
+    code, _, err = cli(capsys, *TINY_TRAIN, "--out", out_dir, "--resume", "--set", "optimizer.lr=0.05")
+    assert code == 2 and "the config differs" in err and "optimizer.lr" in err
+    assert files.result.read_text() == recorded and files.config.read_text() == config
+
+
+def test_a_runs_mask_files_name_the_layers_they_leave_dense(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    files = RunFiles(out_dir)
+    code, _, err = cli(capsys, *TINY_TRAIN, "--dense-last", "--out", out_dir)
+    assert code == 0, err
+    # the mask the run wrote applies to the same model again without --partial-masks
+    code, _, err = cli(capsys, "export", "cifar:resnet20", "--masks", files.masks, "--input-size", "8",
+                       "-o", tmp_path / "again.onnx")
+    assert code == 0, err
+
+
 def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
     out_dir = tmp_path / "imp"
     code, _, err = cli(capsys, "prune", "cifar:resnet20", "--method", "imp", "--sparsity", "0.75", "--option",

@@ -93,3 +93,14 @@ def test_sigint_before_training_ends_at_once_with_one_line(tmp_path):
     assert process.returncode == 128 + signal.SIGINT
     assert lines == ["surgery run: stopped by SIGINT before training started; nothing to resume."]
     assert not checkpoints(run_dir)
+
+
+def test_a_signal_while_the_command_starts_is_one_line(tmp_path):
+    """Ctrl-C while `surgery` still imports torch: the console script's launcher answers it."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        process = subprocess.Popen([sys.executable, "-m", "surgery_launch", "inspect", "cifar:resnet20"], env=ENV,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # past the interpreter's own start-up; within or after the import of torch, both are one line
+        process.send_signal(sig)
+        lines = ended(process)
+        assert process.returncode == 128 + sig and len(lines) == 1 and signal.Signals(sig).name in lines[0], lines

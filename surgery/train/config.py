@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from surgery.errors import ConfigError, SurgeryError, did_you_mean
+from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
 from surgery.recipe import TOST_RECIPE, Recipe
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
@@ -432,6 +432,17 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
         elif a != b:
             out.append(f"{dotted}: {a!r} in the checkpoint, {b!r} now")
     return out
+
+
+def check_resumable(saved: Mapping[str, Any], current: RunConfig, source: Path) -> None:
+    """Refuse to resume ``source`` (a checkpoint, or the run directory's config.yaml) with another config."""
+    differences = config_differences(saved, current.to_dict())
+    if differences:
+        raise CheckpointError(
+            f"cannot resume from {source}: the config differs from the one it was trained with:\n  - "
+            + "\n  - ".join(differences)
+            + "\nResume with the original config (the run directory's config.yaml), or start a new run."
+        )
 
 
 # ------------------------------------------------------------------ generic dataclass building

@@ -26,7 +26,7 @@ from torch import nn
 
 import surgery
 from surgery.hooks import TrainingHook
-from surgery.masks import load_masks, overall_sparsity, save_masks
+from surgery.masks import dense_weights, load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.random import find_random
@@ -70,7 +70,7 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     runner = RoundRunner(config, train_loader, eval_loaders, dist, console, resume)
     result = found.find(model, names, budget, train=runner, seed=config.train.seed, **options)
     if dist.is_main:
-        write_rounds(config, result.rounds)
+        write_rounds(config, result.rounds, model)
     rounds = [{key: value for key, value in row.items() if key != "mask"} for row in result.rounds]
     return MaskPlan(result.masks, weights=result.weights, rounds=rounds)
 
@@ -132,7 +132,7 @@ def round_config(config: RunConfig) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
-def write_rounds(config: RunConfig, rounds: list[dict[str, Any]]) -> None:
+def write_rounds(config: RunConfig, rounds: list[dict[str, Any]], model: nn.Module) -> None:
     """One line per round in RUN/rounds.csv and each round's mask as RUN/rounds/<tag>-mask.safetensors."""
     if not rounds:
         return
@@ -147,7 +147,8 @@ def write_rounds(config: RunConfig, rounds: list[dict[str, Any]]) -> None:
             if row.get("mask"):
                 path = folder / f"{config.mask.method}-round{row['round']}-mask.safetensors"
                 save_masks(row["mask"], path, method=config.mask.method, round=row["round"], model=config.model.spec,
-                           seed=config.train.seed, target_sparsity=row["sparsity"])
+                           seed=config.train.seed, target_sparsity=row["sparsity"],
+                           dense=dense_weights(model, row["mask"]))
             accuracy = row.get("accuracy")
             writer.writerow([row["round"], f"{row['trained_sparsity']:.6f}", "" if accuracy is None else f"{accuracy:.6f}",
                              f"{row['sparsity']:.6f}", str(path)])

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from rich.console import Console
 from torch import fx, nn
 
@@ -42,7 +43,7 @@ from surgery.masks import (
 )
 from surgery.models import build_model, load_weights
 from surgery.train.checkpoint import CheckpointStore
-from surgery.train.config import RunConfig
+from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
@@ -183,7 +184,7 @@ def run(
 def _end_early(files: RunFiles, record: RunRecord, error: BaseException, *, created: bool) -> None:
     """A run that stops before training leaves nothing it created behind (unless a checkpoint is there to
     resume from); any other stop is recorded in result.json: interrupted or failed, and why."""
-    if not files.root.exists():
+    if not files.root.exists() or not record.written:  # an earlier run's record stays as it was
         return
     if created and record.stage == "setup" and not files.holds_checkpoint():
         shutil.rmtree(files.root, ignore_errors=True)
@@ -199,6 +200,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     original = model if model is not None else build(config, dataset)
     example = example_batch(dataset)
     train_loader, eval_loaders = loaders(config, dataset, dist)
+    if resume is True and files.config.is_file():  # before anything here is rewritten
+        check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write(RUNNING)  # a completed record of an earlier run here no longer describes this directory
@@ -215,7 +218,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     if not resume:
         start_from(config, ghosted, plan)
     if dist.is_main:
-        write_run_files(config, run_dir, plan.masks)
+        write_run_files(config, run_dir, plan.masks, start)
         if plan.weights is not None:
             save_start_weights(run_dir, plan.weights)
 
@@ -294,13 +297,14 @@ def start_from(config: RunConfig, ghosted: fx.GraphModule, plan: MaskPlan) -> No
         apply_centroids_from_metadata(ghosted, plan.metadata, config.mask.file)
 
 
-def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Tensor] | None) -> None:
+def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Tensor] | None, model: nn.Module) -> None:
     files = RunFiles(run_dir)
     files.root.mkdir(parents=True, exist_ok=True)
     files.config.write_text(config.to_yaml())
     if masks:
         save_masks(masks, files.masks, method=config.mask.method if not config.mask.file else "file",
-                   model=config.model.spec, seed=config.train.seed, target_sparsity=config.mask.sparsity)
+                   model=config.model.spec, seed=config.train.seed, target_sparsity=config.mask.sparsity,
+                   dense=dense_weights(model, masks))
 
 
 def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):

@@ -52,6 +52,7 @@ class RunRecord:
         self.enabled = enabled
         self.stage = "setup"  # where the run is: setup, training, finish (a failure names it)
         self.started = datetime.now(timezone.utc)
+        self.written = False  # until this run writes result.json, the file there (if any) is an earlier run's
         self.data: dict[str, Any] = {
             "format": RESULT_FORMAT,
             "kind": kind,
@@ -73,6 +74,7 @@ class RunRecord:
             "started": self.started.isoformat(timespec="seconds"), "ended": ended.isoformat(timespec="seconds"),
             "seconds": round((ended - self.started).total_seconds(), 3)})
         write_json_atomic(self.data, self.files.result)
+        self.written = True
         return self.files.result
 
     def end(self, error: BaseException) -> Path | None:

@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from torch import fx, nn
 
-from surgery.errors import CheckpointError, ConfigError, DivergedError
+from surgery.errors import ConfigError, DivergedError
 from surgery.ghosts import (
     GhostSkip,
     PSwish,
@@ -39,7 +39,7 @@ from surgery.masks import masked_parameters, overall_sparsity
 from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
-from surgery.train.config import RunConfig, config_differences
+from surgery.train.config import RunConfig, check_resumable
 from surgery.train.distributed import Distributed
 from surgery.train.losses import Distillation, classification_loss
 from surgery.train.metrics import MetricsLog
@@ -423,13 +423,7 @@ class Trainer:
 
             path = Path(resume)
             state = load_checkpoint(path)
-        differences = config_differences(state.get("config", {}), self.config.to_dict())
-        if differences:
-            raise CheckpointError(
-                f"cannot resume from {path}: the config differs from the one it was trained with:\n  - "
-                + "\n  - ".join(differences)
-                + "\nResume with the original config (the run directory's config.yaml), or start a new run."
-            )
+        check_resumable(state.get("config", {}), self.config, path)
         if state["deghosted"] and self.has_ghosts:
             self.remove_ghosts()
         self.module.load_state_dict(state["model"])
