@@ -22,7 +22,7 @@ test: $(DEV)  ## every test (the README's test command, what CI runs; <= 15 min 
 	$(BIN)/python -m pytest
 
 test-fast: $(DEV)  ## the unit tier for the edit loop (<= 3 min on 2 cores)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not zoo"
 
 zoo: $(DEV)  ## every torchvision model and timm family, numeric and ONNX parity included -> docs/zoo.md
 	$(BIN)/python benchmarks/zoo.py

@@ -99,6 +99,7 @@ def test_usage_error_exits_2(capsys):
     assert code == 2 and "MODEL" in err
 
 
+@pytest.mark.slow
 def test_installed_console_script():
     script = shutil.which("surgery", path=str(Path(sys.executable).parent)) or shutil.which("surgery")
     assert script, "the `surgery` console script is not installed (pip install -e .)"
@@ -355,6 +356,7 @@ def test_export_weights_from_a_training_checkpoint_or_a_mask_file(capsys, nets, 
 TINY_RUN = ["--data", "synthetic", "--image-size", "8", "--batch-size", "100", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_train_runs_the_whole_pipeline_and_reports(capsys, tmp_path):
     out_dir = tmp_path / "r20"
     code, out, err = run(capsys, "train", "cifar:resnet20", *TINY_RUN, "--epochs", "2", "--sparsity", "0.8",
@@ -419,6 +421,7 @@ def test_run_of_a_missing_config_names_the_file(capsys, tmp_path):
     assert code == 2 and "nope.yaml' does not exist" in err
 
 
+@pytest.mark.slow
 def test_demo_trains_verifies_and_exports(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--out", tmp_path, "--epochs", "2", "--set", "lrsi.iterations=3")
     assert code == 0, err
@@ -551,6 +554,7 @@ def test_prune_bad_input(capsys, tmp_path, flags, expected):
     assert code == 2 and expected in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_a_mask_file_must_cover_the_model_it_is_applied_to(capsys, tmp_path):
     mask_file = tmp_path / "r20.safetensors"
     assert run(capsys, "prune", "cifar:resnet20", "--method", "random", "--sparsity", "0.5", "--dense-last",

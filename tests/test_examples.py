@@ -14,6 +14,8 @@ import surgery
 from surgery.pruning import method
 from surgery.train.config import RunConfig
 
+pytestmark = pytest.mark.slow  # runs the examples end to end
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -105,6 +105,7 @@ def test_masks_on_a_plain_module_are_baked_into_a_copy(tmp_path):
 # ------------------------------------------------------------- sparse storage
 
 
+@pytest.mark.slow
 def test_sparse_resnet_is_under_a_third_of_the_dense_file(resnet_exports):
     _, _, dense, sparse = resnet_exports
     assert sparse.path.stat().st_size == sparse.sparse_bytes
@@ -193,6 +194,7 @@ def test_opset_is_the_one_asked_for_or_an_error(tmp_path):
         surgery.export_onnx(small_cnn(), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", opset=newest + 1)
 
 
+@pytest.mark.slow
 def test_large_models_are_written_with_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)  # every model counts as large
     model, x = small_cnn(), torch.randn(2, 3, 8, 8)

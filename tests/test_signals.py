@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from surgery.interrupt import ACKNOWLEDGEMENT
+
+pytestmark = pytest.mark.slow  # sends signals to real runs in subprocesses
 
 STEPS_PER_EPOCH = 40  # synthetic: 1000 training images, batches of 25
 CONFIG = {

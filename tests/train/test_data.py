@@ -26,7 +26,7 @@ from surgery.train.data import (
     pad_crop_flip,
 )
 
-REAL_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REAL_TAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["cat", "ant", "bee"]  # deliberately unsorted: classes must come out sorted
 
 

@@ -20,6 +20,8 @@ from surgery.train.report import write_report
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Interrupted, Trainer
 
+pytestmark = pytest.mark.slow  # trains tiny runs to completion
+
 
 def tiny_config(tmp_path, name="tiny", **sections) -> RunConfig:
     """cifar:resnet20 on 8x8 synthetic images, 10 steps per epoch; the ghosts leave at the decay (epoch 2)."""

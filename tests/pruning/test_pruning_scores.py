@@ -253,6 +253,7 @@ def test_magnitude_keeps_the_largest_weights_and_omp_is_the_same_method():
 # ------------------------------------------------------------------ budgets on real models
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(ZOO))
 def test_every_finder_hits_the_global_budget_and_its_masks_compile(arch):
     model = seeded(ZOO[arch])
@@ -280,6 +281,7 @@ def test_every_finder_hits_each_layers_budget(method, distribution):
     assert all(abs(int(m.sum()) - densities[n] * m.numel()) <= 1 for n, m in masks.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, sparsity", [("resnet18", 0.995), ("vgg16_bn", 0.99), ("vgg16_bn", 0.995)])
 def test_synflow_keeps_every_layer_alive_at_extreme_sparsity(arch, sparsity):
     # full-width ResNet-18; VGG-16-BN at quarter width (same depth and relative layer sizes, 16x fewer weights)

@@ -23,6 +23,8 @@ from surgery.pruning.optg import Supermask, optg_sparsity, ramp
 from surgery.pruning.rigl import drop_and_grow, update_fraction
 from surgery.train import RunConfig, run
 
+pytestmark = pytest.mark.slow  # trains to find masks
+
 
 def tiny(tmp_path, name, mask, **sections):
     data = {

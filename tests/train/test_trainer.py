@@ -230,6 +230,7 @@ def test_a_truncated_checkpoint_is_skipped_for_the_previous_good_one(tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_channels_last_and_torch_compile_survive_de_ghosting(tmp_path, monkeypatch):
     """The GPU settings, exercised on the CPU: bf16 autocast, channels_last, and torch.compile
     (the aot_eager backend: dynamo and AOTAutograd, without a C++ toolchain). After the ghosts

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # kills runs and starts gloo ranks in subprocesses
 
 TINY = {
     "model": {"spec": "cifar:resnet20"},
@@ -75,6 +78,7 @@ DDP_WORKER = """
 import os, sys, torch
 from surgery.train import pipeline
 from surgery.train.config import RunConfig
+
 result = pipeline.run(RunConfig.from_yaml(sys.argv[1]))
 torch.save(result.model.state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
 """

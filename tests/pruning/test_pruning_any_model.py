@@ -16,6 +16,8 @@ from surgery.pruning import METHODS, Budget, method, prunable_for
 from surgery.train import RunConfig, Trainer
 from surgery.train.masking import starting_masks
 
+pytestmark = pytest.mark.slow  # trains every method on real architectures
+
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
