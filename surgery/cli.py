@@ -693,11 +693,11 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
                           "score the random initialization. Give --weights FILE (the trained model's state_dict), or "
                           "--allow-untrained if a mask of the initialization is what you mean.")
     torch.manual_seed(seed)
-    model = build_model(config.model.spec, num_classes)
+    model = build_model(config.model.spec, num_classes, input_size=size)
     if config.model.weights:
         load_weights(model, config.model.weights)
     options = dict(m.options)
-    if m.method == "synflow":
+    if found.input_shape:
         side = size or default_input_size(model, config.model.spec)
         options.setdefault("input_shape", (1, input_channels(model), side, side))
     return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,

@@ -39,6 +39,7 @@ class Method:
     about: str
     distribution: str = "uniform"  # the default layer budgets (RigL: erk)
     trained: bool = False  # scores trained weights: on a random initialization its mask means nothing
+    input_shape: bool = False  # scores with a forward on a made-up input: takes the real one's shape (option input_shape)
 
     @property
     def training(self) -> bool:
@@ -61,12 +62,12 @@ STAGES = ("oneshot", "during", "before")
 
 
 def register(name: str, *, data: bool = False, stage: str = "oneshot", scope: str = "layer", about: str = "",
-             distribution: str = "uniform", trained: bool = False):
+             distribution: str = "uniform", trained: bool = False, input_shape: bool = False):
     """Decorator: ``@register("snip", data=True, scope="global", about="...")``."""
     assert stage in STAGES, stage
 
     def add(find: Finder) -> Finder:
-        METHODS[name] = Method(name, find, data, stage, scope, about, distribution, trained)
+        METHODS[name] = Method(name, find, data, stage, scope, about, distribution, trained, input_shape)
         return find
 
     return add

@@ -59,7 +59,7 @@ SAMPLE = 1 << 14  # scores sampled to bracket a round's threshold
 EXACT_BELOW = 1 << 18  # fewer scores than this: one plain topk is cheap enough
 
 
-@register("synflow", scope="global", about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
+@register("synflow", scope="global", input_shape=True, about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
 def find_synflow(
     model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
     rounds: int = ROUNDS, input_shape: Sequence[int] | None = None, dtype: torch.dtype | str = torch.float64,

@@ -60,6 +60,8 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     options = dict(m.options)
     if found.stage == "oneshot":
         batches = training_batches(train_loader, m.batches) if found.data else None
+        if found.input_shape:  # a made-up input of the data's shape, not the method's CIFAR-sized default
+            options.setdefault("input_shape", tuple((batches or training_batches(train_loader, 1))[0][0].shape[1:]))
         masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
                            distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
                            dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed, **options)
