@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
+from surgery.layers import FORWARD_CONV_TYPES
 
 FORMS = "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"
 DEFAULT_INPUT_SIZE = 224
@@ -258,7 +259,7 @@ def default_input_size(model: nn.Module, spec: str = "") -> int:
 def input_channels(model: nn.Module, default: int = 3) -> int:
     """In-channels of the model's first conv (1 for a grayscale model), else ``default``."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, FORWARD_CONV_TYPES):  # the stem: a transposed conv does not read the input
             return module.in_channels
     return default
 
