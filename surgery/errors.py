@@ -42,6 +42,10 @@ class UnknownModelError(SurgeryError):
     """A `torchvision:NAME`, `timm:NAME` or `file.py:factory` model spec that resolves to nothing."""
 
 
+class InputSizeError(SurgeryError):
+    """An input size that does not fit the model's task: a video model needs T,H,W, RAFT multiples of 8."""
+
+
 class VerificationError(SurgeryError):
     """The de-ghosted model differs from the original: graph, state_dict or outputs."""
 

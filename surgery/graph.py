@@ -107,7 +107,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     held = io.StringIO()
     try:
         with eval_mode(gm), contextlib.redirect_stderr(held):
-            ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+            _MutableArgsShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
     except Exception as error:
         cause = root_cause(error)
         raise ShapePropagationError(
@@ -117,6 +117,26 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
             "values cannot run: use a real device."
         ) from error
     sys.stderr.write(held.getvalue())
+
+
+class _MutableArgsShapeProp(ShapeProp):
+    """ShapeProp handing calls plain lists and dicts: fx stores a node's constant arguments as immutable
+    containers, and a wrapped function that edits its list argument in place (torchvision's video Swin
+    clamps its window size so) would fail here though the generated code, which rebuilds them, runs."""
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _mutable(args), _mutable(kwargs)
+
+
+def _mutable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    return value
 
 
 def root_cause(error: BaseException) -> BaseException:

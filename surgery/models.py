@@ -25,24 +25,27 @@ from torch import nn
 
 from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
 from surgery.layers import FORWARD_CONV_TYPES
+from surgery.tasks import TASKS, builder_kwargs, builders, task_of
 
 FORMS = "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"
 DEFAULT_INPUT_SIZE = 224
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
 
 
-def build_model(spec: str, num_classes: int | None = None, *, input_size: int | None = None,
+def build_model(spec: str, num_classes: int | None = None, *, input_size: int | tuple[int, ...] | None = None,
                 **kwargs: Any) -> nn.Module:
     """Build the model ``spec`` names, with random weights; ``kwargs`` go to its constructor.
 
     ``num_classes=None`` keeps the model's own default head. ``input_size``: the side of
-    the images it will see, for models whose constructor fixes it (``SIZE_ARGUMENTS``).
-    Build inside ``with torch.device("meta"):`` to get a weightless model for fast inspection.
+    the images it will see (or a video's T,H,W), for models whose constructor fixes it
+    (``SIZE_ARGUMENTS``). Build inside ``with torch.device("meta"):`` to get a weightless
+    model for fast inspection.
     """
     source, _, name = spec.partition(":")
     if source in SOURCES and name:
         if input_size is not None and source in SIZE_ARGUMENTS:
-            kwargs = {**SIZE_ARGUMENTS[source](name, input_size), **kwargs}
+            side = input_size if isinstance(input_size, int) else input_size[-1]
+            kwargs = {**SIZE_ARGUMENTS[source](name, side), **kwargs}
         return SOURCES[source](name, num_classes, **kwargs)
     file_spec = _split_file_spec(spec)
     if file_spec:
@@ -52,15 +55,20 @@ def build_model(spec: str, num_classes: int | None = None, *, input_size: int | 
 
 
 def build_torchvision(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
-    """A torchvision classification model (``weights=None``: random init, no download)."""
+    """A torchvision model of any task family (``surgery.tasks``): classification, segmentation, detection,
+    video, optical flow. ``weights=None`` and ``weights_backbone=None``: random init, nothing downloads."""
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
+    known = torchvision_models()
     if name not in known:
         raise UnknownModelError(_unknown_torchvision_message(name, known, torchvision.models.list_models()))
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return torchvision.models.get_model(name, weights=None, **kwargs)
+    task = task_of(f"torchvision:{name}")
+    return torchvision.models.get_model(name, weights=None, **{**builder_kwargs(name, task, num_classes), **kwargs})
+
+
+def torchvision_models() -> list[str]:
+    """Every torchvision builder of the task families surgery knows (``surgery.tasks.TASKS``)."""
+    return [name for task in TASKS.values() for name in builders(task)]
 
 
 def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
@@ -138,9 +146,26 @@ def timm_size_arguments(name: str, input_size: int) -> dict[str, Any]:
     return {"img_size": input_size} if cfg is not None and cfg.fixed_input_size else {}
 
 
+def torchvision_size_arguments(name: str, input_size: int) -> dict[str, Any]:
+    """``min_size`` / ``max_size`` for a detection model whose class resizes its images to them (R-CNNs,
+    RetinaNet, FCOS; SSD has a fixed size): its backbone then sees the S x S images as they are given."""
+    import inspect
+
+    import torchvision
+
+    if name not in torchvision_models():
+        return {}  # build_torchvision says so
+    model_class = inspect.signature(torchvision.models.get_model_builder(name)).return_annotation
+    takes_sizes = inspect.isclass(model_class) and "min_size" in inspect.signature(model_class).parameters
+    return {"min_size": input_size, "max_size": input_size} if takes_sizes else {}
+
+
 # Constructor arguments that build a source's model for S x S inputs; sources not listed take any size
-# (torchvision's and surgery's CIFAR networks pool globally before their classifier).
-SIZE_ARGUMENTS: dict[str, Callable[[str, int], dict[str, Any]]] = {"timm": timm_size_arguments}
+# (torchvision's classifiers and surgery's CIFAR networks pool globally before their classifier).
+SIZE_ARGUMENTS: dict[str, Callable[[str, int], dict[str, Any]]] = {
+    "timm": timm_size_arguments,
+    "torchvision": torchvision_size_arguments,
+}
 
 
 # ---------------------------------------------------------------- model files
@@ -217,7 +242,7 @@ def _bare_name_hint(name: str) -> str:
 
     from surgery.cifar import CIFAR_MODELS
 
-    hits = [f"torchvision:{name}"] if name in torchvision.models.list_models(module=torchvision.models) else []
+    hits = [f"torchvision:{name}"] if name in torchvision_models() else []
     if timm.is_model(name):
         hits.append(f"timm:{name}")
     if name in CIFAR_MODELS:
@@ -225,15 +250,15 @@ def _bare_name_hint(name: str) -> str:
     return (" Did you mean " + " or ".join(f"'{h}'" for h in hits) + "?") if hits else ""
 
 
-def _unknown_torchvision_message(name: str, classifiers: list[str], everything: list[str]) -> str:
+def _unknown_torchvision_message(name: str, known: list[str], everything: list[str]) -> str:
+    families = ", ".join(f"torchvision.models.{t.module}" if t.module else "torchvision.models" for t in TASKS.values())
     if name in everything:
-        return (
-            f"torchvision model '{name}' is not a classification model (torchvision.models); "
-            "surgery builds classification models only."
-        )
+        return (f"torchvision model '{name}' is in none of the families surgery builds ({families}); "
+                "for a quantized model, build its float version (e.g. resnet18 for quantized_resnet18).")
     return (
-        f"torchvision has no classification model '{name}'." + did_you_mean(name, classifiers)
-        + " List them with torchvision.models.list_models(module=torchvision.models)."
+        f"torchvision has no model '{name}'." + did_you_mean(name, known)
+        + " List them with torchvision.models.list_models(module=torchvision.models.detection) (or .segmentation, "
+        ".video, .optical_flow; torchvision.models for classifiers)."
     )
 
 

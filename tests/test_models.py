@@ -94,7 +94,7 @@ def test_file_factory_without_num_classes_warns_and_ignores_it(model_file):
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("torchvision:resnet81", ["no classification model 'resnet81'", "Did you mean 'resnet18'"]),
+        ("torchvision:resnet81", ["no model 'resnet81'", "Did you mean 'resnet18'"]),
         ("timm:resnt18", ["timm has no model 'resnt18'", "Did you mean 'resnet18'"]),
         ("timm:resnet5", ["timm has no model 'resnet5'", "Did you mean 'resnet50'"]),
         ("timm:notamodel", ["timm has no model 'notamodel'", "timm.list_models('*pattern*')"]),
@@ -102,7 +102,7 @@ def test_file_factory_without_num_classes_warns_and_ignores_it(model_file):
         ("resnet18", ["not one of the accepted forms", "'torchvision:resnet18' or 'timm:resnet18'"]),
         ("tochvision:resnet18", ["unknown source 'tochvision'", "Did you mean 'torchvision'", "file.py:factory"]),
         ("torchvision:", ["names no model"]),
-        ("torchvision:fasterrcnn_resnet50_fpn", ["not a classification model"]),
+        ("torchvision:quantized_resnet18", ["none of the families", "torchvision.models.detection", "float"]),
         ("missing/model.py:net", ["model file 'missing/model.py' does not exist"]),
     ],
 )
