@@ -28,19 +28,30 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from torch import nn
+from torch.utils._pytree import tree_map
 
 import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
-from surgery.errors import ConfigError, ShapePropagationError, SurgeryError
+from surgery.errors import ConfigError, ExportError, ShapePropagationError, SurgeryError
 from surgery.export import SPARSE_THRESHOLD
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import ghost_cost
 from surgery.masks import load_masks, prunable_weights, weight_sparsity
+from surgery.manifest import compiled_submodules
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe
+from surgery.tasks import (
+    default_submodule,
+    describe_inputs,
+    example_inputs,
+    input_size,
+    parse_input_size,
+    task_of,
+    train_inputs,
+)
 
 EXIT_USER_ERROR = 2
 MODEL_HELP = "torchvision:NAME, timm:NAME or path/to/file.py:factory (random weights, nothing downloads)"
@@ -120,13 +131,25 @@ def _command(commands, name: str, summary: str, example: str) -> argparse.Argume
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier outputs (default: the model's)")
-    p.add_argument(
-        "--input-size", type=_positive_int, metavar="S", help="input images are S x S (default: the model's, else 224)"
-    )
+    _add_input_size(p)
+    _add_submodule(p)
     p.add_argument(
         "--leaf", action="append", default=[], metavar="NAME",
         help="module path or class name to keep opaque when tracing (repeatable: --leaf a --leaf b)",
     )
+
+
+def _add_input_size(p: argparse.ArgumentParser, what: str = "inputs are") -> None:
+    p.add_argument("--input-size", type=parse_input_size, metavar="S|T,H,W",
+                   help=f"{what} S x S images, or T,H,W clips for a video model (default: the model's, else 224; "
+                   "detection 320, its transform resizing to S; video 16,112,112; optical flow pairs of 128)")
+
+
+def _add_submodule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--submodule", action="append", metavar="PATH",
+                   help="compile only this submodule, e.g. backbone (a path of model.named_modules(); repeatable); "
+                   "the rest of the model runs unchanged. Default: the whole model, or where torch.fx cannot trace "
+                   "it the task's part (detection: backbone; optical flow: feature_encoder and context_encoder)")
 
 
 def _add_mask_arguments(p: argparse.ArgumentParser) -> None:
@@ -209,7 +232,8 @@ def _add_prune(commands) -> None:
     p.add_argument("--allow-untrained", action="store_true",
                    help="let a method that scores trained weights (magnitude) score the random initialization")
     p.add_argument("--batches", type=_positive_int, default=1, help="training batches SNIP / GraSP score on (default 1)")
-    p.add_argument("--input-size", type=_positive_int, metavar="S", help="input side for data-free SynFlow (default: the model's)")
+    _add_input_size(p, "data-free SynFlow's inputs are")
+    _add_submodule(p)
     _add_data_arguments(p, default=None)
     _add_training_arguments(p)
     _add_run_options(p)
@@ -332,17 +356,31 @@ def _positive_int(text: str) -> int:
 # ----------------------------------------------------------- shared helpers
 
 
-def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> tuple[nn.Module, torch.Tensor]:
-    """The model ``args.model`` built on ``device`` (seeded init), and a seeded random image batch that fits it."""
-    torch.manual_seed(getattr(args, "seed", 0))
+def model_and_inputs(args: argparse.Namespace, device: str, batch: int = 2) -> tuple[nn.Module, tuple]:
+    """The model ``args.model`` built on ``device`` (seeded init), and seeded random inputs that fit its task
+    (``surgery.tasks``): an image batch, a list of images, a batch of clips or a pair of image batches."""
+    seed = getattr(args, "seed", 0)
+    torch.manual_seed(seed)
+    size = input_size(args.model, args.input_size)
     with torch.device(device):
-        model = build_model(args.model, args.num_classes, input_size=args.input_size)
+        model = build_model(args.model, args.num_classes, input_size=size)
     if getattr(args, "weights", None):
         load_weights(model, args.weights)
-    size = args.input_size or default_input_size(model, args.model)
-    generator = torch.Generator().manual_seed(getattr(args, "seed", 0))
-    x = torch.randn(batch, input_channels(model), size, size, generator=generator)
-    return model, x
+    size = size or (default_input_size(model, args.model),)
+    return model, example_inputs(args.model, size, batch=batch, channels=input_channels(model), seed=seed, device=device)
+
+
+def submodule_of(args: argparse.Namespace) -> list[str] | None:
+    """``--submodule`` paths, else the task's default part (None: the whole model)."""
+    default = default_submodule(args.model)
+    return args.submodule or (list(default) if default else None)
+
+
+def compile_model(args: argparse.Namespace, model: nn.Module, inputs: tuple, recipe: Any) -> nn.Module:
+    """``surgery.compile`` of ``--submodule`` (or the task's part) on the inputs a training forward gets: a
+    detection model's include synthetic targets, so submodules called only in train mode are reached too."""
+    training = train_inputs(model, inputs, num_classes=args.num_classes, seed=getattr(args, "seed", 0))
+    return surgery.compile(model, training, recipe, submodule=submodule_of(args), leaf_modules=args.leaf)
 
 
 def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
@@ -353,13 +391,15 @@ def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
 
 def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
     """``--masks FILE`` (a mask file, checked against the model; a .pt state_dict as its path), ``--sparsity S``
-    as random masks, else None."""
+    as random masks of the weights in the compiled part (``--submodule``, or the task's), else None."""
     if args.masks and Path(args.masks).suffix == ".safetensors":
         return load_masks(args.masks, model=model, partial=args.partial_masks, spec=args.model)[0]
     if args.masks:
         return args.masks
     if args.sparsity is not None:
-        return random_masks(model, args.sparsity, seed=args.seed)
+        parts = submodule_of(args) or []
+        return {name: mask for name, mask in random_masks(model, args.sparsity, seed=args.seed).items()
+                if _inside(name, parts)}
     return None
 
 
@@ -404,41 +444,56 @@ def compile_for_inspection(args: argparse.Namespace) -> tuple[nn.Module, torch.T
 
 
 def _build_and_compile(args: argparse.Namespace, device: str):
-    model, x = model_and_inputs(args, device)
-    ghosted = surgery.compile(model, x, recipe_with_masks(args.recipe), leaf_modules=args.leaf)
-    return model, x, ghosted
+    model, inputs = model_and_inputs(args, device)
+    ghosted = compile_model(args, model, inputs, recipe_with_masks(args.recipe))
+    return model, inputs, ghosted
 
 
 def inspection_report(
-    spec: str, model: nn.Module, ghosted: torch.fx.GraphModule, x: torch.Tensor, sparsity: float | None = None
+    spec: str, model: nn.Module, ghosted: nn.Module, inputs: tuple, sparsity: float | None = None
 ) -> dict[str, Any]:
     manifest = surgery.manifest_of(ghosted)
     summary = manifest.summary()
-    maskable = prunable_weights(model)
+    parts = [path for path in compiled_submodules(ghosted) if path]  # empty: the whole model was compiled
+    maskable = {name: w for name, w in prunable_weights(model).items() if _inside(name, parts)}
     maskable_parameters = sum(w.numel() for w in maskable.values())
     kept = summary["kept_weights"]
     if kept is None and sparsity is not None:
         kept = round(maskable_parameters * (1 - sparsity))
+    total = parameter_count(model)
+    compiled = sum(parameter_count(model.get_submodule(p)) for p in parts) if parts else total
     return {
         "model": spec,
         "class": summary.pop("model"),
-        "input_shape": list(x.shape),
+        "task": task_of(spec).name,
+        "input_shape": tree_map(lambda t: list(t.shape), inputs[0] if len(inputs) == 1 else list(inputs)),
+        "inputs": describe_inputs(inputs),
         "device": str(device_of(model)),
-        "parameters": parameter_count(model),
-        **{k: v for k, v in summary.items() if k not in ("deghosted", "kept_weights")},
+        "parameters": total,
+        "submodules": parts,
+        "parameters_compiled": compiled,
+        "parameters_outside": total - compiled,
+        "left_outside": [name for name, _ in model.named_children() if parts and not _inside(name + ".", parts)],
+        **{k: v for k, v in summary.items() if k not in ("deghosted", "kept_weights", "submodules")},
         "kept_weights": kept,
         "ghost_cost": ghost_cost(summary["ghost_parameters"], kept),
         "activations_by_original": dict(Counter(a.original for a in manifest.activations)),
         "activations_unreached": sum(1 for u in manifest.unreached if u.what == "activation"),
         "maskable_weights": len(maskable),
         "maskable_parameters": maskable_parameters,
-        "leaf_modules": [{"module": path, "class": cls} for path, cls in leaf_modules_in(ghosted)],
+        "leaf_modules": [{"module": f"{part}.{path}" if part else path, "class": cls}
+                         for part, gm in compiled_submodules(ghosted).items() for path, cls in leaf_modules_in(gm)],
         "unreached": [
             {"module": u.module, "class": u.cls, "inside": u.inside, "what": u.what} for u in manifest.unreached
         ],
         "not_targeted": [{"site": site, "kind": kind} for site, kind in manifest.untargeted],
         "skipped": [{"site": site, "why": why} for site, why in manifest.skipped],
     }
+
+
+def _inside(name: str, parts: Sequence[str]) -> bool:
+    """Whether the parameter or module path ``name`` lies in one of the compiled ``parts`` (none: the whole)."""
+    return not parts or any(name.startswith(part + ".") for part in parts)
 
 
 def print_inspection(console: Console, report: dict[str, Any]) -> None:
@@ -458,7 +513,8 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     projections = ", ".join(f"{n} {p}" for p, n in report["projections"].items()) or "none"
     originals = ", ".join(f"{n} x {o}" for o, n in report["activations_by_original"].items()) or "none"
     rows = [
-        ("input", " x ".join(map(str, report["input_shape"])) + f" on {report['device']}"),
+        ("input", f"{report['inputs']} on {report['device']} ({report['task'].replace('_', ' ')})"),
+        ("compiled", _compiled_text(report)),
         ("passes", ", ".join(report["passes"]) or "none"),
         ("parameters", f"{report['parameters']:,} (+{report['ghost_parameters']:,} in ghosts, training only)"),
         ("ghost cost", _ghost_cost_text(report)),
@@ -473,6 +529,14 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report["linears_covered"]:
         rows.insert(4, ("linears covered", str(report["linears_covered"])))
     return rows
+
+
+def _compiled_text(report: dict[str, Any]) -> str:
+    if not report["submodules"]:
+        return f"the whole model ({report['parameters_compiled']:,} parameters)"
+    outside = ", ".join(report["left_outside"]) or "nothing else"
+    return (f"{', '.join(report['submodules'])} ({report['parameters_compiled']:,} parameters); left outside, "
+            f"unchanged: {outside} ({report['parameters_outside']:,} parameters)")
 
 
 def _convs_covered_text(report: dict[str, Any]) -> str:
@@ -509,14 +573,15 @@ def _print_listing(console: Console, title: str, rows: list[dict], columns: tupl
 
 
 def run_verify(args: argparse.Namespace, console: Console) -> int:
-    model, x = model_and_inputs(args, args.device)
+    model, inputs = model_and_inputs(args, args.device)
     recipe = recipe_with_masks(args.recipe, masks_from_args(args, model))
-    ghosted = surgery.compile(model, x, recipe, leaf_modules=args.leaf)
-    console.print(f"[bold]{escape(args.model)}[/] on {args.device}, input {tuple(x.shape)}: {_coverage(ghosted)}")
-    loss = forward_backward(ghosted, x)
+    ghosted = compile_model(args, model, inputs, recipe)
+    console.print(f"[bold]{escape(args.model)}[/] on {args.device}, input {describe_inputs(inputs)}: "
+                  f"{_coverage(ghosted)}")
+    loss = forward_backward(ghosted, train_inputs(ghosted, inputs, num_classes=args.num_classes, seed=args.seed))
     console.print(f"forward + backward through the ghosted model: loss {_number(loss)}")
     clean = surgery.deghost(ghosted)
-    report = surgery.verify(model, clean, x, ghosted=ghosted)
+    report = surgery.verify(model, clean, inputs, ghosted=ghosted)
     console.print(str(report), markup=False)
     if args.device == "meta":
         console.print("(numeric checks skipped on the meta device: structure only)")
@@ -525,18 +590,20 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def forward_backward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def forward_backward(model: nn.Module, inputs: tuple) -> torch.Tensor:
+    """One train-mode step's loss (a detection model's loss dict, summed), backpropagated."""
     model.train()
-    loss = scalar_loss(model(x.to(device_of(model))))
+    loss = scalar_loss(model(*inputs))
     loss.backward()
     return loss.detach()
 
 
-def _coverage(ghosted: torch.fx.GraphModule) -> str:
+def _coverage(ghosted: nn.Module) -> str:
     manifest = surgery.manifest_of(ghosted)
     s = manifest.summary()
     return (
-        f"{s['convs_covered']}/{s['convs_found']} convs covered, {s['activations_swapped']} activations swapped, "
+        (f"compiled {', '.join(s['submodules'])}: " if s["submodules"] else "")
+        + f"{s['convs_covered']}/{s['convs_found']} convs covered, {s['activations_swapped']} activations swapped, "
         f"{s['weights_masked']} weights masked; ghosts: {manifest.ghost_cost()}"
     )
 
@@ -549,15 +616,31 @@ def _number(t: torch.Tensor) -> str:
 
 
 def run_export(args: argparse.Namespace, console: Console) -> int:
-    model, x = model_and_inputs(args, "cpu")
+    model, inputs = model_and_inputs(args, "cpu")
     masks = masks_from_args(args, model)
     target: nn.Module = model
     if masks is not None:  # masks are baked in by de-ghosting a masks-only compile
-        target = surgery.deghost(surgery.compile(model, x, {"masks": masks}, leaf_modules=args.leaf))
+        target = surgery.deghost(compile_model(args, model, inputs, {"masks": masks}))
     sparse = args.sparse is not False  # sparse unless --dense: export_onnx stores only mostly-zero weights sparse
-    info = surgery.export_onnx(target, x, args.output, sparse=sparse, opset=args.opset)
+    try:
+        info = surgery.export_onnx(target, inputs, args.output, sparse=sparse, opset=args.opset,
+                                   dynamic_batch=task_of(args.model).dynamic_batch)
+    except ExportError as error:
+        raise ExportError(f"{error}{_unexportable_part(args, model)}") from error
     console.print(str(info), markup=False)
     return 0
+
+
+def _unexportable_part(args: argparse.Namespace, model: nn.Module) -> str:
+    """Where torch.onnx failed, for a model compiled in parts: outside them, since each compiled part
+    traces with torch.fx into the static graph the exporter needs."""
+    parts = submodule_of(args)
+    if not parts:
+        return ""
+    outside = [name for name, _ in model.named_children() if not _inside(name + ".", parts)]
+    return (f"\nThe part torch.onnx cannot export lies outside {', '.join(parts)}: {', '.join(outside)} and "
+            f"{type(model).__name__}'s own forward (what torch.fx cannot trace either). The model itself is "
+            "fine: it runs in PyTorch as it is.")
 
 
 # --------------------------------------------------------------- train / run / demo
@@ -678,10 +761,15 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
 
     m, d, seed = config.mask, config.data, config.train.seed
     batches, num_classes, size = None, config.model.num_classes, args.input_size
+    parts = submodule_of(args)
+    if found.data and parts:
+        raise ConfigError(f"mask method '{m.method}' scores weights by a classification loss on labelled images, "
+                          f"which {', '.join(parts)} of {config.model.spec} does not compute: use random, magnitude "
+                          "or synflow (data-free) to prune a model compiled in parts.")
     if args.data:
         dataset = load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size, seed=seed)
         num_classes = num_classes or dataset.num_classes
-        size = size or dataset.image_size
+        size = size or (dataset.image_size,)
         if found.data:
             batches = training_batches(make_loader(dataset, "train", d.batch_size, train=True, seed=seed, workers=0),
                                        m.batches)
@@ -693,16 +781,30 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
                           "score the random initialization. Give --weights FILE (the trained model's state_dict), or "
                           "--allow-untrained if a mask of the initialization is what you mean.")
     torch.manual_seed(seed)
+    size = input_size(config.model.spec, size)
     model = build_model(config.model.spec, num_classes, input_size=size)
     if config.model.weights:
         load_weights(model, config.model.weights)
-    options = dict(m.options)
-    if found.input_shape:
-        side = size or default_input_size(model, config.model.spec)
-        options.setdefault("input_shape", (1, input_channels(model), side, side))
+    options = {path: dict(m.options) for path in parts or [""]}  # '' is the whole model
+    if found.input_shape:  # SynFlow's made-up input has the shape of what each part gets (a --option wins)
+        options = {path: {"input_shape": shape, **m.options}
+                   for path, shape in _input_shapes(model, config.model.spec, size, parts).items()}
     return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,
-                         scope=m.scope, distribution=m.distribution, prunable=m.prunable,
-                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude, **options)
+                         parts=options, scope=m.scope, distribution=m.distribution, prunable=m.prunable,
+                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude)
+
+
+def _input_shapes(model: nn.Module, spec: str, size, parts: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``{part: one example's shape, without its batch}`` for data-free SynFlow ('' is the whole model): what
+    the whole model passes each part (RAFT's encoders get the image pair stacked, a detector's backbone the
+    resized image batch)."""
+    from surgery.submodules import capture_calls
+
+    inputs = example_inputs(spec, size or (default_input_size(model, spec),), batch=1, channels=input_channels(model))
+    if not parts:
+        return {"": tuple(inputs[0].shape[1:])}
+    calls = capture_calls(model, train_inputs(model, inputs), parts)
+    return {path: tuple(calls[path].args[0].shape[1:]) for path in parts}
 
 
 def _prune_by_training(config, args: argparse.Namespace, out: Path, console: Console):

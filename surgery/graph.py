@@ -170,10 +170,12 @@ def deepcopy_module(module: nn.Module) -> nn.Module:
 
 
 def detached_attributes(module: nn.Module) -> dict[int, torch.Tensor]:
-    """A deepcopy memo mapping every non-leaf tensor attribute to a detached copy."""
+    """A deepcopy memo mapping every non-leaf tensor attribute to a detached copy, also those held in a list
+    or dict attribute (RAFT's correlation block keeps its last forward's pyramid as a list)."""
     return {
-        id(value): value.detach().clone()
+        id(t): t.detach().clone()
         for sub in module.modules()
         for value in vars(sub).values()
-        if torch.is_tensor(value) and not value.is_leaf
+        for t in tree_leaves(value)
+        if torch.is_tensor(t) and not t.is_leaf
     }

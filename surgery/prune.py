@@ -35,9 +35,18 @@ class PruneResult:
 
 
 def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, spec: str, batches=None, seed: int = 0,
-                  **budget_and_options: Any) -> PruneResult:
-    """Score ``model`` with a one-shot method and write the mask file ``out``."""
-    masks = find_masks(model, name, sparsity, batches=batches, seed=seed, **budget_and_options)
+                  parts: dict[str, dict[str, Any]] | None = None, **budget_and_options: Any) -> PruneResult:
+    """Score ``model`` with a one-shot method and write the mask file ``out``.
+
+    ``parts``: ``{submodule path: method options}`` scores only those submodules, each to ``sparsity``
+    on its own, the part ``surgery.compile(..., submodule=...)`` ghosts ('' is the whole model); the
+    masks keep the whole model's parameter names and the file lists every weight outside as dense.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    for path, options in (parts or {"": {}}).items():
+        part = model.get_submodule(path)
+        found_masks = find_masks(part, name, sparsity, batches=batches, seed=seed, **budget_and_options, **options)
+        masks.update({f"{path}.{k}" if path else k: mask for k, mask in found_masks.items()})
     found = method(name)
     meta = {"method": name, "target_sparsity": sparsity, "model": spec, "seed": seed,
             "scope": budget_and_options.get("scope") or found.scope,

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from surgery.errors import InputSizeError
 
@@ -56,6 +57,7 @@ class Task:
     why: str  # why the whole model, or why that part
     classes: bool = True  # the builders take num_classes
     size_multiple: int = 1  # height and width must be multiples of this
+    dynamic_batch: bool = True  # ONNX export with a dynamic batch dimension
 
     @property
     def size_example(self) -> str:
@@ -71,13 +73,15 @@ TASKS: dict[str, Task] = {
              "FCN, DeepLabV3 and LR-ASPP trace whole: no control flow on values, the output dict is static"),
         Task("detection", "detection", "S", "a list of S x S images", (320,), _image_list, ("backbone",),
              "the whole model branches on targets and image sizes (transform, anchors, NMS); every "
-             "backbone (ResNet/MobileNet + FPN, VGG and MobileNet SSD extractors) traces"),
+             "backbone (ResNet/MobileNet + FPN, VGG and MobileNet SSD extractors) traces",
+             dynamic_batch=False),  # a list of images has no batch dimension to make dynamic
         Task("video", "video", "T,H,W", "clips of T frames of H x W", (16, 112, 112), _clips, None,
              "R3D, MC3, R(2+1)D, S3D, MViT and Swin3D trace whole (Swin3D, with no body conv, gets skips "
              "around its Linear layers)"),
         Task("optical_flow", "optical_flow", "S", "pairs of S x S images", (128,), _image_pair, ("feature_encoder", "context_encoder"),
              "RAFT's forward checks input sizes and iterates its update block in Python; both encoders trace",
-             classes=False, size_multiple=8),  # RAFT's own check: H and W divisible by 8
+             # RAFT's own check: H and W divisible by 8; torch.export fixes the batch its correlation reshapes by
+             classes=False, size_multiple=8, dynamic_batch=False),
     )
 }
 
@@ -156,10 +160,22 @@ def weights_minimum(name: str) -> Size:
 # ------------------------------------------------------------- example inputs
 
 
-def example_inputs(spec: str, size: Size, *, batch: int = 2, channels: int = 3, seed: int = 0) -> tuple:
+def example_inputs(spec: str, size: Size, *, batch: int = 2, channels: int = 3, seed: int = 0,
+                   device: torch.device | str = "cpu") -> tuple:
     """Seeded random inputs of ``spec``'s task at ``size`` (from ``input_size``): the model's positional args."""
-    task = task_of(spec)
-    return task.make_inputs(batch, size, channels, torch.Generator().manual_seed(seed))
+    inputs = task_of(spec).make_inputs(batch, size, channels, torch.Generator().manual_seed(seed))
+    return tree_map(lambda x: x.to(device), inputs)
+
+
+def describe_inputs(inputs: tuple) -> str:
+    """``2 x 3 x 224 x 224``; a list of images: ``2 images of 3 x 320 x 320``; pairs joined by ', '."""
+    def one(x: Any) -> str:
+        if torch.is_tensor(x):
+            return " x ".join(map(str, x.shape))
+        shapes = {tuple(t.shape) for t in x}
+        return f"{len(x)} images of " + (" x ".join(map(str, shapes.pop())) if len(shapes) == 1 else "varied sizes")
+
+    return ", ".join(one(x) for x in inputs)
 
 
 def train_inputs(model: nn.Module, inputs: tuple, *, num_classes: int | None = None, seed: int = 0) -> tuple:

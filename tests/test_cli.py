@@ -438,7 +438,8 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
 # ------------------------------------------------------------- flags -> config
 
 CONFIG_COMMANDS = ("train", "run", "demo", "prune")
-NOT_CONFIG_FLAGS = {"help", "config", "overrides", "resume", "force", "list", "output", "input_size", "allow_untrained"}
+NOT_CONFIG_FLAGS = {"help", "config", "overrides", "resume", "force", "list", "output", "input_size", "submodule",
+                    "allow_untrained"}
 
 
 def _subparsers():

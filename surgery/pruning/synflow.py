@@ -41,7 +41,7 @@ non-finite or zero ``R`` is a ``MaskError`` rather than NaN scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -187,7 +187,7 @@ def synflow_gradients(
     net: nn.Module, weights: dict[str, torch.Tensor], ones: torch.Tensor, *, round_: int = 1
 ) -> dict[str, torch.Tensor]:
     """``dR/dw`` for ``R = sum(net(ones))``: one forward and one backward pass."""
-    flow = logits_of(net(ones)).sum()
+    flow = _flow(net(ones))
     value = float(flow.detach())
     if not math.isfinite(value):
         raise MaskError(
@@ -296,6 +296,14 @@ def _bracket(scores: list[torch.Tensor], total: int, count: int) -> tuple[float,
     margin = 4.0 * math.sqrt(SAMPLE * q * (1.0 - q)) + 8.0
     lo, hi = math.floor(q * SAMPLE - margin), math.ceil(q * SAMPLE + margin)
     return (float(sample[lo]) if lo >= 0 else -math.inf), (float(sample[hi]) if hi < SAMPLE else math.inf)
+
+
+def _flow(output: Any) -> torch.Tensor:
+    """``R``: the sum of the output; of every tensor in it when it is a dict (a segmentation model's
+    ``{"out": ...}``, a detection backbone's feature maps), since flow reaches each of them."""
+    if isinstance(output, Mapping):
+        return sum(t.sum() for t in output.values() if torch.is_tensor(t))
+    return logits_of(output).sum()
 
 
 # ------------------------------------------------------------------ options
