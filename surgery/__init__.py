@@ -1,7 +1,7 @@
 """tost-surgery: train sparse networks better, on any architecture, verified.
 
     gm      = surgery.trace(model, leaf_modules=())
-    ghosted = surgery.compile(model, example_inputs, recipe)
+    ghosted = surgery.compile(model, example_inputs, recipe)     # submodule="backbone": that part only
     surgery.set_ghost_strength(ghosted, alpha=..., beta=...)
     clean   = surgery.deghost(ghosted)
     report  = surgery.verify(model, clean, example_inputs)
@@ -25,13 +25,14 @@ from surgery.errors import (
     RecipeError,
     ReportError,
     ShapePropagationError,
+    SubmoduleError,
     SurgeryError,
     TraceError,
     UnknownModelError,
     VerificationError,
 )
 from surgery.ghosts import ghost_parameters, set_ghost_strength
-from surgery.manifest import Manifest, manifest_of
+from surgery.manifest import Manifest, compiled_submodules, manifest_of
 from surgery.passes.deghost import deghost
 from surgery.recipe import Recipe
 from surgery.tracing import trace
@@ -64,12 +65,14 @@ __all__ = [
     "RecipeError",
     "ReportError",
     "ShapePropagationError",
+    "SubmoduleError",
     "SurgeryError",
     "TraceError",
     "UnknownModelError",
     "VerificationError",
     "VerifyReport",
     "compile",
+    "compiled_submodules",
     "deghost",
     "export_onnx",
     "ghost_parameters",

@@ -14,6 +14,10 @@ class TraceError(SurgeryError):
     """torch.fx could not trace the model (or a module inside it)."""
 
 
+class SubmoduleError(SurgeryError):
+    """A ``submodule`` path that names no module of the model, or one the forward never calls."""
+
+
 class ShapePropagationError(TraceError):
     """The traced graph could not run on the example inputs (wrong inputs, or meta without kernels)."""
 

@@ -134,7 +134,7 @@ def trace(
     meta device included (tracing runs no kernels). Raises ``TraceError`` naming the
     module and source line where tracing broke.
     """
-    _check_leaf_names(model, leaf_modules)
+    check_leaf_names(model, leaf_modules)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = SurgeryTracer(leaf_modules, autowrap_functions)
     attributes_before = set(vars(model))
@@ -198,7 +198,7 @@ def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) ->
         gm.recompile()
 
 
-def _check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
+def check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
     """A leaf given by name must name a module path or a module class in the model."""
     names = [x for x in leaf_modules if isinstance(x, str)]
     if not names:
