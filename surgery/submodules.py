@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
 from surgery.errors import MaskError, ShapePropagationError, SubmoduleError, SurgeryError, did_you_mean
-from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on
+from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on, root_cause
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL, resolve_source
 from surgery.recipe import Recipe
 from surgery.tracing import trace
@@ -231,8 +231,12 @@ def traceable_children(model: nn.Module, example_inputs: Any, leaf_modules: Sequ
         return ""
     try:
         calls = capture_calls(model, example_inputs, [name for name, _ in children], stop_early=False, training=False)
-    except SurgeryError:
-        return "No submodule could be tried instead: the model's forward fails on the example inputs in eval mode."
+    except SurgeryError as error:
+        if device_of(model).type == "meta":
+            return "To have the submodules that trace on their own listed, compile on a real device (not meta)."
+        cause = root_cause(error)
+        return (f"No submodule could be tried instead: the model's forward fails on the example inputs in eval mode "
+                f"({type(cause).__name__}: {cause}).")
     found: list[tuple[str, nn.Module]] = []
     for name, child in children:
         if name in calls and _traces(child, calls[name], name, leaves_within(leaf_modules, name, model)):

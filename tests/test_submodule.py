@@ -176,3 +176,50 @@ def test_a_segmentation_backbone_verifies():
     clean = surgery.deghost(ghosted)
     report = surgery.verify(model, clean, x, ghosted=ghosted)
     assert report.submodules == ["backbone"] and report.ghost_parity_max_abs_diff is not None
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x, scale=1.0, extra=None):
+        y = self.relu(self.conv(x)) * scale
+        return y if extra is None else y + extra
+
+
+class CallsWithAFlag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Scaled()
+
+    def forward(self, x):
+        return self.block(x, scale=2.0)
+
+
+def test_a_submodule_called_with_a_keyword_flag_keeps_taking_it():
+    model = CallsWithAFlag()
+    ghosted = surgery.compile(model, X, {"soft_activation": {}}, submodule="block")
+    assert torch.allclose(ghosted.block(X, scale=2.0), ghosted(X))
+    surgery.verify(model, surgery.deghost(ghosted), X, ghosted=ghosted)
+
+
+class TakesAList(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.merge = Merge()
+
+    def forward(self, x):
+        return self.merge([self.stem(x), x])
+
+
+class Merge(nn.Module):
+    def forward(self, features):
+        return sum(features)
+
+
+def test_a_submodule_called_with_a_list_of_tensors_is_explained():
+    with pytest.raises(surgery.SubmoduleError, match="'merge' .* called with a list of tensors as `features`"):
+        surgery.compile(TakesAList(), X, TOST, submodule="merge")
