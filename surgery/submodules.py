@@ -25,7 +25,7 @@ from surgery.errors import MaskError, ShapePropagationError, SubmoduleError, Sur
 from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on, root_cause
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL, resolve_source
 from surgery.recipe import Recipe
-from surgery.tracing import trace
+from surgery.tracing import STRUCTURAL_LEAVES, trace
 
 SUGGESTED_CHILDREN = 3  # a failed whole-model trace names at most this many traceable children
 
@@ -54,6 +54,15 @@ def submodule_paths(model: nn.Module, submodule: str | Sequence[str]) -> tuple[s
             raise SubmoduleError(
                 f"submodule '{path}' names no module of {type(model).__name__}." + did_you_mean(path, known)
                 + f" Give a qualified path as in model.named_modules(); its top-level modules are {children}."
+            )
+    for path in paths:
+        layer = model.get_submodule(path)
+        if isinstance(layer, STRUCTURAL_LEAVES):
+            parent = path.rpartition(".")[0]
+            raise SubmoduleError(
+                f"submodule '{path}' is a single {type(layer).__name__} layer, which the passes wrap from outside; "
+                + (f"compile the module that holds it: submodule='{parent}'." if parent else
+                   "compile the module that calls it (leave submodule=None for the whole model).")
             )
     for outer in paths:
         for inner in paths:

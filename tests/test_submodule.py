@@ -33,8 +33,8 @@ class Detector(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = Backbone()
-        self.head = nn.Linear(16, 4)
-        self.spare = nn.Linear(4, 4)  # never called
+        self.head = nn.Sequential(nn.Linear(16, 4))
+        self.spare = nn.Sequential(nn.Linear(4, 4))  # never called
 
     def forward(self, x):
         scores = self.head(self.backbone(x).mean((2, 3)))
@@ -59,7 +59,7 @@ def test_the_whole_model_comes_back_with_its_backbone_ghosted_and_trains():
     ghosted(X)["scores"].square().mean().backward()
     optimizer.step()
     assert all(p.grad is not None for p in surgery.ghost_parameters(ghosted))
-    assert ghosted.head.weight.grad is not None and ghosted.backbone.conv1.weight.grad is not None
+    assert ghosted.head[0].weight.grad is not None and ghosted.backbone.conv1.weight.grad is not None
 
 
 def test_the_manifest_of_the_whole_model_names_sites_in_it():
@@ -94,6 +94,18 @@ def test_verify_names_the_submodule_whose_graph_differs():
         surgery.verify(other, clean, X)
 
 
+def test_several_submodules_each_get_their_own_masks_and_graph():
+    model = detector()
+    masks = {"backbone.conv2.weight": torch.rand(16, 8, 3, 3) > 0.5, "head.0.weight": torch.rand(4, 16) > 0.5}
+    recipe = {"ghost_skip": {"targets": ["conv", "linear"]}, "masks": masks}
+    ghosted = surgery.compile(model, X, recipe, submodule=["backbone", "head"])
+    assert list(surgery.compiled_submodules(ghosted)) == ["backbone", "head"]
+    assert sorted(masked_parameters(ghosted)) == sorted(masks)
+    assert [m.param for m in surgery.manifest_of(ghosted).masks] == list(masks)
+    report = surgery.verify(model, surgery.deghost(ghosted), X, ghosted=ghosted)
+    assert report.submodules == ["backbone", "head"]
+
+
 def test_inplace_deghost_keeps_parameter_identity_and_masks():
     masks = {"backbone.conv1.weight": torch.rand(8, 3, 3, 3) > 0.5}
     ghosted = surgery.compile(detector(), X, {**TOST, "masks": masks}, submodule="backbone")
@@ -116,7 +128,7 @@ def test_the_users_model_is_not_modified():
 
 def test_masks_outside_the_compiled_part_are_refused():
     with pytest.raises(surgery.MaskError, match="outside the compiled submodules"):
-        surgery.compile(detector(), X, {"masks": {"head.weight": torch.ones(4, 16)}}, submodule="backbone")
+        surgery.compile(detector(), X, {"masks": {"head.0.weight": torch.ones(4, 16)}}, submodule="backbone")
 
 
 def test_an_untraceable_model_names_the_children_that_trace():
@@ -139,16 +151,22 @@ def test_a_submodule_the_forward_never_calls_is_named():
         surgery.compile(detector(), X, TOST, submodule=["backbone", "spare"])
 
 
+def test_a_single_layer_is_not_a_submodule_to_compile():
+    with pytest.raises(surgery.SubmoduleError, match="'backbone.conv1' is a single Conv2d layer.*submodule='backbone'"):
+        surgery.compile(detector(), X, TOST, submodule="backbone.conv1")
+
+
 def test_nested_submodules_are_refused():
-    with pytest.raises(surgery.SubmoduleError, match="'backbone.conv1' lies inside 'backbone'"):
-        surgery.compile(detector(), X, TOST, submodule=["backbone", "backbone.conv1"])
+    with pytest.raises(surgery.SubmoduleError, match="'backbone.bn1' lies inside 'backbone'"):
+        surgery.compile(detector(), X, TOST, submodule=["backbone", "backbone.bn1"])
 
 
 def test_faster_rcnn_backbone_trains_and_verifies_boxes_labels_scores():
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
     torch.manual_seed(0)
-    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3)
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                  min_size=128, max_size=128)  # its transform resizes to this
     images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[20.0, 30.0, 90.0, 100.0]]), "labels": torch.tensor([2])}]
@@ -162,7 +180,7 @@ def test_faster_rcnn_backbone_trains_and_verifies_boxes_labels_scores():
     assert report.outputs_max_abs_diff == 0.0
     with torch.no_grad():
         detections = model.eval()(images)
-    assert {"boxes", "labels", "scores"} <= set(detections[0])
+    assert {"boxes", "labels", "scores"} <= set(detections[0]) and len(detections[0]["boxes"]) > 0
 
 
 def test_a_segmentation_backbone_verifies():
