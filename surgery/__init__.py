@@ -6,6 +6,7 @@
     clean   = surgery.deghost(ghosted)
     report  = surgery.verify(model, clean, example_inputs)
     info    = surgery.export_onnx(clean, example_inputs, "m.onnx", sparse=True)
+    tost    = surgery.ToST(model, example_inputs, "tost", total_steps=...)   # ToST in your own loop
 
 Training (schedules, de-ghosting before the first LR decay, checkpoints, DDP, reports) is
 ``surgery.train``: ``surgery.train.run(surgery.train.RunConfig.from_yaml(path))``.
@@ -26,6 +27,7 @@ from surgery.errors import (
     ReportError,
     ShapePropagationError,
     SurgeryError,
+    ToSTError,
     TraceError,
     UnknownModelError,
     VerificationError,
@@ -34,6 +36,7 @@ from surgery.ghosts import ghost_parameters, set_ghost_strength
 from surgery.manifest import Manifest, manifest_of
 from surgery.passes.deghost import deghost
 from surgery.recipe import Recipe
+from surgery.tost import ToST
 from surgery.tracing import trace
 from surgery.verify import VerifyReport, verify
 
@@ -65,6 +68,8 @@ __all__ = [
     "ReportError",
     "ShapePropagationError",
     "SurgeryError",
+    "ToST",
+    "ToSTError",
     "TraceError",
     "UnknownModelError",
     "VerificationError",
