@@ -71,6 +71,10 @@ class ToSTError(SurgeryError):
     the ghosted model, or with a removal step outside the run."""
 
 
+class MissingExtraError(SurgeryError, ImportError):
+    """An optional integration was imported without its extra installed (e.g. ``tost-surgery[lightning]``)."""
+
+
 class ReportError(SurgeryError):
     """A run directory lacks what a report is made from (metrics, config)."""
 

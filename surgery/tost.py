@@ -30,7 +30,8 @@ from surgery.passes.deghost import deghost
 from surgery.recipe import Recipe
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, scaled_milestones
 from surgery.timeline import GhostTimeline
-from surgery.verify import VerifyReport, verify
+from surgery.verify import VerifyReport
+from surgery.verify import verify as verify_against
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Removal:
 
     def __str__(self) -> str:
         wrapper = ("; the DDP wrapper was rebuilt: call tost.net from now on" if self.rewrapped else
-                   "; a DDP or torch.compile wrapper made before now holds the old parameters: rebuild it")
+                   "; a wrapper you made yourself (DDP, torch.compile) holds the old parameters: rebuild it")
         return f"ghosts removed after step {self.step}: {self.parameters} ghost parameters left the model and the optimizer{wrapper}"
 
 
@@ -150,15 +151,17 @@ class ToST:
         self.net = DistributedDataParallel(self.model, **self._ddp)
         return self.net
 
-    def finish(self, *, verify_outputs: bool = True) -> nn.Module:
-        """De-ghost (if the ghosts are still in), bake the masks, verify against the original model on the
-        example inputs (``self.report``); returns the clean model. ``tost.model`` is that model now."""
+    def finish(self, *, verify: bool = True) -> nn.Module:
+        """De-ghost (if the ghosts are still in), bake the masks and, unless ``verify=False``, verify against
+        the original model on the example inputs (``self.report``); returns the clean model, which
+        ``tost.model`` is now too."""
         self._check_running("finish")
         if self.timeline.ghosted:
             self._remove()
         clean = self.model = deghost(self.model, inplace=True)
         self.finished = True
-        self.report = verify(self.original, clean, self.example_inputs if verify_outputs else None)
+        if verify:
+            self.report = verify_against(self.original, clean, self.example_inputs)
         return clean
 
     def state_dict(self) -> dict[str, Any]:
