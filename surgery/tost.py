@@ -36,15 +36,15 @@ from surgery.verify import verify as verify_against
 
 @dataclass(frozen=True)
 class Removal:
-    """What ``tost.step()`` returns at the removal step."""
+    """What ``tost.step()`` returns at the removal step. A wrapper made outside ``tost.ddp()`` (DDP,
+    torch.compile) still holds the ghost parameters then: rebuild it."""
 
     step: int  # steps run before the ghosts left
     parameters: int  # ghost parameters that left the model and the optimizer
     rewrapped: bool  # the DDP wrapper ``tost.ddp()`` made was rebuilt: use ``tost.net`` from now on
 
     def __str__(self) -> str:
-        wrapper = ("; the DDP wrapper was rebuilt: call tost.net from now on" if self.rewrapped else
-                   "; a wrapper you made yourself (DDP, torch.compile) holds the old parameters: rebuild it")
+        wrapper = "; the DDP wrapper was rebuilt: call tost.net from now on" if self.rewrapped else ""
         return f"ghosts removed after step {self.step}: {self.parameters} ghost parameters left the model and the optimizer{wrapper}"
 
 
