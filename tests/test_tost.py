@@ -177,3 +177,32 @@ def test_a_checkpoint_of_another_schedule_is_refused():
     saved = make_tost(total_steps=10, remove_at_step=4).state_dict()
     with pytest.raises(ToSTError, match="total_steps=10 with removal at step 4; this one has 10 and 5"):
         make_tost(total_steps=10, remove_at_step=5).load_state_dict(saved)
+
+
+class Detector(torch.nn.Module):
+    """A traceable backbone under a forward fx cannot trace (Python filtering of rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = SmallCNN(num_classes=8)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        scores = self.head(self.backbone(x))
+        return torch.stack([row for row in scores if float(row.detach().max()) > -1e9])
+
+
+@pytest.mark.skipif(not hasattr(surgery, "compiled_submodules"), reason="needs surgery.compile(submodule=) (branch partial)")
+def test_a_submodule_trains_with_tost_and_the_whole_model_comes_back_verified():
+    original = seeded(Detector)
+    torch.manual_seed(0)
+    masks = {"backbone.conv2.weight": torch.rand(6, 3, 3, 3) > 0.5}
+    tost = surgery.ToST(original, X, "tost", masks=masks, total_steps=4, remove_at_step=2, submodule="backbone")
+    assert type(tost.model) is Detector and ghosts(tost.model)
+    optimizer = sgd(tost)
+    events = train(tost, optimizer, batches(4), 0, 4)
+    assert events[1].step == 2 and not ghosts(tost.model) and len(optimizer.param_groups) == 1
+    assert not tost.model.backbone.conv2.parametrizations.weight.original[~masks["backbone.conv2.weight"]].any()
+    clean = tost.finish()
+    assert type(clean) is Detector and tost.report.outputs_max_abs_diff is not None
+    Detector().load_state_dict(clean.state_dict())  # strict: the user's class
