@@ -6,6 +6,7 @@
     clean   = surgery.deghost(ghosted)
     report  = surgery.verify(model, clean, example_inputs)
     info    = surgery.export_onnx(clean, example_inputs, "m.onnx", sparse=True)
+    tost    = surgery.ToST(model, example_inputs, "tost", total_steps=...)   # ToST in your own loop
 
 Training (schedules, de-ghosting before the first LR decay, checkpoints, DDP, reports) is
 ``surgery.train``: ``surgery.train.run(surgery.train.RunConfig.from_yaml(path))``.
@@ -27,6 +28,7 @@ from surgery.errors import (
     ShapePropagationError,
     SubmoduleError,
     SurgeryError,
+    ToSTError,
     TraceError,
     UnknownModelError,
     VerificationError,
@@ -35,6 +37,7 @@ from surgery.ghosts import ghost_parameters, set_ghost_strength
 from surgery.manifest import Manifest, compiled_submodules, manifest_of
 from surgery.passes.deghost import deghost
 from surgery.recipe import Recipe
+from surgery.tost import ToST
 from surgery.tracing import trace
 from surgery.verify import VerifyReport, verify
 
@@ -67,6 +70,8 @@ __all__ = [
     "ShapePropagationError",
     "SubmoduleError",
     "SurgeryError",
+    "ToST",
+    "ToSTError",
     "TraceError",
     "UnknownModelError",
     "VerificationError",

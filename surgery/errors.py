@@ -70,6 +70,15 @@ class DivergedError(SurgeryError):
     """Training produced a NaN or infinite loss."""
 
 
+class ToSTError(SurgeryError):
+    """``surgery.ToST`` used out of order (a step after finish), with an optimizer that does not train
+    the ghosted model, or with a removal step outside the run."""
+
+
+class MissingExtraError(SurgeryError, ImportError):
+    """An optional integration was imported without its extra installed (e.g. ``tost-surgery[lightning]``)."""
+
+
 class ReportError(SurgeryError):
     """A run directory lacks what a report is made from (metrics, config)."""
 
