@@ -85,8 +85,7 @@ class ToST:
         recipe = Recipe.coerce(recipe)
         if masks is not None:
             recipe = recipe.replace(masks=masks)
-        compile_options = {} if submodule is None else {"submodule": submodule}
-        self.model = compile(model, example_inputs, recipe, **compile_options)
+        self.model = compile(model, example_inputs, recipe, submodule=submodule)
         removal_at = removal_step(self.total_steps, remove_at_step, remove_at_epoch, steps_per_epoch)
         self.timeline = GhostTimeline(self.model, plan, removal_at, self.steps_per_epoch)
         self.steps = 0

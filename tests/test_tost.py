@@ -192,7 +192,6 @@ class Detector(torch.nn.Module):
         return torch.stack([row for row in scores if float(row.detach().max()) > -1e9])
 
 
-@pytest.mark.skipif(not hasattr(surgery, "compiled_submodules"), reason="needs surgery.compile(submodule=) (branch partial)")
 def test_a_submodule_trains_with_tost_and_the_whole_model_comes_back_verified():
     original = seeded(Detector)
     torch.manual_seed(0)
