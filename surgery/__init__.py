@@ -1,11 +1,12 @@
 """tost-surgery: train sparse networks better, on any architecture, verified.
 
     gm      = surgery.trace(model, leaf_modules=())
-    ghosted = surgery.compile(model, example_inputs, recipe)
+    ghosted = surgery.compile(model, example_inputs, recipe)     # submodule="backbone": that part only
     surgery.set_ghost_strength(ghosted, alpha=..., beta=...)
     clean   = surgery.deghost(ghosted)
     report  = surgery.verify(model, clean, example_inputs)
     info    = surgery.export_onnx(clean, example_inputs, "m.onnx", sparse=True)
+    tost    = surgery.ToST(model, example_inputs, "tost", total_steps=...)   # ToST in your own loop
 
 Training (schedules, de-ghosting before the first LR decay, checkpoints, DDP, reports) is
 ``surgery.train``: ``surgery.train.run(surgery.train.RunConfig.from_yaml(path))``.
@@ -26,15 +27,18 @@ from surgery.errors import (
     RecipeError,
     ReportError,
     ShapePropagationError,
+    SubmoduleError,
     SurgeryError,
+    ToSTError,
     TraceError,
     UnknownModelError,
     VerificationError,
 )
 from surgery.ghosts import ghost_parameters, set_ghost_strength
-from surgery.manifest import Manifest, manifest_of
+from surgery.manifest import Manifest, compiled_submodules, manifest_of
 from surgery.passes.deghost import deghost
 from surgery.recipe import Recipe
+from surgery.tost import ToST
 from surgery.tracing import trace
 from surgery.verify import VerifyReport, verify
 
@@ -66,12 +70,16 @@ __all__ = [
     "RecipeError",
     "ReportError",
     "ShapePropagationError",
+    "SubmoduleError",
     "SurgeryError",
+    "ToST",
+    "ToSTError",
     "TraceError",
     "UnknownModelError",
     "VerificationError",
     "VerifyReport",
     "compile",
+    "compiled_submodules",
     "deghost",
     "export_onnx",
     "ghost_parameters",

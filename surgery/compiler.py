@@ -2,7 +2,9 @@
 
 The user's model is never modified: the graph module owns deep copies of its
 parameters. After each pass the graph is linted and recompiled, and the pass has
-recorded what it did in the manifest (``surgery.manifest_of(gm)``).
+recorded what it did in the manifest (``surgery.manifest_of(gm)``). With
+``submodule=`` only those parts are compiled, each on the inputs the whole model
+gives it (``surgery.submodules``), and the whole model comes back around them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from surgery.errors import TraceError
 from surgery.ghosts import Ghost, ghost_parameters
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes
 from surgery.layers import FORWARD_CONV_TYPES
@@ -20,7 +23,17 @@ from surgery.manifest import MANIFEST_KEY, Manifest, Unreached
 from surgery.passes import REGISTRY
 from surgery.passes.soft_activation import ACTIVATIONS
 from surgery.recipe import Recipe
-from surgery.tracing import STRUCTURAL_LEAVES, trace
+from surgery.submodules import (
+    call_inputs,
+    capture_calls,
+    leaves_within,
+    recipes_by_submodule,
+    replace_submodule,
+    require_reached,
+    submodule_paths,
+    traceable_children,
+)
+from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names, trace
 
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 
@@ -30,18 +43,70 @@ def compile(
     example_inputs: Any,
     recipe: Recipe | Mapping[str, Any] | str | os.PathLike | None = None,
     *,
+    submodule: str | Sequence[str] | None = None,
     leaf_modules: Sequence[Any] = (),
     concrete_args: dict[str, Any] | None = None,
-) -> fx.GraphModule:
+) -> nn.Module:
     """Return a ghosted ``fx.GraphModule`` of ``model`` built by ``recipe``'s passes.
 
-    ``example_inputs`` (a tensor or a tuple) size the skips' projections by shape
-    propagation; they are moved to the model's device (meta models get meta inputs).
+    ``example_inputs`` (a tensor or a tuple of positional arguments; a list of images goes
+    in a tuple: ``(images,)``) size the skips' projections by shape propagation; they are
+    moved to the model's device (meta models get meta inputs).
+
+    ``submodule`` (a qualified module path like ``"backbone"``, or several) compiles only
+    those parts: one forward of a copy of the whole model on ``example_inputs`` (its current
+    mode, no grad) captures the arguments each receives, each is compiled on them, and a
+    copy of the whole model is returned, of the user's class, with each part replaced by its
+    ghosted GraphModule (``surgery.compiled_submodules(model)`` lists them) so the user's
+    training code runs unchanged. Masks and ``leaf_modules`` paths are then named as in the
+    whole model; ``concrete_args`` fix the submodules' forward arguments. A whole model that
+    cannot be traced raises a ``TraceError`` naming children that can.
     """
     recipe = Recipe.coerce(recipe)
     leaves = tuple(recipe.leaf_modules) + tuple(leaf_modules)
+    if submodule is not None:
+        return compile_submodules(model, example_inputs, recipe, submodule, leaves, concrete_args)
     inputs = as_tuple(example_inputs)
-    gm = deepcopy_module(trace(model, leaves, concrete_args, num_inputs=len(inputs)))
+    return build(model, trace_whole(model, inputs, leaves, concrete_args), inputs, recipe)
+
+
+def trace_whole(model: nn.Module, inputs: tuple, leaves: Sequence[Any], concrete_args: dict[str, Any] | None) -> fx.GraphModule:
+    """``trace`` the whole model; when fx cannot, the error also names the children that trace."""
+    check_leaf_names(model, leaves)
+    try:
+        return trace(model, leaves, concrete_args, num_inputs=len(inputs))
+    except TraceError as error:
+        suggestion = traceable_children(model, inputs, leaves)
+        raise TraceError(f"{error}\n{suggestion}" if suggestion else str(error)) from error
+
+
+def compile_submodules(
+    model: nn.Module,
+    example_inputs: Any,
+    recipe: Recipe,
+    submodule: str | Sequence[str],
+    leaves: Sequence[Any],
+    concrete_args: dict[str, Any] | None,
+) -> nn.Module:
+    """A copy of ``model`` whose ``submodule`` parts are ghosted GraphModules (see ``compile``)."""
+    paths = submodule_paths(model, submodule)
+    check_leaf_names(model, leaves)
+    calls = capture_calls(model, example_inputs, paths)
+    require_reached(model, paths, calls)
+    whole = deepcopy_module(model)
+    recipes = recipes_by_submodule(whole, recipe, paths)
+    for path in paths:
+        part = whole.get_submodule(path)
+        inputs, fixed = call_inputs(part, calls[path], path)
+        traced = trace(part, leaves_within(leaves, path, whole), {**fixed, **(concrete_args or {})} or None,
+                       num_inputs=len(inputs))
+        replace_submodule(whole, path, build(part, traced, inputs, recipes[path]))
+    return whole
+
+
+def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recipe) -> fx.GraphModule:
+    """Ghost ``traced`` (a trace of ``model``): a copy, its shapes, then the recipe's passes in order."""
+    gm = deepcopy_module(traced)
     cls = type(model)
     manifest = Manifest(model=f"{cls.__module__}.{cls.__qualname__}")
     manifest.unreached = out_of_reach(gm)

@@ -14,6 +14,10 @@ class TraceError(SurgeryError):
     """torch.fx could not trace the model (or a module inside it)."""
 
 
+class SubmoduleError(SurgeryError):
+    """A ``submodule`` path that names no module of the model, or one the forward never calls."""
+
+
 class ShapePropagationError(TraceError):
     """The traced graph could not run on the example inputs (wrong inputs, or meta without kernels)."""
 
@@ -68,6 +72,15 @@ class CheckpointError(SurgeryError):
 
 class DivergedError(SurgeryError):
     """Training produced a NaN or infinite loss."""
+
+
+class ToSTError(SurgeryError):
+    """``surgery.ToST`` used out of order (a step after finish), with an optimizer that does not train
+    the ghosted model, or with a removal step outside the run."""
+
+
+class MissingExtraError(SurgeryError, ImportError):
+    """An optional integration was imported without its extra installed (e.g. ``tost-surgery[lightning]``)."""
 
 
 class ReportError(SurgeryError):

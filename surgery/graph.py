@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from surgery.errors import ShapePropagationError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
@@ -78,8 +78,9 @@ def device_of(module: nn.Module) -> torch.device:
 
 
 def inputs_on(device: torch.device, inputs: Sequence[Any]) -> tuple:
-    """Move example tensors to the model's device (meta models get meta inputs)."""
-    return tuple(x.to(device) if torch.is_tensor(x) else x for x in inputs)
+    """Move example tensors to the model's device (meta models get meta inputs), those inside
+    lists and dicts too (a detector's images and targets)."""
+    return tuple(tree_map(lambda x: x.to(device) if torch.is_tensor(x) else x, list(inputs)))
 
 
 @contextlib.contextmanager

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from torch import fx
+from torch import fx, nn
 
 from surgery.errors import SurgeryError
 
@@ -61,6 +61,7 @@ class Manifest:
     conv_sites: int = 0  # conv call sites the graph holds
     ghost_parameters: int = 0  # training-only parameters the ghosts add (projection convs and norms)
     deghosted: bool = False
+    submodules: list[str] = field(default_factory=list)  # compiled submodules by path; empty: the whole model
 
     def summary(self) -> dict[str, Any]:
         unreached_convs = [u for u in self.unreached if u.what == "conv"]
@@ -80,6 +81,7 @@ class Manifest:
             "ghost_parameters": self.ghost_parameters,
             "convs_unreached": len(unreached_convs),
             "deghosted": self.deghosted,
+            "submodules": list(self.submodules),
         }
 
     def kept_weights(self) -> int | None:
@@ -110,14 +112,59 @@ def _distinct(items):
     return list(dict.fromkeys(items))
 
 
-def manifest_of(gm: fx.GraphModule) -> Manifest:
-    """The manifest ``surgery.compile`` attached to ``gm``."""
-    manifest = getattr(gm, "meta", {}).get(MANIFEST_KEY)
+def manifest_of(model: nn.Module) -> Manifest:
+    """The manifest ``surgery.compile`` attached to ``model``.
+
+    For a model compiled with ``submodule=``, one manifest of the whole model: every
+    submodule's records with names qualified in the whole model (``backbone.body.0.0``),
+    ``submodules`` listing the compiled paths; a view, built on each call.
+    """
+    parts = compiled_submodules(model)
+    if "" in parts:
+        manifest = parts[""].meta.get(MANIFEST_KEY)
+    else:
+        manifest = _whole(model, parts) if parts else None
     if manifest is None:
         raise SurgeryError(
-            f"{type(gm).__name__} has no surgery manifest: it was not made by surgery.compile(...)."
+            f"{type(model).__name__} has no surgery manifest: it was not made by surgery.compile(...)."
         )
     return manifest
+
+
+def compiled_submodules(model: nn.Module) -> dict[str, fx.GraphModule]:
+    """The graph modules ``surgery.compile`` made, by path: ``{"": model}`` when ``model`` is one
+    itself (a whole-model compile), else every outermost GraphModule inside it carrying a manifest
+    (``submodule=`` compiles: ``{"backbone": ...}``)."""
+    if isinstance(model, fx.GraphModule):
+        return {"": model}
+    found: dict[str, fx.GraphModule] = {}
+    for path, module in model.named_modules():
+        inside = any(path.startswith(outer + ".") for outer in found)
+        if isinstance(module, fx.GraphModule) and MANIFEST_KEY in module.meta and not inside:
+            found[path] = module
+    return found
+
+
+def _whole(model: nn.Module, parts: dict[str, fx.GraphModule]) -> Manifest:
+    cls = type(model)
+    whole = Manifest(model=f"{cls.__module__}.{cls.__qualname__}", submodules=list(parts))
+    for path, gm in parts.items():
+        part = ensure_manifest(gm)
+
+        def at(name: str, path: str = path) -> str:
+            return f"{path}.{name}"
+
+        whole.passes += [name for name in part.passes if name not in whole.passes]
+        whole.skips += [replace(s, site=at(s.site), ghost=at(s.ghost)) for s in part.skips]
+        whole.activations += [replace(a, site=at(a.site), ghost=at(a.ghost)) for a in part.activations]
+        whole.masks += [replace(m, param=at(m.param)) for m in part.masks]
+        whole.skipped += [(at(site), why) for site, why in part.skipped]
+        whole.untargeted += [(at(site), kind) for site, kind in part.untargeted]
+        whole.unreached += [replace(u, module=at(u.module), inside=at(u.inside)) for u in part.unreached]
+        whole.conv_sites += part.conv_sites
+        whole.ghost_parameters += part.ghost_parameters
+    whole.deghosted = all(ensure_manifest(gm).deghosted for gm in parts.values())
+    return whole
 
 
 def ensure_manifest(gm: fx.GraphModule) -> Manifest:

@@ -27,6 +27,7 @@ TRACE_SECTION = "trace"
 # ToST's architecture tweaks: ghost skips around the body's spatial convs (conv1x1-projected where shapes
 # change), PSwish for every ReLU.
 TOST_RECIPE: dict[str, Any] = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}  # recipes by name
 TRACE_OPTIONS = ("leaf_modules",)
 
 
@@ -73,6 +74,8 @@ class Recipe:
             return cls()
         if isinstance(recipe, Recipe):
             return recipe
+        if isinstance(recipe, str) and recipe in RECIPE_PRESETS:
+            return cls.from_dict(RECIPE_PRESETS[recipe])
         if isinstance(recipe, (str, os.PathLike)):
             return cls.from_yaml(recipe)
         return cls.from_dict(recipe)

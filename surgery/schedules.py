@@ -225,9 +225,20 @@ class GhostPlan:
 
     def strength(self, clock: Clock, removal_epoch: int | None) -> dict[str, float]:
         """alpha and beta at ``clock`` while the ghosts are in."""
-        if removal_epoch is None or self.removal == "abrupt":
+        removal_step = None if removal_epoch is None else removal_epoch * clock.steps_per_epoch
+        return self.strength_at_step(clock.step, removal_step, clock.steps_per_epoch)
+
+    def strength_at_step(self, step: int, removal_step: int | None, steps_per_epoch: int = 1) -> dict[str, float]:
+        """alpha and beta before ``step`` (0-based) runs, the ghosts leaving before ``removal_step``
+        (``None``: never); the end values are reached on the step just before it (``per: step``) or
+        in the epoch just before it (``per: epoch``)."""
+        if removal_step is None or self.removal == "abrupt":
             return {"alpha": self.alpha.start, "beta": self.beta.start}
-        t = progress(clock, removal_epoch, self.per)
+        if self.per == "epoch":
+            span_epochs = math.ceil(removal_step / steps_per_epoch)
+            t = (step // steps_per_epoch) / max(span_epochs - 1, 1)
+        else:
+            t = step / max(removal_step - 1, 1)
         return {"alpha": self.alpha.at(t), "beta": self.beta.at(t)}
 
     def to_dict(self) -> dict[str, Any]:

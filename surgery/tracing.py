@@ -134,7 +134,7 @@ def trace(
     meta device included (tracing runs no kernels). Raises ``TraceError`` naming the
     module and source line where tracing broke.
     """
-    _check_leaf_names(model, leaf_modules)
+    check_leaf_names(model, leaf_modules)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = SurgeryTracer(leaf_modules, autowrap_functions)
     attributes_before = set(vars(model))
@@ -151,11 +151,27 @@ def trace(
             delattr(model, name)
     gm._non_persistent_buffers_set.update(constants)  # trace-time constants, not state
     _mirror_module_tree(gm, model)
+    _fixed_arguments_keep_their_names(gm, concrete_args or {})
     _functional_dropout_to_modules(gm, model.training)
     gm.meta["surgery.trace_options"] = TraceOptions(
         tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs
     )
     return gm
+
+
+def _fixed_arguments_keep_their_names(gm: fx.GraphModule, concrete_args: dict[str, Any]) -> None:
+    """fx renames a fixed argument's input (``scale`` -> ``scale_1``) and gives it the original
+    default, so a caller passing ``scale=2.0`` by keyword (or relying on the default of a value
+    fixed to something else) fails. Give each its own name back and the fixed value as default."""
+    targets = {node.target for node in gm.graph.nodes if node.op == "placeholder"}
+    changed = False
+    for node in gm.graph.nodes:
+        name = node.target.rsplit("_", 1)[0] if node.op == "placeholder" else None
+        if name in concrete_args and name not in targets and concrete_args[name] is not fx.PH:
+            node.target, node.args = name, (concrete_args[name],)
+            changed = True
+    if changed:
+        gm.recompile()
 
 
 # F.dropout(x, p, training=self.training) freezes the mode it was traced in; these follow .train().
@@ -198,7 +214,7 @@ def _functional_dropout_to_modules(gm: fx.GraphModule, traced_training: bool) ->
         gm.recompile()
 
 
-def _check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
+def check_leaf_names(model: nn.Module, leaf_modules: Sequence[Any]) -> None:
     """A leaf given by name must name a module path or a module class in the model."""
     names = [x for x in leaf_modules if isinstance(x, str)]
     if not names:

@@ -10,7 +10,10 @@
 (d) given the ghosted module: with alpha = 0 and its activations restored, its
     outputs equal the de-ghosted module's.
 Each check is also a function of its own; ``verify`` runs them in order and raises
-``VerificationError`` with the differences in plain words.
+``VerificationError`` with the differences in plain words. For a model compiled with
+``submodule=``, (a) runs per compiled submodule against the original's submodule at the
+same path, while (b), (c) and (d) take the whole model (outputs may be nested: every
+tensor in them is compared, e.g. a detector's boxes, labels and scores).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -35,6 +38,7 @@ from surgery.graph import (
     eval_mode,
     inputs_on,
 )
+from surgery.manifest import compiled_submodules
 from surgery.masks import masked_parameters
 from surgery.passes.deghost import strip_ghosts
 from surgery.tracing import trace, trace_options_of
@@ -50,11 +54,13 @@ class VerifyReport:
     outputs_max_abs_diff: float | None = None  # (c); None: not checked (meta device or no inputs)
     ghost_parity_max_abs_diff: float | None = None  # (d); None: no ghosted model given
     atol: float = ATOL
+    submodules: list[str] = field(default_factory=list)  # (a) ran on these; empty: on the whole model
 
     def checks(self) -> list[dict[str, Any]]:
         """One entry per check that ran: its name, its line of text and its number, if it has one."""
+        graphs = f"graphs of {', '.join(self.submodules)}" if self.submodules else "graph"
         found = [
-            {"check": "graph", "text": f"(a) graph isomorphic to the original trace ({self.nodes} nodes)",
+            {"check": "graph", "text": f"(a) {graphs} isomorphic to the original trace ({self.nodes} nodes)",
              "nodes": self.nodes},
             {"check": "strict_load", "text": "(b) state_dict loads strictly into the original class"},
         ]
@@ -81,10 +87,10 @@ class VerifyReport:
 
 def verify(
     model: nn.Module,
-    clean: fx.GraphModule,
+    clean: nn.Module,
     example_inputs: Any = None,
     *,
-    ghosted: fx.GraphModule | None = None,
+    ghosted: nn.Module | None = None,
     atol: float = ATOL,
     leaf_modules: Sequence[Any] | None = None,
     concrete_args: dict[str, Any] | None = None,
@@ -94,11 +100,18 @@ def verify(
     The original is traced with the options ``clean`` was compiled with (override with
     ``leaf_modules`` / ``concrete_args``). Numeric checks need ``example_inputs`` and a
     model that is not on the meta device.
+
+    ``clean`` may be the user's model with compiled submodules (``surgery.compile(...,
+    submodule=...)`` then ``surgery.deghost``): each is checked against ``model``'s submodule
+    at its path, and the whole model's state_dict and outputs against ``model``'s.
     """
     require_clean(clean)
-    nodes = check_graph(trace_reference(model, clean, leaf_modules, concrete_args), clean)
+    parts = compiled_submodules(clean)
+    if not parts:
+        raise VerificationError(f"{type(clean).__name__} holds no module made by surgery.compile: nothing to verify.")
+    nodes = sum(check_part(model, path, part, leaf_modules, concrete_args) for path, part in parts.items())
     fresh = load_into_original(model, clean)
-    report = VerifyReport(nodes=nodes, atol=atol)
+    report = VerifyReport(nodes=nodes, atol=atol, submodules=[path for path in parts if path])
     if example_inputs is None or device_of(clean).type == "meta":
         return report
     inputs = as_tuple(example_inputs)
@@ -106,6 +119,27 @@ def verify(
     if ghosted is not None:
         report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
     return report
+
+
+def check_part(
+    model: nn.Module,
+    path: str,
+    clean: fx.GraphModule,
+    leaf_modules: Sequence[Any] | None = None,
+    concrete_args: dict[str, Any] | None = None,
+) -> int:
+    """(a) for the compiled part at ``path`` ('' is the whole model); returns its node count."""
+    if not path:
+        return check_graph(trace_reference(model, clean, leaf_modules, concrete_args), clean)
+    try:
+        original = model.get_submodule(path)
+    except AttributeError:
+        raise VerificationError(f"the original {type(model).__name__} has no submodule '{path}', which the "
+                                "de-ghosted model compiled: was it made from another model?") from None
+    try:
+        return check_graph(trace_reference(original, clean, leaf_modules, concrete_args), clean)
+    except VerificationError as error:
+        raise VerificationError(f"submodule '{path}': {error}") from error
 
 
 def trace_reference(
@@ -375,10 +409,11 @@ def _tensors(output: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
     return []
 
 
-def check_ghost_parity(ghosted: fx.GraphModule, clean: nn.Module, inputs: Sequence[Any], atol: float = ATOL) -> float:
+def check_ghost_parity(ghosted: nn.Module, clean: nn.Module, inputs: Sequence[Any], atol: float = ATOL) -> float:
     """(d): a copy of ``ghosted`` at alpha = 0 with activations restored must equal ``clean``."""
     probe = deepcopy_module(ghosted)
     if ghosts(probe):  # a masks-only compile has none: nothing to fade
         set_ghost_strength(probe, alpha=0.0)
-    strip_ghosts(probe, SoftActivation)
+    for part in compiled_submodules(probe).values():
+        strip_ghosts(part, SoftActivation)
     return check_outputs(probe, clean, inputs, atol, "the ghosted module (alpha=0, activations restored)", "the de-ghosted module")

@@ -76,7 +76,7 @@ SCRIPTS = {  # extra arguments; lines the output must hold (methods and the spar
 
 def test_there_is_a_script_per_paper_workflow():
     scripts = {key.split()[0] for key in SCRIPTS}
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {*scripts, "round_trip.py", "workflow.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {*scripts, "round_trip.py", "workflow.py", *OWN_LOOPS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -87,5 +87,24 @@ def test_each_workflow_script_runs_tiny(script, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script.split()[0], "--data", "synthetic", "--image-size", "8", "--epochs", "2",
                                       "--out", str(tmp_path), "--no-export", *extra])
     runpy.run_path(str(EXAMPLES / script.split()[0]), run_name="__main__")
+    out = capsys.readouterr().out
+    assert all(line in out for line in expected), out[-2000:]
+
+
+OWN_LOOPS = {  # ToST in the user's training code: extra arguments; lines the output must hold
+    "own_loop.py": (["--epochs", "2", "--image-size", "8"],
+                    ["ghosts removed after step 11", "(c) outputs equal", "90.0% of the masked weights are zero"]),
+    "lightning_tost.py": (["--epochs", "2", "--image-size", "8", "--no-export"],
+                          ["ghosts removed after step 11", "(c) outputs equal", "clean: test"]),
+}
+
+
+@pytest.mark.parametrize("script", OWN_LOOPS)
+def test_each_own_loop_example_runs_tiny(script, monkeypatch, capsys):
+    if script.startswith("lightning"):
+        pytest.importorskip("lightning")
+    extra, expected = OWN_LOOPS[script]
+    monkeypatch.setattr(sys, "argv", [script, *extra])
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     out = capsys.readouterr().out
     assert all(line in out for line in expected), out[-2000:]

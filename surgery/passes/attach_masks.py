@@ -53,7 +53,7 @@ class MaskOptions:
 def attach_masks(gm: fx.GraphModule, options: MaskOptions) -> fx.GraphModule:
     """Mask every weight the source names; pruned entries are zero now and after every step."""
     manifest = ensure_manifest(gm)
-    masks = validate_masks(_resolve(gm, options), gm, options.prunable)
+    masks = validate_masks(resolve_source(gm, options), gm, options.prunable)
     for name, mask in masks.items():
         attach_mask(gm, name, mask)
         sparsity = 0.0 if mask.is_meta else 1.0 - mask.count_nonzero().item() / max(mask.numel(), 1)
@@ -62,7 +62,7 @@ def attach_masks(gm: fx.GraphModule, options: MaskOptions) -> fx.GraphModule:
     return gm
 
 
-def _resolve(gm: fx.GraphModule, options: MaskOptions) -> Mapping[str, torch.Tensor]:
+def resolve_source(gm: fx.GraphModule, options: MaskOptions) -> Mapping[str, torch.Tensor]:
     source = options.source
     if isinstance(source, Mapping):
         return source

@@ -5,28 +5,41 @@ its main input; a soft activation: the exact original activation node); ghost
 modules, parameters and buffers disappear; masks are baked into the weights. The
 result's state_dict keys equal the original model's. ``inplace=True`` edits a
 model being trained (its non-ghost parameters keep their identity, so an
-optimizer's state for them survives).
+optimizer's state for them survives). A model compiled with ``submodule=`` is
+de-ghosted part by part: each compiled submodule stays a GraphModule, now clean,
+whose state_dict keys equal the original submodule's.
 """
 
 from __future__ import annotations
 
 from torch import fx, nn
 
+from surgery.errors import GhostError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
 from surgery.graph import deepcopy_module, module_of
-from surgery.manifest import ensure_manifest
+from surgery.manifest import compiled_submodules, ensure_manifest
 from surgery.masks import bake_masks
 
 
-def deghost(gm: fx.GraphModule, *, inplace: bool = False, keep_masks: bool = False) -> fx.GraphModule:
-    """Return ``gm`` without ghosts and (unless ``keep_masks``) with masks baked into weights."""
+def deghost(model: nn.Module, *, inplace: bool = False, keep_masks: bool = False) -> nn.Module:
+    """Return ``model`` without ghosts and (unless ``keep_masks``) with masks baked into weights.
+
+    ``model`` is what ``surgery.compile`` returned: a GraphModule, or the user's model with
+    compiled submodules (``submodule=``), which comes back of the same class, each compiled
+    part de-ghosted where it sits: a strict ``load_state_dict`` into a fresh instance works.
+    """
     if not inplace:
-        gm = deepcopy_module(gm)
-    strip_ghosts(gm)
-    if not keep_masks:
-        bake_masks(gm)
-    ensure_manifest(gm).deghosted = True
-    return gm
+        model = deepcopy_module(model)
+    parts = compiled_submodules(model)
+    if not parts:
+        raise GhostError(f"deghost: {type(model).__name__} holds no module made by surgery.compile; "
+                         "de-ghost what surgery.compile(model, example_inputs, recipe[, submodule=...]) returned.")
+    for gm in parts.values():
+        strip_ghosts(gm)
+        if not keep_masks:
+            bake_masks(gm)
+        ensure_manifest(gm).deghosted = True
+    return model
 
 
 def strip_ghosts(gm: fx.GraphModule, kind: type[Ghost] = Ghost) -> int:

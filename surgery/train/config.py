@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
-from surgery.recipe import TOST_RECIPE, Recipe
+from surgery.recipe import RECIPE_PRESETS, Recipe
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -389,9 +389,6 @@ def listed(problems: Sequence[str]) -> str:
     if len(problems) == 1:
         return problems[0]
     return f"the config has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
-
-
-RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}
 
 
 def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:

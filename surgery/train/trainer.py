@@ -26,18 +26,12 @@ from rich.console import Console
 from torch import fx, nn
 
 from surgery.errors import ConfigError, DivergedError
-from surgery.ghosts import (
-    GhostSkip,
-    PSwish,
-    ghost_parameters,
-    ghosts,
-    set_ghost_strength,
-)
+from surgery.ghosts import ghosts
 from surgery.hooks import TrainingHook
 from surgery.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
 from surgery.masks import masked_parameters, overall_sparsity
-from surgery.passes.deghost import deghost
 from surgery.schedules import Clock
+from surgery.timeline import GhostTimeline
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.distributed import Distributed
@@ -46,7 +40,6 @@ from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress
 from surgery.train.run_files import RunFiles
 
-GHOST_GROUP = "ghosts"
 CHECKPOINT_FORMAT = 1
 
 
@@ -95,10 +88,13 @@ class Trainer:
         self.module = model.to(self.device)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.has_ghosts = self.ghosted_at_start = bool(ghosts(self.module))
-        self.removal_epoch = self.ghost_plan.removal_epoch(self.lr_plan, self.epochs) if self.has_ghosts else None
+        self.ghosted_at_start = bool(ghosts(self.module))
+        self.removal_epoch = self.ghost_plan.removal_epoch(self.lr_plan, self.epochs) if self.ghosted_at_start else None
+        removal_step = None if self.removal_epoch is None else self.removal_epoch * self.steps_per_epoch
+        self.timeline = GhostTimeline(self.module, self.ghost_plan, removal_step, self.steps_per_epoch)  # shared with surgery.ToST
         self.loss_fn = self._loss(teacher)
         self.optimizer = self._optimizer()
+        self.timeline.attach(self.optimizer)  # the ghost parameters in a group of their own, to leave at removal
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.hooks = list(hooks)
         self._check_hook_names()
@@ -129,11 +125,7 @@ class Trainer:
         return lambda logits, y, x, ls: distill(logits, y, x, label_smoothing=ls)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        ghost_ids = {id(p) for p in ghost_parameters(self.module)}
-        weights = [p for p in self.module.parameters() if id(p) not in ghost_ids and p.requires_grad]
-        groups = [{"params": weights, "name": "weights"}]
-        if ghost_ids:
-            groups.append({"params": [p for p in ghost_parameters(self.module)], "name": GHOST_GROUP})
+        groups = [{"params": [p for p in self.module.parameters() if p.requires_grad], "name": "weights"}]
         o = self.config.optimizer
         if o.name == "sgd":
             return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
@@ -171,26 +163,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ ghosts
 
+    @property
+    def has_ghosts(self) -> bool:
+        return self.timeline.ghosted
+
     def remove_ghosts(self) -> None:
         """Strip every ghost in place; the ghost group leaves the optimizer, the rest keeps its state."""
-        leaving = ghost_parameters(self.module)
-        deghost(self.module, inplace=True, keep_masks=True)
-        self.optimizer.param_groups[:] = [g for g in self.optimizer.param_groups if g.get("name") != GHOST_GROUP]
-        for p in leaving:
-            self.optimizer.state.pop(p, None)
-        self.has_ghosts = False
+        self.timeline.remove()
         self.net = self._wrapped()
         self.ghosts_removed_at = (self.step, self.epoch)
-
-    def ghost_values(self, clock: Clock) -> dict[str, float | None]:
-        if not self.has_ghosts:
-            return {"alpha": None, "beta": None}
-        values = self.ghost_plan.strength(clock, self.removal_epoch)
-        kinds = {type(g) for _, g in ghosts(self.module)}
-        return {
-            "alpha": values["alpha"] if any(issubclass(k, GhostSkip) for k in kinds) else None,
-            "beta": values["beta"] if any(issubclass(k, PSwish) for k in kinds) else None,
-        }
 
     # ------------------------------------------------------------------ the loop
 
@@ -205,7 +186,7 @@ class Trainer:
         try:
             with self._signals():
                 self._loop()
-                if self.has_ghosts and self.removal_epoch is not None:
+                if self.timeline.due(self.step):
                     self.remove_ghosts()  # removal scheduled at the very end of the run
                 path = self._save_checkpoint()
                 if self.dist.any(self._signal is not None):  # asked during the last step: the final checkpoint
@@ -239,7 +220,7 @@ class Trainer:
 
     def _loop(self) -> None:
         while self.epoch < self.epochs:
-            if self.has_ghosts and self.removal_epoch is not None and self.epoch >= self.removal_epoch:
+            if self.timeline.due(self.step):  # at an epoch's start: the removal step is an epoch boundary
                 self.remove_ghosts()
             self._train_epoch()
             row = self._finish_epoch()
@@ -278,9 +259,7 @@ class Trainer:
         lr_factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
         for group in self.optimizer.param_groups:  # lr_scale: a hook's group on its own schedule (OptG's masks)
             group["lr"] = self.config.optimizer.lr * lr_factor * group.get("lr_scale", 1.0)
-        values = {"lr": self.config.optimizer.lr * lr_factor, **self.ghost_values(clock)}
-        if self.has_ghosts:
-            set_ghost_strength(self.module, alpha=values["alpha"], beta=values["beta"])
+        values = {"lr": self.config.optimizer.lr * lr_factor, **self.timeline.apply(clock.step)}
         values["label_smoothing"] = self.smoothing.at(clock, self.epochs)
         return values
 
@@ -361,7 +340,7 @@ class Trainer:
 
     def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
         factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
-        return {"lr": self.config.optimizer.lr * factor, **self.ghost_values(clock),
+        return {"lr": self.config.optimizer.lr * factor, **self.timeline.strength(clock.step),
                 "label_smoothing": self.smoothing.at(clock, self.epochs)}
 
     @torch.no_grad()

@@ -1,0 +1,269 @@
+"""Compile part of a model: which submodules, and the inputs the whole model gives them.
+
+torch.fx cannot trace many models as a whole (detection: Python-side anchors, targets,
+post-processing), but their backbones trace fine. ``surgery.compile(..., submodule=...)``
+compiles only those parts, each on the arguments a real forward of the whole model
+passes it: a forward pre-hook on every wanted submodule records the first call's
+arguments, on a throwaway copy of the model (so the user's BatchNorm statistics are
+untouched), without grad, in the model's current mode. The forward stops as soon as
+every wanted submodule has been called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map
+
+from surgery.errors import MaskError, ShapePropagationError, SubmoduleError, SurgeryError, did_you_mean
+from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on, root_cause
+from surgery.passes.attach_masks import SOURCES_FROM_MODEL, resolve_source
+from surgery.recipe import Recipe
+from surgery.tracing import STRUCTURAL_LEAVES, trace
+
+SUGGESTED_CHILDREN = 3  # a failed whole-model trace names at most this many traceable children
+
+
+@dataclass(frozen=True)
+class Call:
+    """The arguments one call of a submodule received."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+# ----------------------------------------------------------------------- paths
+
+
+def submodule_paths(model: nn.Module, submodule: str | Sequence[str]) -> tuple[str, ...]:
+    """The qualified paths ``submodule`` names, checked: each exists, none lies inside another."""
+    paths = tuple(dict.fromkeys((submodule,) if isinstance(submodule, str) else submodule))
+    known = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
+    if not paths:
+        raise SubmoduleError("submodule names no module; give a path like 'backbone', or submodule=None "
+                             "to compile the whole model.")
+    for path in paths:
+        if path not in known:
+            children = [name for name, _ in model.named_children()]
+            raise SubmoduleError(
+                f"submodule '{path}' names no module of {type(model).__name__}." + did_you_mean(path, known)
+                + f" Give a qualified path as in model.named_modules(); its top-level modules are {children}."
+            )
+    for path in paths:
+        layer = model.get_submodule(path)
+        if isinstance(layer, STRUCTURAL_LEAVES):
+            parent = path.rpartition(".")[0]
+            raise SubmoduleError(
+                f"submodule '{path}' is a single {type(layer).__name__} layer, which the passes wrap from outside; "
+                + (f"compile the module that holds it: submodule='{parent}'." if parent else
+                   "compile the module that calls it (leave submodule=None for the whole model).")
+            )
+    for outer in paths:
+        for inner in paths:
+            if inner.startswith(outer + "."):
+                raise SubmoduleError(f"submodule '{inner}' lies inside '{outer}'; compile one of the two.")
+    return paths
+
+
+def replace_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
+
+
+# ------------------------------------------------------------------- capturing
+
+
+class _AllCaptured(Exception):
+    """Raised by the last hook to fire: the rest of the forward is not needed."""
+
+
+@torch.no_grad()
+def capture_calls(
+    model: nn.Module, example_inputs: Any, paths: Iterable[str], *, stop_early: bool = True, training: bool | None = None
+) -> dict[str, Call]:
+    """``{path: the first Call it received}`` in one forward of a copy of ``model`` on ``example_inputs``.
+
+    The copy runs in the model's own mode unless ``training`` says otherwise. Submodules the
+    forward never calls are absent. A forward that fails is a ``ShapePropagationError``.
+    """
+    probe = deepcopy_module(model)
+    if training is not None:
+        probe.train(training)
+    paths = tuple(paths)
+    calls: dict[str, Call] = {}
+
+    def recorder(path: str):
+        def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls.setdefault(path, Call(_detached(args), _detached(kwargs)))
+            if stop_early and len(calls) == len(paths):
+                raise _AllCaptured
+
+        return record
+
+    for path in paths:
+        probe.get_submodule(path).register_forward_pre_hook(recorder(path), with_kwargs=True)
+    try:
+        probe(*inputs_on(device_of(probe), as_tuple(example_inputs)))
+    except _AllCaptured:
+        pass
+    except Exception as error:
+        raise _forward_failed(model, probe.training, error) from error
+    return calls
+
+
+def _detached(value: Any) -> Any:
+    """Copies of the tensors in ``value``: later in-place ops of the forward cannot change them."""
+    return tree_map(lambda x: x.detach().clone() if torch.is_tensor(x) else x, value)
+
+
+def _forward_failed(model: nn.Module, training: bool, error: Exception) -> ShapePropagationError:
+    mode = "train" if training else "eval"
+    hint = (" In train mode, models that compute their loss in forward (detection) need their targets: "
+            "pass (images, targets), or call model.eval() first." if training else "")
+    return ShapePropagationError(
+        f"running {type(model).__name__} ({mode} mode) on the example inputs, to capture what its submodules "
+        f"receive, failed: {type(error).__name__}: {error}\nCheck that the example inputs fit its forward: a "
+        "tensor, or a tuple of positional arguments (a list of images goes in a tuple: (images,))." + hint
+    )
+
+
+def require_reached(model: nn.Module, paths: Iterable[str], calls: dict[str, Call]) -> None:
+    missing = [path for path in paths if path not in calls]
+    if missing:
+        mode = "train" if model.training else "eval"
+        reached = [name for name, _ in model.named_children() if name in calls]
+        raise SubmoduleError(
+            f"submodule '{missing[0]}' ({type(model.get_submodule(missing[0])).__name__}) was not reached by the "
+            f"forward of {type(model).__name__} on the example inputs ({mode} mode): it is never called, so there "
+            "is nothing to compile it on. Pick a submodule that forward calls"
+            + (f", e.g. {reached}." if reached else ".")
+        )
+
+
+def call_inputs(module: nn.Module, call: Call, path: str) -> tuple[tuple, dict[str, Any]]:
+    """``(tensor inputs, fixed arguments)`` to trace ``module`` as ``call`` called it.
+
+    Leading tensor arguments become the graph's inputs; other values (None, numbers, flags) are
+    fixed as concrete arguments. A list or dict of tensors cannot be a traced input here.
+    """
+    try:
+        signature = inspect.signature(module.forward)
+        bound = signature.bind(*call.args, **call.kwargs)
+    except (TypeError, ValueError):
+        return call.args, {}
+    inputs: list[Any] = []
+    fixed: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        positional = kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if torch.is_tensor(value) and positional and not fixed:
+            inputs.append(value)
+        elif any(torch.is_tensor(x) for x in tree_leaves(value)) or torch.is_tensor(value):
+            raise SubmoduleError(
+                f"submodule '{path}' ({type(module).__name__}) is called with {_kind_of(value)} as `{name}`; "
+                "a compiled submodule takes tensors as its leading arguments (other arguments are fixed to the "
+                "values captured). Compile a submodule called with tensors, e.g. one inside it."
+            )
+        else:
+            fixed[name] = value
+    return tuple(inputs), fixed
+
+
+def _kind_of(value: Any) -> str:
+    return "a tensor after a fixed argument" if torch.is_tensor(value) else f"a {type(value).__name__} of tensors"
+
+
+# ------------------------------------------------------------- leaves and masks
+
+
+def leaves_within(leaf_modules: Sequence[Any], path: str, model: nn.Module) -> tuple[Any, ...]:
+    """The leaves that concern submodule ``path``: module paths (given from the whole model) under it,
+    made relative; classes and class names it holds."""
+    prefix = path + "."
+    part = model.get_submodule(path)
+    paths = {name for name, _ in model.named_modules(remove_duplicate=False)}
+    classes = {name for m in part.modules() for name in (type(m).__name__, f"{type(m).__module__}.{type(m).__qualname__}")}
+    kept: list[Any] = []
+    for leaf in leaf_modules:
+        if not isinstance(leaf, str):
+            kept.append(leaf)
+        elif leaf.startswith(prefix):
+            kept.append(leaf[len(prefix):])
+        elif leaf not in paths and leaf in classes:
+            kept.append(leaf)
+    return tuple(kept)
+
+
+def recipes_by_submodule(model: nn.Module, recipe: Recipe, paths: Sequence[str]) -> dict[str, Recipe]:
+    """Each submodule's recipe: the same passes, with the masks that name its weights (keys made relative).
+
+    Masks are keyed by the whole model's parameter names, as ``model.state_dict()`` spells them;
+    ``from_prune`` / ``from_zeros`` read each submodule's own weights.
+    """
+    options = recipe.options("masks")
+    base = recipe.replace(trace=None)  # leaves are given to each submodule's trace, relative to it
+    if options is None or (isinstance(options.source, str) and options.source in SOURCES_FROM_MODEL):
+        return {path: base for path in paths}
+    masks = resolve_source(model, options)
+    outside = [name for name in masks if not any(name.startswith(path + ".") for path in paths)]
+    if outside:
+        raise MaskError(
+            f"{len(outside)} masks name weights outside the compiled submodules {list(paths)}, e.g. '{outside[0]}'."
+            + did_you_mean(outside[0], dict(model.named_parameters()))
+            + " Masks apply inside the compiled part only: drop them, or compile their submodule too (submodule=[...])."
+        )
+    recipes: dict[str, Recipe] = {}
+    for path in paths:
+        prefix = path + "."
+        own = {name[len(prefix):]: mask for name, mask in masks.items() if name.startswith(prefix)}
+        recipes[path] = base.replace(masks=dataclasses.replace(options, source=own) if own else None)
+    return recipes
+
+
+# ----------------------------------------------------- what to suggest instead
+
+
+def traceable_children(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any]) -> str:
+    """A sentence naming the largest direct children of ``model`` that trace on their own (up to
+    ``SUGGESTED_CHILDREN``), suggesting ``submodule=``; '' when the model has no children.
+
+    Inputs are captured in eval mode, which needs no targets, and only traced (no passes run).
+    """
+    children = sorted(model.named_children(), key=lambda c: -sum(p.numel() for p in c[1].parameters()))
+    if not children:
+        return ""
+    try:
+        calls = capture_calls(model, example_inputs, [name for name, _ in children], stop_early=False, training=False)
+    except SurgeryError as error:
+        if device_of(model).type == "meta":
+            return "To have the submodules that trace on their own listed, compile on a real device (not meta)."
+        cause = root_cause(error)
+        return (f"No submodule could be tried instead: the model's forward fails on the example inputs in eval mode "
+                f"({type(cause).__name__}: {cause}).")
+    found: list[tuple[str, nn.Module]] = []
+    for name, child in children:
+        if name in calls and _traces(child, calls[name], name, leaves_within(leaf_modules, name, model)):
+            found.append((name, child))
+            if len(found) == SUGGESTED_CHILDREN:
+                break
+    if not found:
+        return f"None of its direct children ({[name for name, _ in children]}) traces on its own either."
+    listed = ", ".join(f"'{name}' ({type(c).__name__}, {sum(p.numel() for p in c.parameters()):,} parameters)"
+                       for name, c in found)
+    return (f"These submodules trace on their own: {listed}. Compile that part only, the rest of the model "
+            f"running unchanged: surgery.compile(model, example_inputs, recipe, submodule=\"{found[0][0]}\").")
+
+
+def _traces(child: nn.Module, call: Call, path: str, leaf_modules: Sequence[Any]) -> bool:
+    try:
+        inputs, fixed = call_inputs(child, call, path)
+        trace(child, leaf_modules, fixed or None, num_inputs=len(inputs))
+    except SurgeryError:
+        return False
+    return True
