@@ -1,28 +1,38 @@
 """Whole-zoo conformance -> docs/zoo.md (``make zoo``).
 
-Every torchvision classifier and one model per timm family: the full round trip on a
-real model at its default input size (trace, compile with conv1x1 skips + PSwish +
-90% random masks, forward + backward, de-ghost, verify (a)-(d), ONNX parity). Models
-above ``--max-params`` run structurally on the meta device instead. Each model runs in
-its own process with a time limit; rows are cached in ``.zoo-cache/`` so an
-interrupted run resumes (``--fresh`` starts over).
+Every torchvision classifier, one model per timm family and every builder of torchvision's
+segmentation, detection, video and optical-flow families: the full round trip on a real
+model at its default input size (trace, compile with conv1x1 skips + PSwish + 90% random
+masks, forward + backward, de-ghost, verify (a)-(d), ONNX parity). A model torch.fx cannot
+trace whole is compiled in its task's part (``surgery.tasks``: a detector's backbone, RAFT's
+encoders), trained a step in train mode with synthetic targets, and verified as a whole.
+Models above ``--max-params`` run structurally on the meta device instead. Each model runs
+in its own process with a time limit; rows are cached in ``.zoo-cache/`` so an interrupted
+run resumes (``--fresh`` starts over). ``--families`` runs only those task families and
+merges their sections into the existing docs/zoo.md, leaving the other sections as they are.
 
     python benchmarks/zoo.py [--only torchvision|timm] [--max-params 350e6] [--timeout 1200] [--fresh]
+    python benchmarks/zoo.py --families detection,segmentation,video,optical_flow
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from surgery.zoo import TASK_FAMILIES
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".zoo-cache"
 DOC = ROOT / "docs" / "zoo.md"
 CELLS = ("trace", "compile", "deghost", "isomorphic", "strict_load", "outputs_equal", "onnx_parity")
+# Each torchvision task family's section of docs/zoo.md.
+TASK_GROUPS = {family: f"torchvision {family.replace('_', ' ')}" for family in TASK_FAMILIES}
 
 
 def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
@@ -32,6 +42,7 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     import torch
 
     from surgery import conformance, zoo
+    from surgery.tasks import default_submodule, task_of
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -39,7 +50,8 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     params = sum(p.numel() for p in meta_model.parameters())
     on_cpu = params <= max_params and not meta_only
     model, x = zoo.build(spec, "cpu") if on_cpu else (meta_model, meta_x)
-    row = conformance.check_model(spec, model, x, numeric=True, onnx=True).to_dict()
+    row = conformance.check_model(spec, model, x, numeric=True, onnx=True, submodule=default_submodule(spec),
+                                  dynamic_batch=task_of(spec).dynamic_batch).to_dict()
     if params > max_params:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"meta only: {params / 1e6:.0f}M parameters"
     row["params"] = params
@@ -86,9 +98,12 @@ def structural(row: dict) -> bool:
     return all(row.get(c) for c in ("trace", "compile", "deghost", "isomorphic", "strict_load"))
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], compiled_column: bool = False) -> str:
+    """The rows as a markdown table; ``compiled_column`` adds which part was compiled (task families)."""
     header = "| model | trace | compile | de-ghost | isomorphic | strict load | outputs equal | ONNX parity | convs covered / targeted / found | s | note |"
-    lines = [header, "|" + "---|" * 11]
+    if compiled_column:
+        header = header.replace("| model |", "| model | compiled |")
+    lines = [header, "|" + "---|" * (12 if compiled_column else 11)]
     for r in rows:
         convs = (f"{r.get('convs_covered')} / {r.get('convs_targeted')} / {r.get('convs_total')}"
                  if r.get("convs_total") is not None else "-")
@@ -96,7 +111,8 @@ def table(rows: list[dict]) -> str:
         if r.get("timm_cannot_trace"):
             note = f"xfail, timm itself cannot FX-trace it: {r['timm_cannot_trace'][:100]}"
         cells = " | ".join(mark(r.get(c)) for c in CELLS)
-        lines.append(f"| `{r['model']}` | {cells} | {convs} | {r.get('seconds', '-')} | {note} |")
+        part = f" {r.get('compiled', 'whole')} |" if compiled_column else ""
+        lines.append(f"| `{r['model']}` |{part} {cells} | {convs} | {r.get('seconds', '-')} | {note} |")
     return "\n".join(lines)
 
 
@@ -115,34 +131,72 @@ def summary(name: str, rows: list[dict]) -> str:
 
 
 def write_doc(groups: dict[str, list[dict]], max_params: float) -> None:
-    from report import machine, write_section
+    parts = [
+        "# Zoo conformance\n",
+        *_intro(max_params),
+        "\n".join(summary(name, rows) for name, rows in groups.items()) + "\n",
+    ]
+    for name, rows in groups.items():
+        parts.append(section(name, rows))
+    DOC.write_text("\n".join(parts))
+    _write_benchmarks_summary([summary(name, rows) for name, rows in groups.items()])
+
+
+def section(name: str, rows: list[dict]) -> str:
+    return f"## {name}\n\n{table(rows, compiled_column=name in TASK_GROUPS.values())}\n"
+
+
+def merge_doc(groups: dict[str, list[dict]], max_params: float) -> None:
+    """Replace (or add) these groups' summary lines and sections in docs/zoo.md, keeping every other group's;
+    the introduction becomes the current one."""
+    text = DOC.read_text()
+    head, *sections = re.split(r"(?m)^(?=## )", text)
+    kept = [s for s in sections if s.splitlines()[0][3:].strip() not in groups]
+    intro = _intro(max_params)[0].strip()
+    lines = [intro if line.startswith(intro[:30]) else line for line in head.splitlines()
+             if not any(line.startswith(f"- {name}:") for name in groups)]
+    last = max((i for i, line in enumerate(lines) if line.startswith("- ")), default=len(lines) - 1)
+    lines[last + 1:last + 1] = [summary(name, rows) for name, rows in groups.items()]
+    DOC.write_text("\n".join(lines).rstrip() + "\n\n" + "".join(kept).rstrip() + "\n\n"
+                   + "\n".join(section(name, rows) for name, rows in groups.items()))
+    _write_benchmarks_summary([line for line in lines if line.startswith("- ")])
+
+
+def _write_benchmarks_summary(rates: list[str]) -> None:
+    from report import write_section
+
+    targets = ("Targets: 100% of torchvision classification models and >= 97% of timm family representatives; "
+               "every builder of torchvision's segmentation, detection, video and optical-flow families.")
+    write_section("zoo", "Zoo conformance", "\n".join(rates) + f"\n\n{targets} Every row: [docs/zoo.md](zoo.md).")
+
+
+def _intro(max_params: float) -> list[str]:
+    from report import machine
 
     from surgery import zoo
 
-    parts = [
-        "# Zoo conformance\n",
+    return [
         "Written by `make zoo` (`benchmarks/zoo.py`). Each model: trace -> compile (the default recipe: conv1x1 "
         "ghost skips around the body's spatial convs, PSwish, 90% random masks; a model whose only conv is its "
         "stem gets skips around its Linear layers) -> forward + backward -> de-ghost -> verify (a) labelled-graph isomorphism, "
         "(b) strict `load_state_dict` into the original class, (c) equal outputs and (d) ghosted-at-alpha-0 "
         "parity (max abs diff <= 1e-5), then ONNX export with sparse initializers and onnxruntime parity. "
+        "Segmentation, detection, video and optical-flow models are compiled whole where torch.fx traces them, "
+        "else in their task's part (column 'compiled': a detector's backbone, RAFT's encoders); a detector "
+        "trains its step in train mode on synthetic boxes (masks, keypoints) and sums its loss dict; (a) runs "
+        "per compiled part, (b)-(d) on the whole model, nested outputs included. "
         f"Real models at their default input size; models over {max_params / 1e6:.0f}M parameters run "
         "structurally on the meta device (numeric cells '-'). CI runs the structural part for every model "
         f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`).\n",
         f"Machine: {machine()}\n",
-        "\n".join(summary(name, rows) for name, rows in groups.items()) + "\n",
     ]
-    for name, rows in groups.items():
-        parts.append(f"## {name}\n\n{table(rows)}\n")
-    DOC.write_text("\n".join(parts))
-    rates = "\n".join(summary(name, rows) for name, rows in groups.items())
-    targets = "Targets: 100% of torchvision classification models and >= 97% of timm family representatives."
-    write_section("zoo", "Zoo conformance", f"{rates}\n\n{targets} Every row: [docs/zoo.md](zoo.md).")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("torchvision", "timm"))
+    parser.add_argument("--families", type=lambda text: text.split(","), metavar="F,F",
+                        help=f"only these task families ({', '.join(TASK_GROUPS)}), merged into docs/zoo.md")
     parser.add_argument("--max-params", type=float, default=350e6)
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--fresh", action="store_true")
@@ -155,10 +209,18 @@ def main() -> None:
 
     from surgery import zoo
 
-    groups = {
-        "torchvision": zoo.torchvision_models(),
-        "timm (one model per family)": [spec for _, spec in sorted(zoo.timm_families().items())],
-    }
+    if args.families:
+        unknown = set(args.families) - set(TASK_GROUPS)
+        if unknown:
+            parser.error(f"unknown families {sorted(unknown)}; choose from {', '.join(TASK_GROUPS)}")
+        tasks = zoo.task_models(tuple(args.families))
+        groups = {TASK_GROUPS[family]: specs for family, specs in tasks.items()}
+    else:
+        groups = {
+            "torchvision": zoo.torchvision_models(),
+            "timm (one model per family)": [spec for _, spec in sorted(zoo.timm_families().items())],
+            **{TASK_GROUPS[family]: specs for family, specs in zoo.task_models().items()},
+        }
     if args.only:
         groups = {k: v for k, v in groups.items() if k.startswith(args.only)}
     results: dict[str, list[dict]] = {}
@@ -169,7 +231,10 @@ def main() -> None:
             results[name].append(row)
             status = "ok" if structural(row) and row.get("outputs_equal") is not False and row.get("onnx_parity") is not False else "FAIL"
             print(f"[{name} {i}/{len(specs)}] {status:4s} {spec} ({row.get('seconds')} s) {row.get('note', '')[:120]}", flush=True)
-    write_doc(results, args.max_params)
+    if args.families:
+        merge_doc(results, args.max_params)
+    else:
+        write_doc(results, args.max_params)
     print(f"wrote {DOC}")
 
 

@@ -3,14 +3,17 @@
 trace -> compile (ToST's ghost skips, PSwish, masks) -> forward + backward -> de-ghost ->
 verify (a) isomorphic, (b) strict load, (c) outputs equal -> ONNX parity.
 The zoo tests and ``make zoo`` (docs/zoo.md) run it over torchvision and timm; it
-works for any model. On the meta device only the structural cells are filled.
+works for any model. On the meta device only the structural cells are filled. A model
+compiled in parts (``submodule=``: a detector's backbone) is checked as a whole: its train
+step is a train-mode forward with synthetic targets (``surgery.tasks``) whose loss dict is
+summed, (a) runs per compiled part, (b) and (c) on the whole model.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,12 @@ from torch import nn
 import surgery
 from surgery.errors import NoTargetsError, TraceError
 from surgery.graph import as_tuple, device_of, scalar_loss
+from surgery.manifest import compiled_submodules
 from surgery.masks import prunable_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
-from surgery.verify import (
-    check_ghost_parity,
-    check_graph,
-    check_outputs,
-    load_into_original,
-    trace_reference,
-)
+from surgery.tasks import train_inputs
+from surgery.verify import check_ghost_parity, check_outputs, check_part, load_into_original
 
 SPARSITY = 0.9
 
@@ -51,6 +50,7 @@ class Row:
     convs_total: int | None = None
     note: str = ""  # the first failure, or what was adapted (e.g. Linear skips for a conv-free model)
     seconds: float = 0.0
+    compiled: str = "whole"  # what was compiled: the whole model, or its submodules' paths
 
     @property
     def structural_ok(self) -> bool:
@@ -75,36 +75,44 @@ def check_model(
     onnx: bool = False,
     sparsity: float = SPARSITY,
     seed: int = 0,
+    submodule: Sequence[str] | None = None,
+    dynamic_batch: bool = True,
 ) -> Row:
-    """Run the round trip on ``model``; every stage that fails is recorded, never raised."""
-    row, started = Row(name), time.perf_counter()
+    """Run the round trip on ``model`` (only its ``submodule`` parts compiled, if given); every stage
+    that fails is recorded, never raised. ``dynamic_batch``: export ONNX with a dynamic batch."""
+    row, started = Row(name, compiled=", ".join(submodule or ()) or "whole"), time.perf_counter()
     inputs = as_tuple(example_inputs)
+    training = train_inputs(model, inputs, seed=seed)  # a detector's: (images, synthetic targets)
     meta = device_of(model).type == "meta"
     try:
-        ghosted = _compile(row, model, inputs, _masks(model, sparsity, seed, meta))
-        if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, inputs)):
+        masks = _masks(model, sparsity, seed, meta, submodule or ())
+        ghosted = _compile(row, model, training, masks, submodule)
+        if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, training)):
             clean = _stage(row, "deghost", lambda: surgery.deghost(ghosted))
             if clean is not None:
-                _verify(row, model, clean, ghosted, inputs, numeric and not meta, onnx and not meta)
+                _verify(row, model, clean, ghosted, inputs, numeric and not meta, onnx and not meta, dynamic_batch)
     finally:
         row.seconds = round(time.perf_counter() - started, 2)
     return row
 
 
-def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool) -> dict[str, torch.Tensor]:
+def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Random masks of the prunable weights inside ``parts`` (all of them when none are given)."""
     if meta:  # shapes only: a meta model has no values to mask
-        return {n: torch.empty(p.shape, dtype=torch.bool, device="meta") for n, p in prunable_weights(model).items()}
-    return random_masks(model, sparsity, seed=seed)
+        masks = {n: torch.empty(p.shape, dtype=torch.bool, device="meta") for n, p in prunable_weights(model).items()}
+    else:
+        masks = random_masks(model, sparsity, seed=seed)
+    return {n: m for n, m in masks.items() if not parts or any(n.startswith(p + ".") for p in parts)}
 
 
-def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict) -> nn.Module | None:
+def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None) -> nn.Module | None:
     recipe = {**TOST_RECIPE, "masks": masks}
     try:
-        ghosted = surgery.compile(model, inputs, recipe)
+        ghosted = surgery.compile(model, inputs, recipe, submodule=submodule)
     except NoTargetsError:  # no spatial body conv (a ViT's only conv is its stem): skips around Linear layers
         recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
         row.note = "no body conv: skips around Linear layers"
-        return _compile_with(row, model, inputs, recipe)
+        return _compile_with(row, model, inputs, recipe, submodule)
     except TraceError as error:
         row.trace = False
         row.note = f"trace: {error}"
@@ -116,9 +124,9 @@ def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict) -> nn.Modul
     return _compiled(row, ghosted)
 
 
-def _compile_with(row: Row, model, inputs, recipe) -> nn.Module | None:
+def _compile_with(row: Row, model, inputs, recipe, submodule) -> nn.Module | None:
     row.trace = True
-    ghosted = _stage(row, "compile", lambda: surgery.compile(model, inputs, recipe))
+    ghosted = _stage(row, "compile", lambda: surgery.compile(model, inputs, recipe, submodule=submodule))
     return _compiled(row, ghosted) if ghosted is not None else None
 
 
@@ -131,13 +139,14 @@ def _compiled(row: Row, ghosted) -> nn.Module:
 
 
 def _train_step(ghosted: nn.Module, inputs: tuple) -> bool:
+    ghosted.train()
     scalar_loss(ghosted(*inputs)).backward()
     return True
 
 
-def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) -> None:
-    reference = trace_reference(model, clean)
-    _stage(row, "isomorphic", lambda: check_graph(reference, clean) > 0)
+def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool, dynamic_batch: bool) -> None:
+    parts = compiled_submodules(clean)
+    _stage(row, "isomorphic", lambda: sum(check_part(model, path, part) for path, part in parts.items()) > 0)
     fresh = _stage(row, "strict_load", lambda: load_into_original(model, clean))
     if numeric and fresh is not None:
         _stage(
@@ -147,22 +156,22 @@ def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool) 
             and check_ghost_parity(ghosted, clean, inputs) >= 0,
         )
     note_before = row.note
-    if onnx and _stage(row, "onnx_parity", lambda: _export(clean, inputs)) is None:
-        why_not = _unexportable(model, inputs)
+    if onnx and _stage(row, "onnx_parity", lambda: _export(clean, inputs, dynamic_batch=dynamic_batch)) is None:
+        why_not = _unexportable(model, inputs, dynamic_batch)
         if why_not:  # torch.onnx's limit, not the surgery's: there is no parity to check
             row.onnx_parity, row.note = None, (note_before + "; " if note_before else "") + why_not
 
 
-def _export(model: nn.Module, inputs: tuple, sparse: bool = True) -> bool:
+def _export(model: nn.Module, inputs: tuple, sparse: bool = True, dynamic_batch: bool = True) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
-        surgery.export_onnx(model, inputs, Path(tmp) / "model.onnx", sparse=sparse)
+        surgery.export_onnx(model, inputs, Path(tmp) / "model.onnx", sparse=sparse, dynamic_batch=dynamic_batch)
     return True
 
 
-def _unexportable(model: nn.Module, inputs: tuple) -> str:
+def _unexportable(model: nn.Module, inputs: tuple, dynamic_batch: bool = True) -> str:
     """Why torch.onnx cannot export the original model itself, or ''."""
     try:
-        _export(model, inputs, sparse=False)
+        _export(model, inputs, sparse=False, dynamic_batch=dynamic_batch)
     except surgery.ExportError as error:
         return "ONNX n/a: torch.onnx cannot export the original model either: " + str(error).split("\n")[0][:160]
     return ""

@@ -135,14 +135,26 @@ def input_size(spec: str, size: int | Size | None = None) -> Size | None:
     if size[-1] % task.size_multiple:
         raise InputSizeError(f"{spec} needs height and width that are multiples of {task.size_multiple}, "
                              f"not {size[-1]}; e.g. --input-size {task.size_example}.")
+    least = _least_size(task, spec)
+    if any(n < m for n, m in zip(size, least)):
+        raise InputSizeError(f"{spec} needs inputs of at least {','.join(map(str, least))} ({task.size_form}; the "
+                             f"minimum its torchvision weights document), not {','.join(map(str, size))}.")
     return size
 
 
 def _default_size(task: Task, spec: str) -> Size | None:
     if task.default_size is None:
         return None
-    least = weights_minimum(spec.partition(":")[2])  # (frames, height, width) its weights were made for
-    return tuple(max(n, m) for n, m in zip(task.default_size, least[-len(task.default_size):], strict=True))
+    return tuple(max(n, m) for n, m in zip(task.default_size, _least_size(task, spec), strict=True))
+
+
+def _least_size(task: Task, spec: str) -> Size:
+    """The smallest input ``spec``'s torchvision weights document, on the task's axes (1s for a classifier,
+    whose builders check their own sizes)."""
+    axes = len(task.size_form.split(","))
+    if task.default_size is None:
+        return (1,) * axes
+    return weights_minimum(spec.partition(":")[2])[-axes:]
 
 
 def weights_minimum(name: str) -> Size:

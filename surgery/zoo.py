@@ -1,7 +1,10 @@
-"""The model zoo conformance runs over: every torchvision classifier, one model per timm family.
+"""The model zoo conformance runs over: every torchvision classifier, one model per timm family, and
+every builder of torchvision's segmentation, detection, video and optical-flow families.
 
-Structural checks build weightless models on the meta device; numeric and ONNX parity
-run on ``NUMERIC``, real models at small resolution.
+Structural checks build weightless models on the meta device (detectors, which cannot run
+there, on the CPU at a small size: ``STRUCTURAL_ON_CPU``); numeric and ONNX parity run on
+``NUMERIC``, real models at small resolution. A family's models are compiled whole, or in
+the part ``surgery.tasks`` names where torch.fx cannot trace them whole.
 """
 
 from __future__ import annotations
@@ -13,8 +16,14 @@ import torch
 from torch import nn
 
 from surgery.models import build_model, default_input_size
+from surgery.tasks import TASKS, Size, builders, example_inputs, input_size, task_of
 
 NUM_CLASSES = 10
+TASK_FAMILIES = ("segmentation", "detection", "video", "optical_flow")
+
+# Families whose structural check runs on the CPU at this input size: a detector's forward, which captures
+# its backbone's inputs, runs NMS and nonzero, which have no meta kernels. SSD keeps its own fixed size.
+STRUCTURAL_ON_CPU: dict[str, Size] = {"detection": (64,)}
 
 # Real models, small inputs: numeric parity (c), (d) and ONNX parity in CI. One per implementation
 # family: timm's resnet18 / mobilenetv3 / regnetx and torchvision's regnet_y repeat blocks listed here
@@ -52,6 +61,11 @@ def torchvision_models() -> list[str]:
     return [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
 
 
+def task_models(families: tuple[str, ...] = TASK_FAMILIES) -> dict[str, list[str]]:
+    """``{family: ["torchvision:NAME", ...]}``: every torchvision builder of each task family."""
+    return {family: [f"torchvision:{n}" for n in builders(TASKS[family])] for family in families}
+
+
 def timm_families() -> dict[str, str]:
     """``{family: "timm:model"}``: one representative per module of timm's registry."""
     import timm
@@ -67,8 +81,11 @@ def _representative(names: list[str]) -> str:
     return names[0]
 
 
-def build(spec: str, device: str = "meta", size: int | None = None) -> tuple[nn.Module, torch.Tensor]:
-    """The model (10 classes) on ``device`` and a batch of 2 inputs at its size (or ``size``)."""
+def build(spec: str, device: str = "meta", size: int | Size | None = None) -> tuple[nn.Module, torch.Tensor | tuple]:
+    """The model (10 classes) on ``device`` and a batch of 2 inputs at its size (or ``size``): an image
+    batch for a classifier, its task's example inputs (a tuple) for the other families."""
+    if task_of(spec).default_size is not None:
+        return _build_task_model(spec, device, size)
     if device == "meta":
         model = _build_weightless(spec)
     else:
@@ -83,13 +100,34 @@ def build(spec: str, device: str = "meta", size: int | None = None) -> tuple[nn.
     return model, x.to(device)
 
 
-def _build_weightless(spec: str) -> nn.Module:
+def build_structural(spec: str) -> tuple[nn.Module, torch.Tensor | tuple]:
+    """The model and inputs a structural check runs on: weightless on meta, or on the CPU at a small size
+    for the families meta cannot run (``STRUCTURAL_ON_CPU``)."""
+    small = STRUCTURAL_ON_CPU.get(task_of(spec).name)
+    return build(spec, "cpu", small) if small else build(spec, "meta")
+
+
+def _build_task_model(spec: str, device: str, size: int | Size | None) -> tuple[nn.Module, tuple]:
+    size = input_size(spec, size)
+    if device == "meta":
+        model = _build_weightless(spec, input_size=size)
+    else:
+        torch.manual_seed(0)
+        model = build_model(spec, _num_classes(spec), input_size=size)
+    return model, example_inputs(spec, size, device=device)
+
+
+def _num_classes(spec: str) -> int | None:
+    return NUM_CLASSES if task_of(spec).classes else None  # RAFT has no classes
+
+
+def _build_weightless(spec: str, **kwargs) -> nn.Module:
     try:
         with torch.device("meta"):
-            return build_model(spec, NUM_CLASSES)
+            return build_model(spec, _num_classes(spec), **kwargs)
     except (NotImplementedError, RuntimeError):  # the builder computes with tensors (torchvision regnet)
         with _parameters_on_meta():
-            return build_model(spec, NUM_CLASSES)
+            return build_model(spec, _num_classes(spec), **kwargs)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,10 @@
 Structural round trip (trace -> compile with the default recipe: conv1x1 skips around the
 body's spatial convs + PSwish + 90% masks ->
 forward + backward -> de-ghost -> verify (a) isomorphic, (b) strict load) for every
-torchvision classifier and one model per timm family, on the meta device. Numeric
-parity (c, d) and ONNX parity on real models at small resolution (``zoo.NUMERIC``).
+torchvision classifier, one model per timm family and every segmentation, detection, video
+and optical-flow builder (compiled whole, or in its task's part: a detector's backbone,
+trained a step on synthetic targets), on the meta device (detectors on the CPU at 64 x 64).
+Numeric parity (c, d) and ONNX parity on real models at small resolution (``zoo.NUMERIC``).
 ``make zoo`` runs everything and writes docs/zoo.md.
 """
 
@@ -13,11 +15,13 @@ from __future__ import annotations
 import pytest
 
 from surgery import conformance, zoo
+from surgery.tasks import default_submodule
 
 # Models without a ReLU (ViTs, EfficientNets) have nothing for soft_activation to replace: expected here.
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore:soft_activation found no")]
 
 TIMM_FAMILIES = zoo.timm_families()
+TASK_MODELS = [spec for specs in zoo.task_models().values() for spec in specs]
 
 
 def _describe(row: conformance.Row) -> str:
@@ -31,6 +35,14 @@ def test_torchvision_model_round_trip_is_structurally_identical(spec):
     row = conformance.check_model(spec, model, x, numeric=False)
     assert row.structural_ok, _describe(row)
     assert row.convs_covered == row.convs_targeted, _describe(row)  # every conv the recipe targets got its ghost
+
+
+@pytest.mark.parametrize("spec", TASK_MODELS)
+def test_task_model_round_trip_is_structurally_identical(spec):
+    model, inputs = zoo.build_structural(spec)
+    row = conformance.check_model(spec, model, inputs, numeric=False, submodule=default_submodule(spec))
+    assert row.structural_ok, _describe(row)
+    assert row.convs_covered == row.convs_targeted, _describe(row)
 
 
 @pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
