@@ -108,3 +108,14 @@ def test_each_own_loop_example_runs_tiny(script, monkeypatch, capsys):
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     out = capsys.readouterr().out
     assert all(line in out for line in expected), out[-2000:]
+
+
+def test_detection_backbone_example_trains_verifies_and_exports_the_backbone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["detection_backbone.py", "--steps", "4", "--image-size", "96", "--batch", "2",
+                                      "--out", str(tmp_path)])
+    runpy.run_path(str(EXAMPLES / "detection_backbone.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    expected = ["ghosts removed after step 2", "(a) graphs of backbone isomorphic", "(c) outputs equal",
+                "a FasterRCNN again, 90.0% of the backbone's masked weights are zero", "onnxruntime parity"]
+    assert all(line in out for line in expected), out[-2000:]
+    assert (tmp_path / "backbone.onnx").is_file()
