@@ -37,12 +37,12 @@ from surgery.errors import ConfigError, ExportError, ShapePropagationError, Surg
 from surgery.export import SPARSE_THRESHOLD
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
-from surgery.manifest import ghost_cost
+from surgery.manifest import compiled_submodules, ghost_cost
 from surgery.masks import load_masks, prunable_weights, weight_sparsity
-from surgery.manifest import compiled_submodules
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe
+from surgery.submodules import within
 from surgery.tasks import (
     default_submodule,
     describe_inputs,
@@ -399,7 +399,7 @@ def masks_from_args(args: argparse.Namespace, model: nn.Module) -> Any:
     if args.sparsity is not None:
         parts = submodule_of(args) or []
         return {name: mask for name, mask in random_masks(model, args.sparsity, seed=args.seed).items()
-                if _inside(name, parts)}
+                if within(name, parts)}
     return None
 
 
@@ -455,7 +455,7 @@ def inspection_report(
     manifest = surgery.manifest_of(ghosted)
     summary = manifest.summary()
     parts = [path for path in compiled_submodules(ghosted) if path]  # empty: the whole model was compiled
-    maskable = {name: w for name, w in prunable_weights(model).items() if _inside(name, parts)}
+    maskable = {name: w for name, w in prunable_weights(model).items() if within(name, parts)}
     maskable_parameters = sum(w.numel() for w in maskable.values())
     kept = summary["kept_weights"]
     if kept is None and sparsity is not None:
@@ -473,7 +473,7 @@ def inspection_report(
         "submodules": parts,
         "parameters_compiled": compiled,
         "parameters_outside": total - compiled,
-        "left_outside": [name for name, _ in model.named_children() if parts and not _inside(name + ".", parts)],
+        "left_outside": [name for name, _ in model.named_children() if parts and not within(name + ".", parts)],
         **{k: v for k, v in summary.items() if k not in ("deghosted", "kept_weights", "submodules")},
         "kept_weights": kept,
         "ghost_cost": ghost_cost(summary["ghost_parameters"], kept),
@@ -489,11 +489,6 @@ def inspection_report(
         "not_targeted": [{"site": site, "kind": kind} for site, kind in manifest.untargeted],
         "skipped": [{"site": site, "why": why} for site, why in manifest.skipped],
     }
-
-
-def _inside(name: str, parts: Sequence[str]) -> bool:
-    """Whether the parameter or module path ``name`` lies in one of the compiled ``parts`` (none: the whole)."""
-    return not parts or any(name.startswith(part + ".") for part in parts)
 
 
 def print_inspection(console: Console, report: dict[str, Any]) -> None:
@@ -637,7 +632,7 @@ def _unexportable_part(args: argparse.Namespace, model: nn.Module) -> str:
     parts = submodule_of(args)
     if not parts:
         return ""
-    outside = [name for name, _ in model.named_children() if not _inside(name + ".", parts)]
+    outside = [name for name, _ in model.named_children() if not within(name + ".", parts)]
     return (f"\nThe part torch.onnx cannot export lies outside {', '.join(parts)}: {', '.join(outside)} and "
             f"{type(model).__name__}'s own forward (what torch.fx cannot trace either). The model itself is "
             "fine: it runs in PyTorch as it is.")

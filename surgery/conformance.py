@@ -28,6 +28,7 @@ from surgery.manifest import compiled_submodules
 from surgery.masks import prunable_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
+from surgery.submodules import within
 from surgery.tasks import train_inputs
 from surgery.verify import check_ghost_parity, check_outputs, check_part, load_into_original
 
@@ -102,7 +103,7 @@ def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequ
         masks = {n: torch.empty(p.shape, dtype=torch.bool, device="meta") for n, p in prunable_weights(model).items()}
     else:
         masks = random_masks(model, sparsity, seed=seed)
-    return {n: m for n, m in masks.items() if not parts or any(n.startswith(p + ".") for p in parts)}
+    return {n: m for n, m in masks.items() if within(n, parts)}
 
 
 def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None) -> nn.Module | None:

@@ -71,6 +71,11 @@ def submodule_paths(model: nn.Module, submodule: str | Sequence[str]) -> tuple[s
     return paths
 
 
+def within(name: str, paths: Sequence[str]) -> bool:
+    """Whether the parameter or module path ``name`` lies inside one of ``paths`` (none: the whole model)."""
+    return not paths or any(name.startswith(path + ".") for path in paths)
+
+
 def replace_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
@@ -211,7 +216,7 @@ def recipes_by_submodule(model: nn.Module, recipe: Recipe, paths: Sequence[str])
     if options is None or (isinstance(options.source, str) and options.source in SOURCES_FROM_MODEL):
         return {path: base for path in paths}
     masks = resolve_source(model, options)
-    outside = [name for name in masks if not any(name.startswith(path + ".") for path in paths)]
+    outside = [name for name in masks if not within(name, paths)]
     if outside:
         raise MaskError(
             f"{len(outside)} masks name weights outside the compiled submodules {list(paths)}, e.g. '{outside[0]}'."
