@@ -116,3 +116,23 @@ def resnet18() -> nn.Module:
 @pytest.fixture(scope="session")
 def image32() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def tiny_run_config(tmp_path, name: str = "tiny", **sections):
+    """A RunConfig of cifar:resnet20 on 8x8 synthetic images, 10 steps per epoch, the LR decay (and the
+    ghosts' removal) at epoch 2 of 3: seconds per run. ``sections`` update the config's sections."""
+    from surgery.train import RunConfig
+
+    data = {
+        "name": name,
+        "output": str(tmp_path / name),
+        "model": {"spec": "cifar:resnet20"},
+        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
+        "mask": {"sparsity": 0.8},
+        "lr_schedule": {"milestones": [2]},
+        "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 2},
+        "export": {"onnx": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return RunConfig.from_dict(data)

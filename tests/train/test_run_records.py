@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_run_config
+
 import surgery
 from surgery.cli import main
 from surgery.errors import MaskError, VerificationError
@@ -23,21 +25,7 @@ from surgery.train.trainer import Interrupted, Trainer
 pytestmark = pytest.mark.slow  # trains tiny runs to completion
 
 
-def tiny_config(tmp_path, name="tiny", **sections) -> RunConfig:
-    """cifar:resnet20 on 8x8 synthetic images, 10 steps per epoch; the ghosts leave at the decay (epoch 2)."""
-    data = {
-        "name": name,
-        "output": str(tmp_path / name),
-        "model": {"spec": "cifar:resnet20"},
-        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
-        "mask": {"sparsity": 0.8},
-        "lr_schedule": {"milestones": [2]},
-        "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 2},
-        "export": {"onnx": False},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return RunConfig.from_dict(data)
+tiny_config = tiny_run_config
 
 
 def record_of(config: RunConfig) -> dict:

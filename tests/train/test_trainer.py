@@ -8,6 +8,8 @@ import signal
 import pytest
 import torch
 
+from conftest import tiny_run_config
+
 import surgery
 from surgery.errors import CheckpointError, ConfigError, DivergedError
 from surgery.ghosts import ghost_parameters, ghosts
@@ -19,21 +21,9 @@ from surgery.train.trainer import Interrupted, Trainer
 
 
 def tiny_config(tmp_path, name="tiny", **sections):
-    """cifar:resnet20 on 8x8 synthetic images: a few seconds for a few epochs."""
-    data = {
-        "name": name,
-        "output": str(tmp_path / name),
-        "model": {"spec": "cifar:resnet20"},
-        "data": {"dataset": "synthetic", "image_size": 8, "batch_size": 100},
-        "mask": {"sparsity": 0.8},
-        "lr_schedule": {"milestones": [2]},
-        "label_smoothing": {"kind": "linear", "start": 0.1, "end": 0.0},
-        "train": {"epochs": 3, "progress": False, "tensorboard": False, "log_every": 2},
-        "export": {"onnx": False},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return RunConfig.from_dict(data)
+    """The tiny run with label smoothing decaying 0.1 -> 0."""
+    smoothing = {"kind": "linear", "start": 0.1, "end": 0.0, **sections.pop("label_smoothing", {})}
+    return tiny_run_config(tmp_path, name, label_smoothing=smoothing, **sections)
 
 
 def build_trainer(config: RunConfig) -> Trainer:
