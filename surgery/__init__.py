@@ -53,6 +53,7 @@ def __getattr__(name: str):
         return getattr(export, name)
     raise AttributeError(f"module 'surgery' has no attribute {name!r}")
 
+
 __all__ = [
     "CheckpointError",
     "ConfigError",

@@ -57,8 +57,3 @@ def layer_kind(module: nn.Module) -> str | None:
 def is_conv(module: nn.Module) -> bool:
     """Any conv in the table, transposed or not."""
     return layer_kind(module) == "conv"
-
-
-def is_prunable(module: nn.Module) -> bool:
-    """Whether ``module``'s ``weight`` is a prunable weight (every layer in the table)."""
-    return isinstance(module, LAYER_TYPES)
