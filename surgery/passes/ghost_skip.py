@@ -3,7 +3,8 @@
 ToST adds a skip "from the input of each (3x3) convolution ... to their output before the
 activation". ``x`` is the conv's input; ``y`` is the output of the norm layer that directly
 follows the conv (or the conv itself when none does). ``P`` is the identity where shapes
-match; elsewhere a stride-matched 1x1 conv (``conv1x1``, the papers' reference; followed by
+match (``identity: false``: the projection there too, as ToST's code has it); elsewhere a
+stride-matched 1x1 conv (``conv1x1``, the papers' reference; followed by
 a BatchNorm exactly where the conv itself is followed by one, so no ghost normalizes values
 the original does not), a parameter-free pool + channel pad/fold (``parameter_free``), or no
 skip at all (``none``: identity skips only). Shapes come from the shape propagation that
@@ -63,6 +64,7 @@ class GhostSkipOptions:
     targets: tuple[str, ...] = ("conv",)  # site kinds to wrap: conv stem pointwise pooled linear
     alpha: float = 1.0
     exclude: tuple[str, ...] = ()  # fnmatch patterns over call sites, e.g. "fc", "layer4.*"
+    identity: bool = True  # the identity where shapes match (the paper's text); false: project there too (ToST's code)
 
     def __post_init__(self):
         check_choice("ghost_skip", "projection", self.projection, PROJECTIONS)
@@ -176,7 +178,7 @@ def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manife
             "surgery.compile(model, example_inputs, recipe), or call "
             "surgery.graph.propagate_shapes(gm, example_inputs) first."
         )
-    projection = _projection(gm, site, xs, ys, options.projection)
+    projection = _projection(gm, site, xs, ys, options.projection, options.identity)
     if isinstance(projection, str):  # why no skip fits
         manifest.skipped.append((site.name, projection))
         return 0
@@ -228,8 +230,8 @@ def _fused_activation(norm: nn.Module | None) -> bool:
     return isinstance(act, nn.Module) and not isinstance(act, nn.Identity)
 
 
-def _projection(gm, site: _Site, xs, ys, mode: str) -> tuple[str, nn.Module | None] | str:
-    if xs == ys:
+def _projection(gm, site: _Site, xs, ys, mode: str, identity: bool = True) -> tuple[str, nn.Module | None] | str:
+    if xs == ys and (identity or mode != "conv1x1"):  # a parameter-free projection of equal shapes is the identity
         return "identity", None
     if len(xs) != len(ys) or xs[0] != ys[0]:
         return f"input {xs} and output {ys} differ in rank or batch"

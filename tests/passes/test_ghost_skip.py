@@ -134,6 +134,20 @@ def test_projection_none_keeps_identity_skips_and_records_the_rest():
     assert site == "1" and "projection is 'none'" in why and "(2, 3, 8, 8)" in why
 
 
+def test_identity_false_projects_every_skip_as_tost_code_does():
+    model = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Conv2d(3, 6, 3, stride=2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    default = surgery.manifest_of(surgery.compile(model, x, {"ghost_skip": {"targets": EVERY_CONV}}))
+    assert [s.projection for s in default.skips] == ["identity", "conv1x1"]
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"targets": EVERY_CONV, "identity": False}})
+    assert [s.projection for s in surgery.manifest_of(ghosted).skips] == ["conv1x1", "conv1x1"]
+    first = next(g for _, g in ghosts(ghosted) if isinstance(g, GhostSkip))
+    assert isinstance(first.projection, ConvProjection) and first.projection.norm is not None  # as the conv: normed
+    free = surgery.compile(model, x, {"ghost_skip": {"targets": EVERY_CONV, "identity": False,
+                                                     "projection": "parameter_free"}})
+    assert surgery.manifest_of(free).skips[0].projection == "identity"  # nothing to learn where shapes match
+
+
 def test_projection_none_with_no_matching_shapes_is_an_error_not_a_no_op():
     model, x = one_conv("strided")
     with pytest.raises(surgery.NoTargetsError, match="added no skip"):
