@@ -83,6 +83,10 @@ class MissingExtraError(SurgeryError, ImportError):
     """An optional integration was imported without its extra installed (e.g. ``tost-surgery[lightning]``)."""
 
 
+class SweepError(SurgeryError):
+    """A sweep's grid, seeds, launcher or output directory cannot be used as given."""
+
+
 class ReportError(SurgeryError):
     """A run directory lacks what a report is made from (metrics, config)."""
 

@@ -51,7 +51,10 @@ def atomic_write(
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
     """``data`` as indented, key-sorted JSON (one trailing newline), written atomically."""
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    write_text_atomic(json.dumps(data, indent=1, sort_keys=True) + "\n", path)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
     atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 

@@ -38,6 +38,7 @@ from surgery.recipe import RECIPE_PRESETS, Recipe
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
+SWEEP_SECTION = "sweep"  # a config file's grids and seeds for `surgery sweep`; a single run ignores it
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
@@ -174,6 +175,14 @@ class ExportConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """Published numbers that ``surgery sweep`` shows beside its own (results.md); nothing trains on them."""
+
+    source: str | None = None  # where they come from, e.g. "ToST Table 2, ResNet-32 on CIFAR-10"
+    results: list[dict[str, Any]] = field(default_factory=list)  # {grid fields of a cell..., accuracy: %, std: %}
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output: str = "runs/{name}"
@@ -190,6 +199,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     export: ExportConfig = field(default_factory=ExportConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
     # ------------------------------------------------------------ loading
 
@@ -224,6 +234,7 @@ class RunConfig:
             raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from error
         if not isinstance(data, Mapping):
             raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
+        data = {key: value for key, value in data.items() if key != SWEEP_SECTION}  # `surgery sweep`'s grids
         if "recipe" not in data:  # a baseline must not train with ghosts because a line was left out
             raise ConfigError(
                 f"config file '{path}' does not say which recipe trains: add 'recipe: tost' (ghost skips around the "
@@ -323,6 +334,7 @@ class RunConfig:
         yield self._check_schedules
         yield self.smoothing_plan
         yield self._check_distill
+        yield self._check_reference
 
     def _check_epochs(self) -> None:
         if self.train.epochs < 1:
@@ -369,6 +381,12 @@ class RunConfig:
         if self.distill.teacher is not None and self.distill.temperature <= 0:
             raise ConfigError(f"distill.temperature {self.distill.temperature} must be > 0 (Hinton et al. use 1-20, often 4).")
 
+    def _check_reference(self) -> None:
+        for entry in self.reference.results:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("accuracy"), (int, float)):
+                raise ConfigError(f"reference.results entry {entry!r} needs the cell's fields and an accuracy in %, "
+                                  "e.g. {mask.sparsity: 0.98, recipe: tost, accuracy: 88.20, std: 0.89}.")
+
 
 def _check_choice(field_name: str, value: str, known: Sequence[str]) -> None:
     if value not in known:
@@ -412,12 +430,13 @@ def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:
 IGNORED_ON_RESUME = (
     "name", "output", "data.root", "data.download", "data.workers", "data.eval_batch_size",
     "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.eval_every",
-    "train.progress", "train.tensorboard", "train.device", "train.compile", "export",
+    "train.progress", "train.tensorboard", "train.device", "train.compile", "export", "reference",
 )
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``field: saved -> current`` for every field that differs and matters for resuming."""
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "",
+                       where: str = "in the checkpoint") -> list[str]:
+    """``field: saved (where), current now`` for every field that differs and matters for resuming."""
     out = []
     for key in sorted(set(saved) | set(current)):
         dotted = f"{prefix}{key}"
@@ -425,9 +444,9 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
             continue
         a, b = saved.get(key), current.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping) and dotted != "recipe":
-            out += config_differences(a, b, dotted + ".")
+            out += config_differences(a, b, dotted + ".", where)
         elif a != b:
-            out.append(f"{dotted}: {a!r} in the checkpoint, {b!r} now")
+            out.append(f"{dotted}: {a!r} {where}, {b!r} now")
     return out
 
 

@@ -92,6 +92,15 @@ class RunFiles:
     def result(self) -> Path:  # the run's outcome as data: status, accuracy, verification, export
         return self.root / "result.json"
 
+    # ------------------------------------------------------------ a run a sweep launched
+    @property
+    def sweep_cell(self) -> Path:  # its cell of the grid (field -> value) and seed
+        return self.root / "cell.json"
+
+    @property
+    def log(self) -> Path:  # everything the run printed (stdout and stderr), every launch appended
+        return self.root / "output.log"
+
     def holds_checkpoint(self) -> bool:
         """Whether any training in this directory (the run's own, or a mask method's rounds) saved a checkpoint."""
         folders = (folder for folder in self.root.rglob(self.checkpoints.name) if folder.is_dir())

@@ -55,7 +55,7 @@ PAPER_STYLE = {
 
 
 @contextmanager
-def _paper_figure(width: float, height: float) -> Iterator[Any]:
+def paper_figure(width: float, height: float) -> Iterator[Any]:
     """A Figure on its own Agg canvas, drawn in PAPER_STYLE; pyplot's state is never touched."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,7 +67,7 @@ def _paper_figure(width: float, height: float) -> Iterator[Any]:
         yield figure
 
 
-def _save(figure: Any, out_png: str | Path, dpi: int = DPI) -> Path:
+def save_figure(figure: Any, out_png: str | Path, dpi: int = DPI) -> Path:
     path = Path(out_png)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)
@@ -186,7 +186,7 @@ def plot_curves(
 
     metrics = read_metrics(metrics_csv)
     epochs = metrics.floats("epoch")
-    with _paper_figure(9.0, 3.4) as figure:
+    with paper_figure(9.0, 3.4) as figure:
         loss_ax, acc_ax = figure.subplots(1, 2)
         for split, colour in SPLIT_COLOURS.items():
             _line(loss_ax, epochs, metrics.floats(f"{split}_loss"), color=colour, label=split)
@@ -201,7 +201,7 @@ def plot_curves(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best")
-        return _save(figure, out_png)
+        return save_figure(figure, out_png)
 
 
 # ------------------------------------------------------------------ schedules
@@ -285,7 +285,7 @@ def plot_schedules(
                  if column != "loss" and _constant(ys) is not None]
     constant_note = ("constant throughout: " if table.rows > 1 else "one logged point: ") + ", ".join(constants)
     panels = [(column, label, ys) for column, label, ys in series if column == "loss" or _constant(ys) is None]
-    with _paper_figure(7.0, 0.6 + 1.45 * max(1, len(panels))) as figure:
+    with paper_figure(7.0, 0.6 + 1.45 * max(1, len(panels))) as figure:
         if constants and panels:
             figure.suptitle(constant_note, fontsize=8)
         if not panels:
@@ -293,7 +293,7 @@ def plot_schedules(
             ax.set_axis_off()
             note = constant_note if constants else f"no schedule in {path.name}"
             ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
-            return _save(figure, out_png)
+            return save_figure(figure, out_png)
         axes = list(figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
         for ax, (column, label, ys) in zip(axes, panels):
             _draw_schedule(ax, column, xs, ys)
@@ -303,7 +303,7 @@ def plot_schedules(
             _label_events(axes, [(float(step), text) for step, text in events], axes[0])
         else:
             _pad_x(axes[-1], xs)
-        return _save(figure, out_png)
+        return save_figure(figure, out_png)
 
 
 # ------------------------------------------------------------------ sparsity
@@ -364,7 +364,7 @@ def plot_layer_sparsity(
     names, values = list(fractions), list(fractions.values())
     count, row = len(names), _row_height(len(names))
     height = 1.3 + row * count
-    with _paper_figure(7.0, height) as figure:
+    with paper_figure(7.0, height) as figure:
         ax = figure.subplots()
         positions = list(range(count))
         ax.barh(positions, values, height=0.75, color="#4c72b0")
@@ -385,4 +385,4 @@ def plot_layer_sparsity(
         ax.set_xlabel("sparsity (fraction of zero weights)")
         ax.tick_params(axis="x", top=True, labeltop=count > 30)  # scale at both ends of a tall plot
         figure.legend(loc="outside upper left", ncols=2)  # above the top tick labels, whatever the height
-        return _save(figure, out_png, dpi=DPI if height <= 100 else 100)
+        return save_figure(figure, out_png, dpi=DPI if height <= 100 else 100)
