@@ -1,4 +1,4 @@
-"""The ``surgery`` command: inspect, verify, export, train, run, demo.
+"""The ``surgery`` command: inspect, verify, export, prune, train, run, sweep, demo.
 
 Each subcommand is one ``run_*`` function over parsed arguments. Every
 ``SurgeryError`` (a problem with the user's input) becomes its message on stderr
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(commands)
     _add_train(commands)
     _add_run(commands)
+    _add_sweep(commands)
     _add_demo(commands)
     return parser
 
@@ -306,6 +307,39 @@ def _add_run(commands) -> None:
     p.add_argument("config", metavar="CONFIG.yaml", help="a run config (see examples/configs/)")
     _add_run_options(p)
     p.set_defaults(run=run_config)
+
+
+def _add_sweep(commands) -> None:
+    p = _command(
+        commands, "sweep",
+        "Run a grid of a config's runs (fields x values x seeds), J at once, resumable; write results.csv, "
+        "results.md (mean ± std over seeds) and accuracy-vs-sparsity.png.",
+        "surgery sweep examples/configs/sweep-digits.yaml --grid mask.method=random,snip "
+        "--grid mask.sparsity=0.95,0.98 --grid recipe=tost,none --seeds 3 --jobs 2\n"
+        "  surgery sweep examples/configs/sweep-digits.yaml --jobs 2\n"
+        "  surgery sweep --report sweeps/sweep-digits",
+    )
+    p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="the base run config (see examples/configs/)")
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="a config field and its values, read as YAML (repeatable: the grid is their product); "
+                        "recipe takes tost, none, or one tweak alone: gsk, gsw, lrsi, ls")
+    p.add_argument("--seeds", metavar="N|S1,S2,...", help="N seeds (0..N-1), or the seeds to run (default 1, "
+                   "or the config's sweep: section)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a fixed override of the base config, e.g. --set train.epochs=30 (repeatable)")
+    p.add_argument("--out", metavar="DIR", help="the sweep's directory (default sweeps/<config name>)")
+    p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default 1; with slurm: all). They share "
+                   "one GPU, get their own with several, split the cores on CPU")
+    p.add_argument("--nproc-per-run", type=int, default=1, metavar="P", help="each run a torchrun DDP job of P processes")
+    p.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                   help="local processes (default) or one Slurm job per run (needs tost-surgery[slurm])")
+    p.add_argument("--slurm-partition", metavar="NAME", help="Slurm partition")
+    p.add_argument("--slurm-gpus-per-run", type=int, metavar="G", help="GPUs per Slurm job (default --nproc-per-run)")
+    p.add_argument("--slurm-time", type=int, default=24 * 60, metavar="MIN", help="time limit per run in minutes")
+    p.add_argument("--slurm-cpus-per-run", type=int, metavar="C", help="CPUs per Slurm job")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
+    p.add_argument("--report", metavar="DIR", help="only rebuild DIR's results table and plot from its runs")
+    p.set_defaults(run=run_sweep)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -913,6 +947,31 @@ def print_run_summary(console: Console, config, result) -> None:
     table.add_row("record", escape(str(files.result)))
     table.add_row("time", f"{record['training']['seconds']:.1f} s training")
     console.print(table)
+
+
+def run_sweep(args: argparse.Namespace, console: Console) -> int:
+    from surgery.errors import SweepError
+    from surgery.train import sweeps
+    from surgery.train.sweeps.grid import grid_from_options
+
+    if args.report:
+        if args.config or args.grid:
+            raise SweepError("--report DIR rebuilds an existing sweep's table; give it without CONFIG and --grid.")
+        sweeps.report(args.report, console=console)
+        return 0
+    if not args.config:
+        raise SweepError("give the base config: surgery sweep CONFIG.yaml --grid FIELD=V1,V2 (or --report DIR).")
+    slurm = {"partition": args.slurm_partition, "gpus_per_run": args.slurm_gpus_per_run,
+             "time_min": args.slurm_time, "cpus_per_run": args.slurm_cpus_per_run}
+    rows = sweeps.sweep(args.config, grid_from_options(args.grid) if args.grid else None, args.seeds, args.jobs,
+                        overrides=args.overrides, out=args.out, nproc_per_run=args.nproc_per_run,
+                        launcher=args.launcher, slurm=slurm if args.launcher == "slurm" else None,
+                        dry_run=args.dry_run, console=console)
+    if args.dry_run:
+        for row in rows:
+            console.print(f"{row['status']:>9}  {escape(row['run_dir'])}")
+        console.print(f"{len(rows)} runs; nothing was run (--dry-run).")
+    return 0
 
 
 def run_demo(args: argparse.Namespace, console: Console) -> int:

@@ -51,7 +51,14 @@ def test_help_example_is_valid(command, line):
         method(args.method)
     if getattr(args, "config", None):
         assert (ROOT / args.config).is_file(), f"{line}: {args.config} does not exist"
-        configured(RunConfig.from_yaml(ROOT / args.config), args)
+        if args.command == "sweep":  # its grid plans against the config: a dry run checks it all
+            from surgery.train.sweeps import sweep
+            from surgery.train.sweeps.grid import grid_from_options
+
+            sweep(ROOT / args.config, grid_from_options(args.grid) or None, args.seeds, args.jobs,
+                  overrides=args.overrides, dry_run=True)
+        else:
+            configured(RunConfig.from_yaml(ROOT / args.config), args)
     elif args.command == "demo":
         from surgery import demo
 

@@ -4,6 +4,8 @@
     result = run(RunConfig.from_yaml("examples/configs/tost-cifar10.yaml"))   # what `surgery run` does
     result = run(config, model=my_model, masks=my_masks)                      # your model and mask
 
+    rows = sweep(config, {"mask.sparsity": [0.95, 0.98], "recipe": ["tost", "none"]}, seeds=3, jobs=2)
+
 ``Trainer`` is the loop alone, for a model you compiled yourself; ``load_dataset`` and
 ``make_loader`` are the data side.
 """
@@ -11,7 +13,8 @@
 from surgery.train.config import RunConfig
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.pipeline import RunResult, run
+from surgery.train.sweeps import sweep
 from surgery.train.trainer import Interrupted, Trainer, TrainResult
 
 __all__ = ["ImageDataset", "Interrupted", "RunConfig", "RunResult", "TrainResult", "Trainer", "load_dataset",
-           "make_loader", "run"]
+           "make_loader", "run", "sweep"]
