@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: help demo test test-fast zoo bench install clean-venv
+.PHONY: help demo test test-fast zoo bench study install clean-venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,10 @@ bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(BIN)/python benchmarks/onnx_export.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/pruning_cost.py
+	$(BIN)/python benchmarks/sweep_overhead.py
+
+study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 3 seeds (~20 min)
+	$(BIN)/surgery sweep examples/configs/sweep-digits.yaml --jobs 2
 
 install: $(DEV)  ## .venv with the package (editable) and its test tools
 

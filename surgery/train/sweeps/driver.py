@@ -127,7 +127,7 @@ def make_launcher(kind: str, out: Path, jobs: int, nproc_per_run: int, base: Run
 def run_jobs(jobs: Sequence[launch.Job], launcher: launch.Launcher, console: Console, done: int, total: int,
              out: Path) -> None:
     """Run the jobs with one line per finished run and an overall bar (runs done / total, ETA)."""
-    counts = {"done": done}
+    counts = {"done": done, "completed": done}
     with TaskProgress(console, "sweep", total, done) as bar:
 
         def on_end(job: launch.Job, code: int) -> None:
@@ -135,13 +135,14 @@ def run_jobs(jobs: Sequence[launch.Job], launcher: launch.Launcher, console: Con
             row = table.row_of(RunFiles(job.run.run_dir), {"cell": job.run.cell, "seed": job.run.seed})
             if code != 0 and row["status"] == COMPLETED:
                 row["status"] = FAILED
+            counts["completed"] += row["status"] == COMPLETED
             console.print(f"[{counts['done']}/{total}] {escape(job.run.name)}: {escape(run_line(row, code))}")
             bar.advance(counts["done"])
 
         def on_stop(signum: int, stopped: int) -> str:
             report(out, console=console)
-            return (f"sweep stopped: {stopped} running run(s) asked to checkpoint, {counts['done']} of {total} done; "
-                    "run the same command again to resume the rest.")
+            return (f"sweep stopped: {stopped} running run(s) asked to checkpoint; {counts['completed']} of {total} "
+                    "runs completed; run the same command again to resume the rest.")
 
         launch.execute(jobs, launcher, on_end, on_stop)
 
