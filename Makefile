@@ -34,7 +34,7 @@ bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(BIN)/python benchmarks/pruning_cost.py
 	$(BIN)/python benchmarks/sweep_overhead.py
 
-study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 3 seeds (~20 min)
+study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 60 runs (~30 min)
 	$(BIN)/surgery sweep examples/configs/sweep-digits.yaml --jobs 2
 
 install: $(DEV)  ## .venv with the package (editable) and its test tools

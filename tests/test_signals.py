@@ -107,3 +107,23 @@ def test_a_signal_while_the_command_starts_is_one_line(tmp_path):
         process.send_signal(sig)
         lines = ended(process)
         assert process.returncode == 128 + sig and len(lines) == 1 and signal.Signals(sig).name in lines[0], lines
+
+
+def test_sigint_to_a_sweep_is_passed_on_once_and_its_runs_checkpoint(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "name": "base", "train": {**CONFIG["train"], "epochs": 20}}))
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "surgery.cli", "sweep", str(path), "--grid", "mask.sparsity=0.5,0.8",
+               "--jobs", "2", "--out", str(out)]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / f"sparsity-{s}_seed-0" for s in (0.5, 0.8)]
+    wait_for(lambda: all(checkpoints(run) for run in runs), process)
+    process.send_signal(signal.SIGINT)
+    lines = ended(process)
+    assert process.returncode == 128 + signal.SIGINT
+    assert lines[-1].startswith("surgery sweep: sweep stopped: 2 running run(s) asked to checkpoint; 0 of 2 runs")
+    for run in runs:
+        log = (run / "output.log").read_text()
+        assert log.count(ACKNOWLEDGEMENT) == 1  # one signal each: a second would have aborted without a checkpoint
+        assert "checkpoint saved" in log
+    assert (out / "results.md").read_text().count("| 0 (1 unfinished) |") == 2

@@ -185,6 +185,7 @@ def test_report_rebuilds_csv_markdown_and_plot_from_the_runs(finished_sweep):
     assert "| 0.98 | none | 3 (2 failed) |" in text
     assert "88.20 ± 0.89" in text and "paper (ToST Table 2)" in text
     assert "| 0.98 | tost | 91.00 ± 1.00 | 81.00 ± 1.00 | +10.00 | 1.00 | better |" in text
+    assert "| none3 | loss diverged |" in text and "| none4 | surgery run: error: dataset 'x' not found |" in text
     csv_lines = (finished_sweep / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("mask.sparsity,recipe,seed,status,test_acc,test_acc_last,test_acc_best_val")
     assert len(csv_lines) == 9
@@ -247,6 +248,9 @@ class FakeLauncher:
     def stop(self, handle, signum):
         self.signals.append(signum)
         handle["stopped"] = True
+
+    def wait(self, handles, seconds):
+        pass
 
 
 class Named:
@@ -381,3 +385,11 @@ def test_the_sweep_section_of_a_config_file_is_its_default_grid(tmp_path):
     from surgery.train import RunConfig
 
     assert RunConfig.from_yaml(path).mask.sparsity == 0.8  # `surgery run` reads the same file, sweep: aside
+
+
+@pytest.mark.slow
+def test_each_run_can_be_a_ddp_job(tmp_path):
+    rows = sweep(sweep_config(tmp_path), {"mask.sparsity": [0.5]}, out=tmp_path / "s", nproc_per_run=2)
+    assert rows[0]["status"] == COMPLETED
+    record = json.loads(RunFiles(Path(rows[0]["run_dir"])).result.read_text())
+    assert record["device"] == "cpu x 2"

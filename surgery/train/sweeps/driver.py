@@ -173,7 +173,7 @@ def report(out: str | Path, *, console: Console | None = None) -> list[dict[str,
     title = f"{base.get('name', out.name)}: {base.get('model', {}).get('spec', '')} on {base.get('data', {}).get('dataset', '')}"
     cells = table.summarize(rows, fields)
     table.write_csv(rows, fields, out / RESULTS_CSV)
-    text = table.markdown(cells, fields, title=title, reference=base.get("reference"), base=base)
+    text = table.markdown(cells, fields, title=title, reference=base.get("reference"), base=base, rows=rows)
     write_text_atomic(text, out / RESULTS_MD)
     plot = plot_accuracy(cells, fields, table.headline(cells), out / PLOT, title)
     if console is not None:

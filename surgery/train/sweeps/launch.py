@@ -25,7 +25,7 @@ from surgery.interrupt import Interrupted, signal_name
 from surgery.train.run_files import RunFiles
 from surgery.train.sweeps.grid import PlannedRun
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.5  # at most between looks at the runs (a local run's end is seen at once: LocalLauncher.wait)
 LAUNCHERS = ("local", "slurm")
 
 
@@ -53,6 +53,8 @@ class Launcher(Protocol):
     def exit_code(self, handle: Any) -> int | None: ...  # None while it runs
 
     def stop(self, handle: Any, signum: int) -> None: ...
+
+    def wait(self, handles: Sequence[Any], seconds: float) -> None: ...  # until one may have ended, at most seconds
 
 
 # ------------------------------------------------------------------ local processes
@@ -88,6 +90,15 @@ class LocalLauncher:
     def stop(self, handle: subprocess.Popen, signum: int) -> None:
         if handle.poll() is None:
             handle.send_signal(signum)
+
+    def wait(self, handles: Sequence[subprocess.Popen], seconds: float) -> None:
+        """Block on the oldest run, so that a single run's end is seen at once, not at the next poll."""
+        if not handles:
+            return
+        try:
+            handles[0].wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def visible_gpus(device: str) -> list[str]:
@@ -152,6 +163,9 @@ class SlurmLauncher:
     def stop(self, handle: Any, signum: int) -> None:
         handle.cancel(check=False)
 
+    def wait(self, handles: Sequence[Any], seconds: float) -> None:
+        time.sleep(seconds)
+
 
 # ------------------------------------------------------------------ running them all
 
@@ -170,7 +184,7 @@ def execute(jobs: Sequence[Job], launcher: Launcher, on_end: Callable[[Job, int]
                     job = waiting.popleft()
                     running[slot] = (job, launcher.start(job, slot))
             _reap(running, launcher, on_end)
-            time.sleep(POLL_SECONDS)
+            launcher.wait([handle for _, handle in running.values()], POLL_SECONDS)
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else 2
         stopped = len(running)

@@ -1,5 +1,9 @@
 """``accuracy-vs-sparsity.png``: one line per combination of the grid's other fields (method x recipe),
-mean test accuracy over seeds with a std error bar at each sparsity."""
+mean test accuracy over seeds with a std error bar at each sparsity.
+
+A recipe keeps one colour and a method one line style across the figure, so "ToST vs none" reads
+the same in every method; lines are nudged apart along x so their error bars do not hide each other.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +13,61 @@ from pathlib import Path
 from surgery.train.report.plots import paper_figure, save_figure
 from surgery.train.sweeps.table import Cell
 
-SPARSITY = "mask.sparsity"
+SPARSITY, RECIPE = "mask.sparsity", "recipe"
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+LABEL_CHARACTERS = 44
+NUDGE = 0.012  # of the x range, between neighbouring lines
 
 
 def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out_png: Path, title: str) -> Path | None:
     """Draw the cells that completed; None when none did. Without a sparsity field every line is one point
-    at the base config's sparsity, read from the runs."""
-    lines: dict[str, list[tuple[float, float, float]]] = {}
+    at the sparsity its runs reached."""
+    lines: dict[tuple, list[tuple[float, float, float]]] = {}
     others = [f for f in fields if f != SPARSITY]
     for cell in cells:
         stat, sparsity = cell.stats[metric], cell.stats["sparsity"]
         if not stat.n:
             continue
         x = float(cell.values[SPARSITY]) if SPARSITY in cell.values else sparsity.mean
-        name = ", ".join(f"{f.rsplit('.', 1)[-1]}={cell.values[f]}" for f in others) or "runs"
-        lines.setdefault(name, []).append((x * 100, stat.mean * 100, (stat.std or 0.0) * 100))
+        key = tuple(str(cell.values.get(f)) for f in others)
+        lines.setdefault(key, []).append((x * 100, stat.mean * 100, (stat.std or 0.0) * 100))
     if not lines:
         return None
-    with paper_figure(5.5, 3.6) as figure:
+    recipes = list(dict.fromkeys(_part(key, others, RECIPE) for key in lines))
+    groups = list(dict.fromkeys(_rest(key, others) for key in lines))
+    xs_all = [x for points in lines.values() for x, _, _ in points]
+    step = NUDGE * ((max(xs_all) - min(xs_all)) or 1.0)
+    with paper_figure(8.0, 4.0) as figure:
+        import matplotlib
+
         ax = figure.add_subplot()
-        for name, points in lines.items():
+        cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+        colour = {recipe: cycle[i % len(cycle)] for i, recipe in enumerate(recipes)}
+        for i, (key, points) in enumerate(lines.items()):
             xs, ys, errors = zip(*sorted(points))
-            ax.errorbar(xs, ys, yerr=errors, marker="o", markersize=3.5, capsize=3, label=name)
+            shift = (i - (len(lines) - 1) / 2) * step
+            group = groups.index(_rest(key, others))
+            ax.errorbar([x + shift for x in xs], ys, yerr=errors, capsize=2.5, markersize=4,
+                        color=colour[_part(key, others, RECIPE)], linestyle=LINE_STYLES[group % len(LINE_STYLES)],
+                        marker=MARKERS[group % len(MARKERS)], label=_label(key, others))
         ax.set_xlabel("sparsity (% of prunable weights zero)")
         what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
         ax.set_ylabel(f"test accuracy, {what} (%)")
         ax.set_title(title)
-        ax.legend(loc="best")
+        if len(lines) > 1 or others:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
         return save_figure(figure, out_png)
+
+
+def _part(key: tuple, fields: Sequence[str], field: str) -> str:
+    return key[fields.index(field)] if field in fields else ""
+
+
+def _rest(key: tuple, fields: Sequence[str]) -> tuple:
+    return tuple(v for f, v in zip(fields, key) if f != RECIPE)
+
+
+def _label(key: tuple, fields: Sequence[str]) -> str:
+    text = ", ".join(f"{f.rsplit('.', 1)[-1]}={v}" for f, v in zip(fields, key)) or "runs"
+    return text if len(text) <= LABEL_CHARACTERS else text[:LABEL_CHARACTERS - 1] + "…"

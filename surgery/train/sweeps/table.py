@@ -156,8 +156,9 @@ def _key(value: Any) -> Any:
 
 
 def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, reference: Mapping[str, Any] | None = None,
-             base: Mapping[str, Any] | None = None) -> str:
-    """The cells as a table (best per accuracy column in bold), then each recipe against ``none``."""
+             base: Mapping[str, Any] | None = None, rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The cells as a table (best per accuracy column in bold), then each recipe against ``none``, then the
+    failed runs of ``rows`` with the first line of their errors."""
     reference, base = reference or {}, base or {}
     accuracy_columns = [m for m in ("test_acc_last", "test_acc_best_val") if any(c.stats[m].n for c in cells)]
     names = {"test_acc_last": "test acc, last epoch (%)", "test_acc_best_val": "test acc, best-val epoch (%)"}
@@ -183,6 +184,10 @@ def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, refere
     comparison = against_baseline(cells, fields, headline(cells))
     if comparison:
         lines += ["", *comparison]
+    failed = [row for row in rows if row["status"] == FAILED]
+    if failed:
+        lines += ["", "## Failed runs", "", _row(["run", "error"]), _row(["---", "---"]),
+                  *(_row([_show(Path(row["run_dir"]).name), _show(row["error"])]) for row in failed)]
     return "\n".join(lines) + "\n"
 
 
