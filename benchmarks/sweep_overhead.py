@@ -96,7 +96,7 @@ def main() -> None:
     if args.quick:
         return
     rows = "\n".join(f"| {r + 1} | {h:.1f} | {s:.1f} | {s / h - 1:+.2%} |" for r, (h, s) in enumerate(zip(hand, swept)))
-    example = " ".join(shlex.quote(a) for a in by_hand_commands(Path("runs"), epochs)[0][1:])
+    example = " ".join(shlex.quote(a) for a in by_hand_commands(Path("runs"), epochs)[0][1:]).replace(f"{ROOT}/", "")
     body = (
         f"Four runs of `{CONFIG.relative_to(ROOT)}` (cifar:resnet20 on digits, {epochs} epochs, mask.sparsity "
         f"0.9 / 0.95 x recipe tost / none, seed 0), launched one after another by hand (`python {example}` and "
