@@ -1,6 +1,6 @@
 """What `surgery sweep` adds to its runs: a 4-run sweep against the same 4 runs launched by hand.
 
-The same four runs (the CPU study's config, 20 epochs: two sparsities x ToST / none,
+The same four runs (the CPU study's config and schedule: two sparsities x ToST / none,
 seed 0) go twice through each side, alternating which side starts, so load drift hits both
 alike:
 
@@ -12,7 +12,7 @@ writes each run's config, polls, and writes results.csv / results.md / the plot.
 is the summed wall time of the sweeps over that of the runs by hand; the target is under 2%.
 Measures, never asserts. Writes the "sweep" section of docs/benchmarks.md.
 
-    python benchmarks/sweep_overhead.py [--epochs 20] [--rounds 2] [--quick]
+    python benchmarks/sweep_overhead.py [--epochs 30] [--rounds 2] [--quick]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def timed(commands: list[list[str]], env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per run (default 20: runs of about 30 s here)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per run (default 30, the study's schedule)")
     parser.add_argument("--rounds", type=int, default=2, help="times each side runs, alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 round: a smoke run; prints, writes no doc")
     args = parser.parse_args()

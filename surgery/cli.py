@@ -34,11 +34,10 @@ import surgery
 from surgery import demo
 from surgery.compiler import leaf_modules_in
 from surgery.errors import ConfigError, ExportError, ShapePropagationError, SurgeryError
-from surgery.export import SPARSE_THRESHOLD
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import compiled_submodules, ghost_cost
-from surgery.masks import load_masks, prunable_weights, weight_sparsity
+from surgery.masks import SPARSE_THRESHOLD, load_masks, prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe

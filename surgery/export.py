@@ -53,14 +53,13 @@ from torch.utils import _pytree as pytree
 from surgery.errors import ExportError, GhostsRemainError
 from surgery.ghosts import ghosts
 from surgery.graph import as_tuple, deepcopy_module, device_of, eval_mode, inputs_on
-from surgery.masks import bake_masks, masked_parameters
+from surgery.masks import SPARSE_THRESHOLD, bake_masks, masked_parameters
 from surgery.passes.deghost import deghost as deghost_pass
 
 MIN_OPSET = 17  # LayerNormalization's first opset; below it the exporter's down-conversion fails
 EXTERNAL_DATA_BYTES = onnx.checker.MAXIMUM_PROTOBUF  # 2 GiB: protobuf cannot serialize more
 EXTERNAL_TENSOR_MIN_BYTES = 1024  # smaller tensors stay inline even in an external-data file
 TINY = 1e-12  # floor of the reference magnitude in the relative error
-SPARSE_THRESHOLD = 0.7  # a weight with at least this fraction of zeros is stored sparse (with sparse=True)
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 

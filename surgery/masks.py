@@ -24,6 +24,7 @@ from surgery.layers import PRUNABLE_KINDS
 
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
 MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes
+SPARSE_THRESHOLD = 0.7  # export: a weight with at least this fraction of zeros is stored sparse (with sparse=True)
 
 
 class Mask(nn.Module):

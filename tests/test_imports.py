@@ -26,3 +26,11 @@ def test_importing_every_pruning_module_does_not_import_surgery_train():
     imported = json.loads(done.stdout)
     assert {"surgery.pruning.learned", "surgery.pruning.rigl", "surgery.hooks"} <= set(imported)
     assert [name for name in imported if name == "surgery.train" or name.startswith("surgery.train.")] == []
+
+
+def test_the_command_line_loads_onnx_only_when_a_command_exports():
+    """Every `surgery` command (a sweep's every run too) pays for what it imports: onnx is ~0.5 s."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys, surgery.cli; surgery.cli.build_parser(); print('onnx' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "False"
