@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torchvision
+import yaml
 
 import surgery
 from surgery.pruning import method
 from surgery.train.config import RunConfig
+from surgery.train.sweeps import sweep
 
 pytestmark = pytest.mark.slow  # runs the examples end to end
 
@@ -37,7 +39,9 @@ def test_tost_config_compiles_a_model():
     assert summary["convs_covered"] == 16 and summary["activations_swapped"] == 17  # the body's 3x3 convs
 
 
-RUN_CONFIGS = sorted(p for p in (EXAMPLES / "configs").glob("*.yaml") if p.name != "tost.yaml")
+CONFIGS = sorted(p for p in (EXAMPLES / "configs").glob("*.yaml") if p.name != "tost.yaml")
+STUDIES = [p for p in CONFIGS if "sweep" in (yaml.safe_load(p.read_text()) or {})]  # `surgery sweep` grids
+RUN_CONFIGS = [p for p in CONFIGS if p not in STUDIES]
 
 
 WORKFLOWS = {"tost-cifar10", "tost-table2", "lottery-retrain", "pruning-pipeline", "optg", "asni", "asni-centroids"}
@@ -55,6 +59,16 @@ def test_each_run_config_is_a_valid_paper_scale_run_that_a_script_runs(path):
     method(config.mask.method)
     # The configs run (scaled down) through their workflow scripts, tested below.
     assert any(f'load("{path.stem}")' in script.read_text() for script in EXAMPLES.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_each_study_config_plans_its_sweep(path, tmp_path):
+    rows = sweep(path, out=tmp_path / "sweep", dry_run=True)  # every grid value checked against the config
+    assert len(rows) >= 2 and {row["status"] for row in rows} == {"pending"}
+
+
+def test_the_cpu_study_is_a_study():
+    assert [p.stem for p in STUDIES] == ["sweep-digits"]
 
 
 def test_asni_centroids_config_retrains_the_asni_configs_mask():

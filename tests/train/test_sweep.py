@@ -213,8 +213,9 @@ def test_report_of_a_directory_without_runs_is_refused(tmp_path):
 def test_local_runs_split_the_cpu_cores_or_take_turns_on_the_gpus():
     cpu = launch.LocalLauncher(2, cpus=16)
     assert cpu.environment(0)["OMP_NUM_THREADS"] == "8"
-    one_gpu = launch.LocalLauncher(4, gpus=["0"])
+    one_gpu = launch.LocalLauncher(4, gpus=["0"], cpus=16)
     assert one_gpu.environment(3).get("CUDA_VISIBLE_DEVICES") == __import__("os").environ.get("CUDA_VISIBLE_DEVICES")
+    assert one_gpu.environment(3)["OMP_NUM_THREADS"] == "4"
     gpus = launch.LocalLauncher(4, gpus=["0", "1", "2", "3"], nproc_per_run=2)
     assert [gpus.environment(s)["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0,1", "2,3", "0,1"]
 

@@ -69,14 +69,14 @@ class LocalLauncher:
         self.threads = max(1, (cpus or os.cpu_count() or 1) // (jobs * nproc_per_run))
 
     def environment(self, slot: int) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.gpus:
-            if len(self.gpus) > 1:
-                first = slot * self.nproc_per_run
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[(first + i) % len(self.gpus)]
-                                                       for i in range(self.nproc_per_run))
-        else:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        """The cores split between the runs (on a GPU too: their data and Python need them); the GPUs
+        dealt out when there are several, left shared when there is one."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads),
+               "MKL_NUM_THREADS": str(self.threads)}
+        if len(self.gpus) > 1:
+            first = slot * self.nproc_per_run
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[(first + i) % len(self.gpus)]
+                                                   for i in range(self.nproc_per_run))
         return env
 
     def start(self, job: Job, slot: int) -> subprocess.Popen:
