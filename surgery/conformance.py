@@ -30,6 +30,7 @@ from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
 from surgery.submodules import within
 from surgery.tasks import train_inputs
+from surgery.tracing import python_state_kept
 from surgery.verify import check_ghost_parity, check_outputs, check_part, load_into_original
 
 SPARSITY = 0.9
@@ -170,9 +171,11 @@ def _export(model: nn.Module, inputs: tuple, sparse: bool = True, dynamic_batch:
 
 
 def _unexportable(model: nn.Module, inputs: tuple, dynamic_batch: bool = True) -> str:
-    """Why torch.onnx cannot export the original model itself, or ''."""
+    """Why torch.onnx cannot export the original model itself, or ''. The export runs the user's forward:
+    whatever it does to Python state (a cache filled in eval mode) is undone."""
     try:
-        _export(model, inputs, sparse=False, dynamic_batch=dynamic_batch)
+        with python_state_kept(model):
+            _export(model, inputs, sparse=False, dynamic_batch=dynamic_batch)
     except surgery.ExportError as error:
         return "ONNX n/a: torch.onnx cannot export the original model either: " + str(error).split("\n")[0][:160]
     return ""

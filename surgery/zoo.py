@@ -17,6 +17,7 @@ from torch import nn
 
 from surgery.models import build_model, default_input_size
 from surgery.tasks import TASKS, Size, builders, example_inputs, input_size, task_of
+from surgery.tracing import python_state_kept
 
 NUM_CLASSES = 10
 TASK_FAMILIES = ("segmentation", "detection", "video", "optical_flow")
@@ -151,11 +152,13 @@ def _parameters_on_meta() -> Iterator[None]:
 
 
 def timm_cannot_trace(model: nn.Module) -> str | None:
-    """Why timm's own FX tooling (its leaf registry, torchvision's tracer) fails on ``model``, else None."""
+    """Why timm's own FX tooling (its leaf registry, torchvision's tracer) fails on ``model``, else None.
+    That tracer leaves what the forward did to Python state behind: it is undone here."""
     from timm.models import get_graph_node_names
 
     try:
-        get_graph_node_names(model)
+        with python_state_kept(model):
+            get_graph_node_names(model)
     except Exception as error:
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return None
