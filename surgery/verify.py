@@ -19,8 +19,9 @@ tensor in them is compared, e.g. a detector's boxes, labels and scores).
 from __future__ import annotations
 
 import copy
+import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,7 +174,8 @@ def require_clean(clean: nn.Module) -> None:
 
 def check_graph(reference: fx.GraphModule, clean: fx.GraphModule) -> int:
     """Raise unless the two graphs are isomorphic as labelled graphs; returns the node count."""
-    a, b = to_networkx(reference), to_networkx(clean)
+    a = to_networkx(reference, "the original's fresh trace")
+    b = to_networkx(clean, "the de-ghosted graph")
     if _labels(a) == _labels(b) and a.number_of_edges() == b.number_of_edges() and _isomorphic(a, b):
         return a.number_of_nodes()
     raise VerificationError("the de-ghosted graph differs from the original:\n" + explain_difference(a, b))
@@ -199,8 +201,18 @@ def _isomorphic(a: nx.DiGraph, b: nx.DiGraph) -> bool:
 
 def _refined_colours(a: nx.DiGraph, b: nx.DiGraph) -> tuple[dict, dict]:
     """1-WL refinement of both graphs together (so colours compare across them), edges by slot."""
+    rounds = _refinement_rounds(a, b)
+    stable = next(rounds)
+    for stable in rounds:  # the last round yielded is the stable colouring
+        pass
+    return stable
+
+
+def _refinement_rounds(a: nx.DiGraph, b: nx.DiGraph) -> Iterator[tuple[dict, dict]]:
+    """The colours of both graphs by their labels, then after each round of 1-WL until stable."""
     palette: dict[Any, int] = {}
     colours = [{n: palette.setdefault(label, len(palette)) for n, label in g.nodes(data="label")} for g in (a, b)]
+    yield colours[0], colours[1]
     distinct = len(palette)
     while True:
         palette = {}
@@ -219,7 +231,8 @@ def _refined_colours(a: nx.DiGraph, b: nx.DiGraph) -> tuple[dict, dict]:
             for g, c in zip((a, b), colours)
         ]
         if len(palette) == distinct:
-            return colours[0], colours[1]
+            return
+        yield colours[0], colours[1]
         distinct = len(palette)
 
 
@@ -236,8 +249,9 @@ def _edges_as_nodes(graph: nx.DiGraph, colours: dict) -> nx.DiGraph:
     return split
 
 
-def to_networkx(gm: fx.GraphModule) -> nx.DiGraph:
+def to_networkx(gm: fx.GraphModule, which: str = "the graph") -> nx.DiGraph:
     """Nodes labelled by what they compute; edges by the argument slot they feed."""
+    _require_own_nodes(gm, which)
     graph = nx.DiGraph()
     for node in gm.graph.nodes:
         graph.add_node(node.name, label=node_label(gm, node))
@@ -247,19 +261,53 @@ def to_networkx(gm: fx.GraphModule) -> nx.DiGraph:
     return graph
 
 
+def _require_own_nodes(gm: fx.GraphModule, which: str) -> None:
+    """A node fed by a node of another graph computes from a value recorded in an earlier trace:
+    a model that caches a value computed in forward (timm's LeViT keeps its attention biases
+    in a dict in eval mode) hands its second trace the first trace's proxy."""
+    for node in gm.graph.nodes:
+        for source in node.all_input_nodes:
+            if source.graph is not gm.graph:
+                raise VerificationError(
+                    f"{which} feeds `{node.name}` from `{source.name}`, a node of another trace: the model keeps a "
+                    "value computed in forward from one call to the next (a cache attribute), so tracing it again "
+                    "records the earlier trace's value instead of how it is computed. Empty that cache before each "
+                    "trace, compile and verify alike (timm's LeViT: model.train() then model.eval()), or compile and "
+                    "verify the model in train mode."
+                )
+
+
+# Labels: (op, module path, class, extra_repr, arguments) for call_module; (op, function, arguments)
+# for call_function; (op, method name, arguments) for call_method; (op, target, arguments) for
+# get_attr and placeholder; (op, "tensor constant", shape, dtype) for fx's tensor constants;
+# (op, arguments) for the output. Arguments are (slot, repr) pairs: slot is the position of a
+# positional argument or the name of a keyword; nodes are '%'.
+
+
 def node_label(gm: fx.GraphModule, node: fx.Node) -> tuple:
-    constants = repr(fx.node.map_arg((node.args, node.kwargs), lambda _: _NODE))
+    arguments = _arguments(node)
     if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        return (node.op, node.target, type(module).__qualname__, module.extra_repr(), constants)
+        module = _attribute(gm, node.target)
+        if not isinstance(module, nn.Module):
+            return (node.op, node.target, _NO_MODULE, "", arguments)
+        return (node.op, node.target, type(module).__qualname__, module.extra_repr(), arguments)
     if node.op == "call_function":
-        return (node.op, _function_name(node.target), constants)
-    if node.op == "get_attr" and node.target.startswith("_tensor_constant"):  # name is fx's counter
-        value = getattr(gm, node.target)
-        return (node.op, "tensor constant", tuple(value.shape), str(value.dtype))
+        return (node.op, _function_name(node.target), arguments)
+    value = _attribute(gm, node.target) if node.op == "get_attr" else None
+    if torch.is_tensor(value) and node.target.startswith("_tensor_constant"):  # name is fx's counter
+        return (node.op, "tensor constant", tuple(value.shape), str(value.dtype).removeprefix("torch."))
     if node.op in ("call_method", "get_attr", "placeholder"):
-        return (node.op, node.target, constants)
-    return (node.op, constants)
+        return (node.op, str(node.target), arguments)
+    return (node.op, arguments)
+
+
+_NO_MODULE = "which the graph module does not hold"
+
+
+def _arguments(node: fx.Node) -> tuple[tuple[int | str, str], ...]:
+    """Every argument as (slot, repr), input nodes as '%': constants compare, inputs are edges."""
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda _: _NODE)
+    return tuple(enumerate(map(repr, args))) + tuple((key, repr(value)) for key, value in kwargs.items())
 
 
 class _NodeMarker:
@@ -270,27 +318,30 @@ class _NodeMarker:
 _NODE = _NodeMarker()
 
 
+def _attribute(root: nn.Module, target: str) -> Any:
+    """The attribute at the dotted path ``target`` of ``root``; None where there is none."""
+    value: Any = root
+    for name in str(target).split("."):
+        value = getattr(value, name, None)
+    return value
+
+
 def _function_name(fn: Any) -> str:
+    """Where users call it from: torch.add (not torch._C._VariableFunctions.add), operator.add."""
+    short = getattr(fn, "__name__", None)
+    for home in (torch, operator):
+        if short and getattr(home, short, None) is fn:
+            return f"{home.__name__}.{short}"
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    return f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', repr(fn)))}"
+    return f"{module}.{getattr(fn, '__qualname__', None) or short or repr(fn)}"
 
 
 def explain_difference(original: nx.DiGraph, clean: nx.DiGraph, limit: int = 12) -> str:
-    """Plain-words list of nodes present on one side only, or wired differently."""
-    lines: list[str] = []
-    ref, cln = _labels(original), _labels(clean)
-    for label, count in (ref - cln).items():
-        lines.append(f"  - missing after de-ghosting: {describe(label)}" + (f" (x{count})" if count > 1 else ""))
-    for label, count in (cln - ref).items():
-        lines.append(f"  + only in the de-ghosted graph: {describe(label)}" + (f" (x{count})" if count > 1 else ""))
+    """Plain words naming the nodes that differ: changed, missing, extra or wired differently;
+    where no single node does, where the graphs first diverge as a whole."""
+    lines = _label_differences(original, clean) or _wiring_differences(original, clean)
     if not lines:
-        ref_sig, cln_sig = _signatures(original), _signatures(clean)
-        for label, inputs in ref_sig - cln_sig:
-            lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] in the original")
-        for label, inputs in cln_sig - ref_sig:
-            lines.append(f"  ~ {describe(label)} takes inputs [{', '.join(inputs)}] after de-ghosting")
-    if not lines:
-        lines.append("  the graphs hold the same nodes and wiring locally but are not isomorphic as a whole")
+        lines = [_first_divergence(original, clean)]
     extra = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
     return "\n".join(lines[:limit]) + extra
 
@@ -299,32 +350,165 @@ def _labels(graph: nx.DiGraph) -> Counter:
     return Counter(label for _, label in graph.nodes(data="label"))
 
 
-def _signatures(graph: nx.DiGraph) -> Counter:
-    def inputs(n):
-        edges = sorted(graph.in_edges(n, data="slot"), key=lambda e: e[2])
-        return tuple(_short(graph.nodes[src]["label"]) for src, _, _ in edges)
-
-    return Counter((label, inputs(n)) for n, label in graph.nodes(data="label"))
-
-
-def describe(label: tuple) -> str:
-    op = label[0]
-    if op == "call_module":
-        _, target, cls, extra, _ = label
-        return f"module `{target}` ({cls}{'(' + extra + ')' if extra else ''})"
-    if op == "call_function":
-        return f"call {label[1]}{label[2]}"
-    if op == "call_method":
-        return f"method .{label[1]}{label[2]}"
-    if op == "get_attr":
-        return f"attribute `{label[1]}`"
-    if op == "placeholder":
-        return f"input `{label[1]}`"
-    return "the output " + label[-1]
+def _label_differences(original: nx.DiGraph, clean: nx.DiGraph) -> list[str]:
+    """Labels on one side only. A node whose name both graphs hold with a label of each kind is
+    most likely one node changed in place (names survive the passes), so it is told as a change."""
+    missing, extra = _labels(original) - _labels(clean), _labels(clean) - _labels(original)
+    lines = []
+    for name, old in original.nodes(data="label"):
+        new = clean.nodes[name]["label"] if name in clean else None
+        if missing[old] > 0 and extra[new] > 0:
+            lines.append(f"  ~ `{name}` changed: {_change(old, new)}")
+            missing[old] -= 1
+            extra[new] -= 1
+    for label, count in (+missing).items():
+        lines.append(f"  - missing after de-ghosting: {describe(label)}{_at(original, clean, label, count)}")
+    for label, count in (+extra).items():
+        lines.append(f"  + only in the de-ghosted graph: {describe(label)}{_at(clean, original, label, count)}")
+    return lines
 
 
-def _short(label: tuple) -> str:
-    return label[1] if len(label) > 2 else label[0]
+def _change(old: tuple, new: tuple) -> str:
+    """What changed between two labels of one node."""
+    if _shape(old) == _shape(new) and _shape(old) in _WITH_ARGUMENTS and old[:-1] == new[:-1]:
+        return f"{describe(old)}: {_changed_arguments(old[-1], new[-1])}"
+    return f"{describe(old)} in the original, {describe(new)} after de-ghosting"
+
+
+def _changed_arguments(old: tuple, new: tuple) -> str:
+    """'argument 2 from 1 to 2, `dim` from 1 to 0', arguments dropped or added included."""
+    before, after = dict(old), dict(new)
+    changes = []
+    for slot in list(before) + [s for s in after if s not in before]:
+        name = f"argument {slot + 1}" if isinstance(slot, int) else f"`{slot}`"
+        if slot not in after:
+            changes.append(f"{name} ({before[slot]}) dropped")
+        elif slot not in before:
+            changes.append(f"{name} ({after[slot]}) added")
+        elif before[slot] != after[slot]:
+            changes.append(f"{name} from {before[slot]} to {after[slot]}")
+    return ", ".join(changes) + " after de-ghosting"
+
+
+def _at(graph: nx.DiGraph, other: nx.DiGraph, label: tuple, count: int) -> str:
+    """' at `relu`' (or ' (x2: `a`, `b`)'): the nodes of ``graph`` with ``label``, those whose
+    name ``other`` does not hold with that label first (the likely extra ones)."""
+    names = [n for n, lab in graph.nodes(data="label") if lab == label]
+    names.sort(key=lambda n: n in other and other.nodes[n]["label"] == label)
+    listed = ", ".join(f"`{n}`" for n in names[:count])
+    return f" at {listed}" if count == 1 else f" (x{count}: {listed})"
+
+
+def _wiring_differences(original: nx.DiGraph, clean: nx.DiGraph) -> list[str]:
+    """Same nodes, different inputs: which node takes which inputs in each graph."""
+    before, after = _signatures(original), _signatures(clean)
+    only_before = Counter(before.values()) - Counter(after.values())
+    only_after = Counter(after.values()) - Counter(before.values())
+    lines = []
+    for label in dict.fromkeys(label for label, _ in only_before):
+        old = [inputs for lab, inputs in only_before.elements() if lab == label]
+        new = [inputs for lab, inputs in only_after.elements() if lab == label]
+        names = [n for n, signature in before.items() if signature in only_before and signature[0] == label]
+        lines += [
+            f"  ~ `{name}` ({describe(label)}) takes inputs [{', '.join(a)}] in the original, "
+            f"[{', '.join(b)}] after de-ghosting"
+            for name, a, b in zip(names, old, new)
+        ]
+    return lines
+
+
+def _signatures(graph: nx.DiGraph) -> dict[str, tuple]:
+    """Each node's label and its inputs' short labels in slot order."""
+    return {n: (label, tuple(_inputs(graph, n))) for n, label in graph.nodes(data="label")}
+
+
+def _inputs(graph: nx.DiGraph, name: str) -> list[str]:
+    """The short labels of the nodes ``name`` takes, in slot order."""
+    edges = sorted(graph.in_edges(name, data="slot"), key=lambda edge: edge[2])
+    return [_short(graph.nodes[source]["label"]) for source, _, _ in edges]
+
+
+def _first_divergence(original: nx.DiGraph, clean: nx.DiGraph) -> str:
+    """Same nodes with the same inputs, yet not isomorphic: name the first node (in graph order)
+    whose neighbourhood has no counterpart, at the first round of colour refinement that tells."""
+    intro = "  the graphs hold the same nodes with the same kinds of inputs but differ as a whole"
+    for colours_a, colours_b in _refinement_rounds(original, clean):
+        counts_a, counts_b = Counter(colours_a.values()), Counter(colours_b.values())
+        for name in original:
+            if counts_a[colours_a[name]] != counts_b[colours_a[name]]:
+                return (
+                    f"{intro}; they first diverge at `{name}` ({describe(original.nodes[name]['label'])}): "
+                    f"{_wiring(original, name)} in the original, no node is wired like it after de-ghosting"
+                )
+    tied = [f"`{name}`" for name, colour in colours_a.items() if counts_a[colour] > 1]
+    return f"{intro}: nodes alike in every neighbourhood ({', '.join(tied[:6])}) are joined differently"
+
+
+def _wiring(graph: nx.DiGraph, name: str) -> str:
+    """'it takes [conv] and feeds [torch.add (argument 2)]'."""
+    feeds = [
+        f"{_short(graph.nodes[user]['label'])} (argument {slot + 1})"
+        for _, user, slot in graph.out_edges(name, data="slot")
+    ]
+    return f"it takes [{', '.join(_inputs(graph, name))}] and feeds [{', '.join(feeds)}]"
+
+
+def describe(label: Any) -> str:
+    """Plain words for every label ``node_label`` makes; anything else as its repr."""
+    words = _DESCRIPTIONS.get(_shape(label))
+    return words(*label[1:]) if words else repr(label)
+
+
+def _shape(label: Any) -> tuple[str, int] | None:
+    """(op, length): which kind of label this is."""
+    if isinstance(label, tuple) and label and isinstance(label[0], str):
+        return label[0], len(label)
+    return None
+
+
+def _call(arguments: tuple) -> str:
+    """'(%, 1, dim=0)'."""
+    return "(" + ", ".join(value if isinstance(slot, int) else f"{slot}={value}" for slot, value in arguments) + ")"
+
+
+def _method_call(name: str, arguments: tuple) -> str:
+    """'%.view(1, -1)': the first argument is the object the method is called on."""
+    if not arguments:
+        return f".{name}()"
+    return f"{arguments[0][1]}.{name}{_call(arguments[1:])}"
+
+
+def _placeholder(target: str, arguments: tuple) -> str:
+    """'input `x`', with its default where it has one."""
+    return f"input `{target}`" + (f" (default {arguments[0][1]})" if arguments else "")
+
+
+def _module(path: str, cls: str, extra: str, arguments: tuple) -> str:
+    if cls == _NO_MODULE:
+        return f"module `{path}` ({cls})"
+    return f"module `{path}` ({cls}({extra}))"
+
+
+_DESCRIPTIONS = {
+    ("placeholder", 3): _placeholder,
+    ("get_attr", 3): lambda target, _: f"attribute `{target}`",
+    ("get_attr", 4): lambda _, shape, dtype: f"tensor constant of shape {shape} ({dtype})",
+    ("call_function", 3): lambda function, arguments: f"call {function}{_call(arguments)}",
+    ("call_method", 3): lambda name, arguments: f"method {_method_call(name, arguments)}",
+    ("call_module", 5): _module,
+    ("output", 2): lambda arguments: "the output " + (arguments[0][1] if arguments else "()"),
+}
+_WITH_ARGUMENTS = {shape for shape in _DESCRIPTIONS if shape != ("get_attr", 4)}
+
+
+def _short(label: Any) -> str:
+    """A label in a word or two, for lists of inputs."""
+    shape = _shape(label)
+    if shape == ("get_attr", 4):
+        return f"tensor constant {label[2]}"
+    if shape in _DESCRIPTIONS:
+        return str(label[1]) if shape[1] > 2 else label[0]
+    return repr(label)
 
 
 # ------------------------------------------------------- (b) strict state_dict load

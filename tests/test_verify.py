@@ -53,8 +53,8 @@ def test_a_changed_activation_is_named_with_its_module_and_class():
     with pytest.raises(surgery.VerificationError) as caught:
         surgery.verify(original, wrong)
     message = str(caught.value)
-    assert "missing after de-ghosting: module `1` (ReLU(inplace=True))" in message
-    assert "only in the de-ghosted graph: module `1` (GELU(approximate='none'))" in message
+    assert ("`_1` changed: module `1` (ReLU(inplace=True)) in the original, "
+            "module `1` (GELU(approximate='none')) after de-ghosting") in message
 
 
 def test_a_lost_inplace_flag_is_a_difference():
@@ -72,7 +72,7 @@ def test_a_leftover_node_is_listed():
         extra = graph.call_function(torch.neg, (output.args[0],))
     output.args = (extra,)
     clean.recompile()
-    with pytest.raises(surgery.VerificationError, match=r"only in the de-ghosted graph: call torch\.\S*neg\(\(%,\), \{\}\)"):
+    with pytest.raises(surgery.VerificationError, match=r"only in the de-ghosted graph: call torch\.neg\(%\) at `neg`"):
         surgery.verify(original, clean)
 
 
@@ -93,8 +93,7 @@ def test_rewired_inputs_are_described_when_nodes_match():
     with pytest.raises(surgery.VerificationError) as caught:
         surgery.verify(AMinusB(), surgery.trace(BMinusA()))
     message = str(caught.value)
-    assert "takes inputs [a, b] in the original" in message
-    assert "takes inputs [b, a] after de-ghosting" in message
+    assert "`sub` (call operator.sub(%, %)) takes inputs [a, b] in the original, [b, a] after de-ghosting" in message
 
 
 def test_isomorphism_ignores_node_names_and_order():
