@@ -30,7 +30,7 @@ from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
 from surgery.submodules import within
 from surgery.tasks import train_inputs
-from surgery.tracing import python_state_kept
+from surgery.python_state import python_state_kept
 from surgery.verify import check_ghost_parity, check_outputs, check_part, load_into_original
 
 SPARSITY = 0.9

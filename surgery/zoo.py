@@ -17,7 +17,7 @@ from torch import nn
 
 from surgery.models import build_model, default_input_size
 from surgery.tasks import TASKS, Size, builders, example_inputs, input_size, task_of
-from surgery.tracing import python_state_kept
+from surgery.python_state import python_state_kept
 
 NUM_CLASSES = 10
 TASK_FAMILIES = ("segmentation", "detection", "video", "optical_flow")

@@ -17,7 +17,7 @@ import surgery
 from surgery import conformance, zoo
 from surgery.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import METHODS, find_masks, method
-from surgery.tracing import python_state_kept
+from surgery.python_state import python_state_kept
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 RECIPE = {"ghost_skip": {"targets": list(CONV_KINDS)}, "soft_activation": {}}

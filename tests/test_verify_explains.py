@@ -346,8 +346,10 @@ class CachesInEval(nn.Module):
 
 
 def test_a_trace_fed_by_an_earlier_trace_is_a_verification_error_naming_the_node():
+    """surgery.trace puts the cache back (tests/test_trace_side_effects.py); plain fx does not, and a graph
+    traced so must still be named, not crash the verifier."""
     model = CachesInEval()
-    first, second = surgery.trace(model), surgery.trace(model)
+    first, second = torch.fx.symbolic_trace(model), torch.fx.symbolic_trace(model)
     with pytest.raises(VerificationError, match=r"the original's fresh trace feeds `add` from `mul`, a node of "
                                                 r"another trace: .*Empty that cache before each trace"):
         check_graph(second, first)
