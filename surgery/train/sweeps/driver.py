@@ -99,22 +99,31 @@ def normalized_grids(value: GridSpec | None) -> list[dict[str, list[Any]]]:
             if isinstance(g, Mapping) else g for g in value]
 
 
+RESUME = "resume"
+
+
+def run_state(run: grids_.PlannedRun) -> str:
+    """What a run needs: nothing (it completed with this config), to resume from its checkpoint, or to start."""
+    if completed_record(run.config) is not None:
+        return COMPLETED
+    return RESUME if RunFiles(run.run_dir).holds_checkpoint() else table.PENDING
+
+
 def planned_row(run: grids_.PlannedRun) -> dict[str, Any]:
-    files = RunFiles(run.run_dir)
-    status = COMPLETED if completed_record(run.config) else ("resume" if files.holds_checkpoint() else table.PENDING)
-    return {**run.cell, "seed": run.seed, "status": status, "run_dir": str(files.root)}
+    return {**run.cell, "seed": run.seed, "status": run_state(run), "run_dir": str(RunFiles(run.run_dir).root)}
 
 
 def prepare(run: grids_.PlannedRun) -> launch.Job | None:
     """The job that runs ``run`` (None when it already completed with this config): its directory, its
     config.yaml and cell.json written; resuming when the directory holds a checkpoint."""
-    if completed_record(run.config) is not None:
+    state = run_state(run)
+    if state == COMPLETED:
         return None
     files = RunFiles(run.run_dir)
     files.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config.to_yaml(), files.config)
     write_text_atomic(json.dumps({"cell": run.cell, "seed": run.seed}, indent=1) + "\n", files.sweep_cell)
-    return launch.Job(run, resume=files.holds_checkpoint())
+    return launch.Job(run, resume=state == RESUME)
 
 
 def make_launcher(kind: str, out: Path, jobs: int, nproc_per_run: int, base: RunConfig,

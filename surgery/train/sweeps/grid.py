@@ -231,7 +231,7 @@ def run_name(cell: Mapping[str, Any], seed: int) -> str:
 
 def _slug(value: Any) -> str:
     text = re.sub(r"[^A-Za-z0-9.+-]+", "-", _text(value)).strip("-")
-    return text[:40] if len(text) <= 40 else text[:31] + "-" + _digest(text)
+    return text if len(text) <= 40 else text[:31] + "-" + _digest(text)
 
 
 def _digest(value: Any) -> str:

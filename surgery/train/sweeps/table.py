@@ -111,7 +111,6 @@ class Stat:
 @dataclass
 class Cell:
     values: dict[str, Any]  # grid field -> label
-    runs: int = 0
     failed: int = 0
     unfinished: int = 0  # pending, running or interrupted: a later `surgery sweep` finishes them
     stats: dict[str, Stat] = field(default_factory=dict)  # metric -> over the completed runs
@@ -127,7 +126,6 @@ def summarize(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> list[
     for row in rows:
         key = tuple(_key(row.get(f)) for f in fields)
         cell = cells.setdefault(key, Cell({f: row.get(f) for f in fields}, stats={m: Stat([]) for m in METRICS}))
-        cell.runs += 1
         if row["status"] == COMPLETED:
             for metric in METRICS:
                 if row.get(metric) is not None:
