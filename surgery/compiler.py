@@ -33,7 +33,8 @@ from surgery.submodules import (
     submodule_paths,
     traceable_children,
 )
-from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names, trace
+from surgery.modes import BRANCHES_KEY, ModeGraphModule, trace_modes
+from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names
 
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 
@@ -71,10 +72,11 @@ def compile(
 
 
 def trace_whole(model: nn.Module, inputs: tuple, leaves: Sequence[Any], concrete_args: dict[str, Any] | None) -> fx.GraphModule:
-    """``trace`` the whole model; when fx cannot, the error also names the children that trace."""
+    """``trace_modes`` the whole model (one graph, or one per mode where its Python code branches on
+    ``self.training``); when fx cannot trace it, the error also names the children that trace."""
     check_leaf_names(model, leaves)
     try:
-        return trace(model, leaves, concrete_args, num_inputs=len(inputs))
+        return trace_modes(model, leaves, concrete_args, num_inputs=len(inputs))
     except TraceError as error:
         suggestion = traceable_children(model, inputs, leaves)
         raise TraceError(f"{error}\n{suggestion}" if suggestion else str(error)) from error
@@ -98,7 +100,7 @@ def compile_submodules(
     for path in paths:
         part = whole.get_submodule(path)
         inputs, fixed = call_inputs(part, calls[path], path)
-        traced = trace(part, leaves_within(leaves, path, whole), {**fixed, **(concrete_args or {})} or None,
+        traced = trace_modes(part, leaves_within(leaves, path, whole), {**fixed, **(concrete_args or {})} or None,
                        num_inputs=len(inputs))
         replace_submodule(whole, path, build(part, traced, inputs, recipes[path]))
     return whole
@@ -110,6 +112,8 @@ def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recip
     cls = type(model)
     manifest = Manifest(model=f"{cls.__module__}.{cls.__qualname__}")
     manifest.unreached = out_of_reach(gm)
+    manifest.mode_branches = list(gm.meta.pop(BRANCHES_KEY, []))
+    manifest.mode_graphs = 2 if isinstance(gm, ModeGraphModule) else 1
     gm.meta[MANIFEST_KEY] = manifest
     propagate_shapes(gm, inputs)
     for name, options in recipe.passes:

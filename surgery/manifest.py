@@ -62,6 +62,8 @@ class Manifest:
     ghost_parameters: int = 0  # training-only parameters the ghosts add (projection convs and norms)
     deghosted: bool = False
     submodules: list[str] = field(default_factory=list)  # compiled submodules by path; empty: the whole model
+    mode_graphs: int = 1  # 2: the forward branches on self.training, one program per mode (surgery.modes)
+    mode_branches: list[Any] = field(default_factory=list)  # surgery.branches.Branch: where the modes part ways
 
     def summary(self) -> dict[str, Any]:
         unreached_convs = [u for u in self.unreached if u.what == "conv"]
@@ -82,6 +84,7 @@ class Manifest:
             "convs_unreached": len(unreached_convs),
             "deghosted": self.deghosted,
             "submodules": list(self.submodules),
+            "mode_graphs": self.mode_graphs,
         }
 
     def kept_weights(self) -> int | None:
@@ -163,6 +166,8 @@ def _whole(model: nn.Module, parts: dict[str, fx.GraphModule]) -> Manifest:
         whole.unreached += [replace(u, module=at(u.module), inside=at(u.inside)) for u in part.unreached]
         whole.conv_sites += part.conv_sites
         whole.ghost_parameters += part.ghost_parameters
+        whole.mode_graphs = max(whole.mode_graphs, part.mode_graphs)
+        whole.mode_branches += [replace(b, module=f"{path}.{b.module}".rstrip(".")) for b in part.mode_branches]
     whole.deghosted = all(ensure_manifest(gm).deghosted for gm in parts.values())
     return whole
 

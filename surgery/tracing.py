@@ -39,7 +39,8 @@ from surgery.python_state import PythonState, first_few, refuse_stale_proxies, r
 # Always one node: passes look these up by type.
 STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = LAYER_TYPES
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep  # not torchvision
+TRACE_OPTIONS_KEY = "surgery.trace_options"  # gm.meta: how the graph was traced (TraceOptions)
 
 
 def _mode_dependent_leaves() -> tuple[type[nn.Module], ...]:
@@ -128,6 +129,7 @@ def trace(
     concrete_args: dict[str, Any] | None = None,
     autowrap_functions: Sequence[Any] = (),
     num_inputs: int | None = None,
+    record_stack_traces: bool = False,
 ) -> fx.GraphModule:
     """Trace ``model`` into an ``fx.GraphModule`` whose state_dict keys equal the model's.
 
@@ -144,11 +146,13 @@ def trace(
     that adds, replaces or marks parameters, buffers or submodules, or stores traced values
     where they cannot be put back, is refused with a ``TraceError``; so is a model holding
     Proxies an earlier trace left behind. The graph module shares the model's parameters.
+    ``record_stack_traces`` keeps each node's source lines (``node.stack_trace``).
     """
     check_leaf_names(model, leaf_modules)
     refuse_stale_proxies(model)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = SurgeryTracer(leaf_modules, autowrap_functions)
+    tracer.record_stack_traces = record_stack_traces
     state = PythonState(model)
     try:
         graph = tracer.trace(model, concrete_args)
@@ -165,10 +169,10 @@ def trace(
         raise _registered_state_changed(changes, model, tracer)
     require_no_proxies_left(model)
     gm._non_persistent_buffers_set.update(constants)  # trace-time constants, not state
-    _mirror_module_tree(gm, model)
+    mirror_module_tree(gm, model)
     _fixed_arguments_keep_their_names(gm, concrete_args or {})
     _functional_dropout_to_modules(gm, model.training)
-    gm.meta["surgery.trace_options"] = TraceOptions(
+    gm.meta[TRACE_OPTIONS_KEY] = TraceOptions(
         tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs
     )
     return gm
@@ -262,10 +266,10 @@ def _defaults_beyond(model: nn.Module, num_inputs: int | None) -> dict[str, Any]
 
 
 def trace_options_of(gm: fx.GraphModule) -> TraceOptions:
-    return gm.meta.get("surgery.trace_options", TraceOptions())
+    return gm.meta.get(TRACE_OPTIONS_KEY, TraceOptions())
 
 
-def _mirror_module_tree(gm: fx.GraphModule, model: nn.Module) -> None:
+def mirror_module_tree(gm: fx.GraphModule, model: nn.Module) -> None:
     """Make ``gm``'s module tree the model's own, including what the graph never touches.
 
     fx copies only the modules and tensors the graph references and makes up plain

@@ -3,10 +3,13 @@
 (a) labelled-graph isomorphism (networkx) between a fresh trace of the original and
     the de-ghosted graph; labels carry op, module path and class (with its
     ``extra_repr``, e.g. ``inplace=True``) or function, and the constant arguments;
-    edges carry the argument slot;
+    edges carry the argument slot. A model whose forward branches on ``self.training``
+    has one graph per mode (``surgery.modes``): each is checked against the original
+    traced in that mode;
 (b) ``load_state_dict(clean.state_dict(), strict=True)`` into an instance of the
     user's own class;
-(c) equal outputs of that instance and the de-ghosted module (eval mode);
+(c) equal outputs of that instance and the de-ghosted module, in eval mode and in train
+    mode (the same random seed for both; buffers a train-mode forward updates are put back);
 (d) given the ghosted module: with alpha = 0 and its activations restored, its
     outputs equal the de-ghosted module's.
 Each check is also a function of its own; ``verify`` runs them in order and raises
@@ -18,6 +21,7 @@ tensor in them is compared, e.g. a detector's boxes, labels and scores).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
 from collections import Counter
@@ -41,8 +45,9 @@ from surgery.graph import (
 )
 from surgery.manifest import compiled_submodules
 from surgery.masks import masked_parameters
+from surgery.modes import EVAL, MODES, TRAIN, graphs_by_mode, trace_modes
 from surgery.passes.deghost import strip_ghosts
-from surgery.tracing import trace, trace_options_of
+from surgery.tracing import trace_options_of
 
 ATOL = 1e-5
 
@@ -51,8 +56,11 @@ ATOL = 1e-5
 class VerifyReport:
     """What ``verify`` checked and measured. Every check that ran passed: a failure raises instead."""
 
-    nodes: int  # (a): nodes of the original's trace, isomorphic to the de-ghosted graph
-    outputs_max_abs_diff: float | None = None  # (c); None: not checked (meta device or no inputs)
+    nodes: int  # (a): nodes of the original's trace(s), isomorphic to the de-ghosted graph(s)
+    outputs_max_abs_diff: float | None = None  # (c) in eval mode; None: not checked (meta device or no inputs)
+    train_outputs_max_abs_diff: float | None = None  # (c) in train mode; None: not checked
+    train_outputs_unchecked: str = ""  # why (c) did not run in train mode although (c) ran in eval mode
+    mode_graphs: int = 1  # 2: the model has one graph per mode and (a) checked both
     ghost_parity_max_abs_diff: float | None = None  # (d); None: no ghosted model given
     atol: float = ATOL
     submodules: list[str] = field(default_factory=list)  # (a) ran on these; empty: on the whole model
@@ -60,16 +68,25 @@ class VerifyReport:
     def checks(self) -> list[dict[str, Any]]:
         """One entry per check that ran: its name, its line of text and its number, if it has one."""
         graphs = f"graphs of {', '.join(self.submodules)}" if self.submodules else "graph"
+        modes = " in train and in eval mode" if self.mode_graphs == 2 else ""
         found = [
-            {"check": "graph", "text": f"(a) {graphs} isomorphic to the original trace ({self.nodes} nodes)",
+            {"check": "graph", "text": f"(a) {graphs} isomorphic to the original trace{modes} ({self.nodes} nodes)",
              "nodes": self.nodes},
             {"check": "strict_load", "text": "(b) state_dict loads strictly into the original class"},
         ]
         if self.outputs_max_abs_diff is not None:
             found.append({
                 "check": "outputs", "max_abs_diff": self.outputs_max_abs_diff, "atol": self.atol,
-                "text": f"(c) outputs equal: max |diff| = {self.outputs_max_abs_diff:.3g} <= {self.atol:g}",
+                "text": f"(c) outputs equal in eval mode: max |diff| = {self.outputs_max_abs_diff:.3g} <= {self.atol:g}",
             })
+        if self.train_outputs_max_abs_diff is not None:
+            found.append({
+                "check": "train_outputs", "max_abs_diff": self.train_outputs_max_abs_diff, "atol": self.atol,
+                "text": f"(c) outputs equal in train mode: max |diff| = {self.train_outputs_max_abs_diff:.3g} "
+                        f"<= {self.atol:g}",
+            })
+        elif self.train_outputs_unchecked:
+            found.append({"check": "train_outputs", "text": f"(c) train mode not checked: {self.train_outputs_unchecked}"})
         if self.ghost_parity_max_abs_diff is not None:
             found.append({
                 "check": "ghost_parity", "max_abs_diff": self.ghost_parity_max_abs_diff, "atol": self.atol,
@@ -112,11 +129,18 @@ def verify(
         raise VerificationError(f"{type(clean).__name__} holds no module made by surgery.compile: nothing to verify.")
     nodes = sum(check_part(model, path, part, leaf_modules, concrete_args) for path, part in parts.items())
     fresh = load_into_original(model, clean)
-    report = VerifyReport(nodes=nodes, atol=atol, submodules=[path for path in parts if path])
+    modes = max(len(graphs_by_mode(part)) for part in parts.values())
+    report = VerifyReport(nodes=nodes, atol=atol, submodules=[path for path in parts if path], mode_graphs=modes)
     if example_inputs is None or device_of(clean).type == "meta":
         return report
     inputs = as_tuple(example_inputs)
-    report.outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, "the original class", "the de-ghosted module")
+    names = ("the original class", "the de-ghosted module")
+    report.outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names)
+    why_not = runs_in_train_mode(fresh, inputs)
+    if why_not:
+        report.train_outputs_unchecked = why_not
+    else:
+        report.train_outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names, mode=TRAIN)
     if ghosted is not None:
         report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
     return report
@@ -149,9 +173,9 @@ def trace_reference(
     leaf_modules: Sequence[Any] | None = None,
     concrete_args: dict[str, Any] | None = None,
 ) -> fx.GraphModule:
-    """Trace the original ``model`` with the options ``clean`` was compiled with."""
+    """Trace the original ``model`` (in both modes: ``surgery.modes``) with the options ``clean`` was compiled with."""
     options = trace_options_of(clean)
-    return trace(
+    return trace_modes(
         model,
         options.leaf_modules if leaf_modules is None else leaf_modules,
         options.concrete_args if concrete_args is None else concrete_args,
@@ -173,12 +197,25 @@ def require_clean(clean: nn.Module) -> None:
 
 
 def check_graph(reference: fx.GraphModule, clean: fx.GraphModule) -> int:
-    """Raise unless the two graphs are isomorphic as labelled graphs; returns the node count."""
-    a = to_networkx(reference, "the original's fresh trace")
-    b = to_networkx(clean, "the de-ghosted graph")
+    """Raise unless the two graphs are isomorphic as labelled graphs; returns the node count.
+
+    Where either has one graph per mode (``surgery.modes``), each mode's graph is checked against
+    the other's graph of that mode, and the count is the two modes' nodes together."""
+    ours, theirs = graphs_by_mode(reference), graphs_by_mode(clean)
+    if "" in ours and "" in theirs:
+        return _check_one(reference, ours[""], clean, theirs[""], "")
+    return sum(_check_one(reference, ours.get(mode, ours.get("")), clean, theirs.get(mode, theirs.get("")), mode)
+               for mode in MODES)
+
+
+def _check_one(reference: fx.GraphModule, ours: fx.Graph, clean: fx.GraphModule, theirs: fx.Graph, mode: str) -> int:
+    a = to_networkx(reference, "the original's fresh trace", ours)
+    b = to_networkx(clean, "the de-ghosted graph", theirs)
     if _labels(a) == _labels(b) and a.number_of_edges() == b.number_of_edges() and _isomorphic(a, b):
         return a.number_of_nodes()
-    raise VerificationError("the de-ghosted graph differs from the original:\n" + explain_difference(a, b))
+    which = f"the de-ghosted graph's {mode}-mode program differs from the original's in {mode} mode" if mode else \
+        "the de-ghosted graph differs from the original"
+    raise VerificationError(f"{which}:\n" + explain_difference(a, b))
 
 
 def _isomorphic(a: nx.DiGraph, b: nx.DiGraph) -> bool:
@@ -249,25 +286,27 @@ def _edges_as_nodes(graph: nx.DiGraph, colours: dict) -> nx.DiGraph:
     return split
 
 
-def to_networkx(gm: fx.GraphModule, which: str = "the graph") -> nx.DiGraph:
-    """Nodes labelled by what they compute; edges by the argument slot they feed."""
-    _require_own_nodes(gm, which)
+def to_networkx(gm: fx.GraphModule, which: str = "the graph", program: fx.Graph | None = None) -> nx.DiGraph:
+    """Nodes labelled by what they compute; edges by the argument slot they feed. ``program``: a
+    graph over ``gm``'s modules other than ``gm.graph`` (one mode's, ``surgery.modes.mode_graph``)."""
+    program = gm.graph if program is None else program
+    _require_own_nodes(program, which)
     graph = nx.DiGraph()
-    for node in gm.graph.nodes:
+    for node in program.nodes:
         graph.add_node(node.name, label=node_label(gm, node))
-    for node in gm.graph.nodes:
+    for node in program.nodes:
         for slot, source in enumerate(node.all_input_nodes):
             graph.add_edge(source.name, node.name, slot=slot)
     return graph
 
 
-def _require_own_nodes(gm: fx.GraphModule, which: str) -> None:
+def _require_own_nodes(program: fx.Graph, which: str) -> None:
     """A node fed by a node of another graph computes from a value recorded in an earlier trace:
     a model that caches a value computed in forward (timm's LeViT keeps its attention biases
     in a dict in eval mode) hands its second trace the first trace's proxy."""
-    for node in gm.graph.nodes:
+    for node in program.nodes:
         for source in node.all_input_nodes:
-            if source.graph is not gm.graph:
+            if source.graph is not program:
                 raise VerificationError(
                     f"{which} feeds `{node.name}` from `{source.name}`, a node of another trace: the model keeps a "
                     "value computed in forward from one call to the next (a cache attribute), so tracing it again "
@@ -548,30 +587,79 @@ def _structural_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def check_outputs(a: nn.Module, b: nn.Module, inputs: Sequence[Any], atol: float = ATOL, a_name="a", b_name="b") -> float:
-    """Max |a(x) - b(x)| in eval mode over every output tensor; raises beyond ``atol``."""
+def check_outputs(
+    a: nn.Module, b: nn.Module, inputs: Sequence[Any], atol: float = ATOL, a_name="a", b_name="b", mode: str = EVAL
+) -> float:
+    """Max |a(x) - b(x)| in ``mode`` over every output tensor; raises beyond ``atol``. In train mode
+    both run from the same random seed, and the buffers the forwards update (BatchNorm's running
+    statistics, which ``a`` and ``b`` may share) are put back afterwards."""
     x = inputs_on(device_of(b), inputs)
-    with eval_mode(a, b):
-        out_a, out_b = _tensors(a(*x)), _tensors(b(*x))
+    with in_mode(mode, a, b), buffers_kept(a, b):
+        out_a, out_b = _tensors(seeded(a, x)), _tensors(seeded(b, x))
     if [p for p, _ in out_a] != [p for p, _ in out_b]:
         raise VerificationError(
-            f"in eval mode {a_name} and {b_name} return differently structured outputs: "
-            f"{[p or 'one tensor' for p, _ in out_a]} vs {[p or 'one tensor' for p, _ in out_b]}. "
-            "A model whose Python code branches on self.training (aux heads: GoogLeNet, Inception) "
-            "keeps the branch of the mode it was traced in; compile it in eval mode (model.eval()) "
-            "for a graph with its inference outputs."
+            f"in {mode} mode {a_name} and {b_name} return differently structured outputs: "
+            f"{[p or 'one tensor' for p, _ in out_a]} vs {[p or 'one tensor' for p, _ in out_b]}."
         )
     worst = 0.0
     for (path, ta), (_, tb) in zip(out_a, out_b):
         if ta.shape != tb.shape:
-            raise VerificationError(f"output{path}: shape {tuple(ta.shape)} from {a_name}, {tuple(tb.shape)} from {b_name}")
+            raise VerificationError(f"output{path} in {mode} mode: shape {tuple(ta.shape)} from {a_name}, "
+                                    f"{tuple(tb.shape)} from {b_name}")
         diff = _max_abs_diff(ta, tb)
         if not diff <= atol:  # NaN fails too
             raise VerificationError(
-                f"output{path} of {a_name} and {b_name} differ: max |diff| = {diff:.3g} > {atol:g}"
+                f"output{path} of {a_name} and {b_name} differ in {mode} mode: max |diff| = {diff:.3g} > {atol:g}"
             )
         worst = max(worst, diff)
     return worst
+
+
+@torch.no_grad()
+def runs_in_train_mode(model: nn.Module, inputs: Sequence[Any]) -> str:
+    """'' when ``model`` runs in train mode on ``inputs``, else why not (a BatchNorm given one value
+    per channel): the original failing there leaves nothing to compare."""
+    try:
+        with in_mode(TRAIN, model), buffers_kept(model):
+            seeded(model, inputs_on(device_of(model), inputs))
+    except Exception as error:  # the user's own model, on the user's inputs
+        return f"the original raises {type(error).__name__} in train mode on these inputs ({str(error).splitlines()[0]})"
+    return ""
+
+
+@contextlib.contextmanager
+def in_mode(mode: str, *modules: nn.Module) -> Iterator[None]:
+    """Temporarily ``.train()`` or ``.eval()`` the modules, each submodule's own flag put back afterwards."""
+    if mode == EVAL:
+        with eval_mode(*modules):
+            yield
+        return
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.train()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
+@contextlib.contextmanager
+def buffers_kept(*modules: nn.Module) -> Iterator[None]:
+    saved = {id(b): (b, b.clone()) for module in modules for b in module.buffers()}
+    try:
+        yield
+    finally:
+        for buffer, value in saved.values():
+            buffer.copy_(value)
+
+
+def seeded(model: nn.Module, inputs: tuple, seed: int = 0) -> Any:
+    """``model(*inputs)`` with every random generator it may draw from (dropout) seeded alike."""
+    device = device_of(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        return model(*inputs)
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

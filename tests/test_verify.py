@@ -28,7 +28,9 @@ def compiled(model, recipe=RECIPE):
 def test_a_faithful_deghost_passes_all_four_checks(small_cnn):
     ghosted, clean = compiled(small_cnn, {**RECIPE, "masks": random_masks(small_cnn, 0.5)})
     report = surgery.verify(small_cnn, clean, X, ghosted=ghosted)
-    assert [check["check"] for check in report.to_dict()["checks"]] == ["graph", "strict_load", "outputs", "ghost_parity"]
+    assert [check["check"] for check in report.to_dict()["checks"]] == [
+        "graph", "strict_load", "outputs", "train_outputs", "ghost_parity"]
+    assert report.mode_graphs == 1 and report.train_outputs_max_abs_diff <= 1e-5
     assert report.nodes == len(surgery.trace(small_cnn).graph.nodes)
     assert report.outputs_max_abs_diff <= 1e-5 and report.ghost_parity_max_abs_diff <= 1e-5
     assert "(d) ghosted at alpha=0" in str(report)
@@ -147,7 +149,7 @@ class ReLU(nn.ReLU):
 def test_different_outputs_under_an_identical_graph_are_caught(small_cnn):
     _, clean = compiled(small_cnn)
     clean.relu = ReLU(inplace=True)
-    with pytest.raises(surgery.VerificationError, match=r"output of the original class and the de-ghosted module differ: max \|diff\|"):
+    with pytest.raises(surgery.VerificationError, match=r"output of the original class and the de-ghosted module differ in eval mode: max \|diff\|"):
         surgery.verify(small_cnn, clean, X)
 
 
@@ -221,12 +223,21 @@ class AuxHead(nn.Module):
         return self.head(features)
 
 
-def test_a_python_branch_on_training_is_explained_and_eval_mode_compiles_inference_outputs():
+def test_a_python_branch_on_training_compiles_in_either_mode_and_verifies_in_both():
     x = torch.randn(2, 3, 8, 8)
-    model = AuxHead()
-    with pytest.raises(surgery.VerificationError, match=r"compile it in eval mode"):
-        surgery.verify(model, surgery.deghost(surgery.compile(model, x, {"ghost_skip": EVERY_CONV})), x)
-    model.eval()
-    ghosted = surgery.compile(model, x, {"ghost_skip": EVERY_CONV})
-    report = surgery.verify(model, surgery.deghost(ghosted), x, ghosted=ghosted)
-    assert report.outputs_max_abs_diff == 0  # the unused aux head is still in the state_dict
+    for mode in (True, False):
+        model = AuxHead().train(mode)
+        ghosted = surgery.compile(model, x, {"ghost_skip": EVERY_CONV})
+        report = surgery.verify(model, surgery.deghost(ghosted), x, ghosted=ghosted)
+        assert report.mode_graphs == 2 and "in train and in eval mode" in str(report)
+        assert report.outputs_max_abs_diff == 0 and report.train_outputs_max_abs_diff == 0
+        assert model.training == mode
+
+
+def test_a_train_mode_forward_the_original_cannot_run_is_said_not_checked():
+    model = SmallCNN()
+    clean = surgery.deghost(surgery.compile(model, X, {"ghost_skip": EVERY_CONV}))
+    one_pixel = torch.randn(1, 3, 1, 1)  # BatchNorm needs more than one value per channel in training
+    report = surgery.verify(model, clean, one_pixel)
+    assert report.train_outputs_max_abs_diff is None
+    assert "(c) train mode not checked: the original raises ValueError in train mode" in str(report)

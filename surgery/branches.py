@@ -1,0 +1,135 @@
+"""Where a forward branches on ``self.training``: the module and the source line, for a union graph.
+
+The nodes only one mode runs were recorded with their stack traces. Walking each one's frames
+from the outermost in, the first line inside an ``if`` or conditional expression whose test reads
+``.training`` is the branch; a node with no such line (the difference comes from a call, not an
+``if``) is reported at its innermost line in the model's code. The module is the innermost one,
+on the node's module stack, whose class defines the function of that frame.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from surgery.modes import MODE_KEY
+
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
+_OUTSIDE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.abspath(__file__)))  # torch, surgery
+
+
+@dataclass(frozen=True)
+class Branch:
+    module: str  # module path ('' for the model itself)
+    cls: str
+    where: str  # "file.py:42"
+    code: str  # the line, e.g. "if self.aux1 is not None and self.training:"
+    modes: tuple[str, ...]  # the modes whose own nodes start there
+
+    def describe(self) -> str:
+        module = f"`{self.module}`" if self.module else "the model itself"
+        return f"{module} ({self.cls}) at {self.where}: `{self.code}` ({' and '.join(self.modes)} mode only)"
+
+
+def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
+    """One ``Branch`` per source line where the union graph's modes part ways, in graph order."""
+    found: dict[tuple[str, str], tuple[str, str, str, set[str]]] = {}
+    for node in gm.graph.nodes:
+        mode = node.meta.get(MODE_KEY)
+        if mode is None or not node.stack_trace:
+            continue
+        located = _locate(node, model)
+        if located is None:
+            continue
+        module, where, code = located
+        found.setdefault((module, where), (module, where, code, set()))[3].add(mode)
+    return [
+        Branch(module, _class_name(model, module), where, code, tuple(sorted(modes, reverse=True)))
+        for module, where, code, modes in found.values()
+    ]
+
+
+def _locate(node: fx.Node, model: nn.Module) -> tuple[str, str, str] | None:
+    frames = _user_frames(node.stack_trace)
+    if not frames:
+        return None
+    chosen = next((f for f in frames if _branch_line(f[0], f[1]) is not None), None)
+    file, line, function = chosen or frames[-1]
+    line = _branch_line(file, line) or line
+    return _module_running(node, model, file, function), f"{file}:{line}", _source_line(file, line)
+
+
+def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
+    """(file, line, function) of each frame outside torch and surgery, outermost first."""
+    frames = [(m["file"], int(m["line"]), m["function"]) for m in _FRAME.finditer(stack_trace)]
+    return [f for f in frames if not os.path.abspath(f[0]).startswith(_OUTSIDE)]
+
+
+def _branch_line(file: str, line: int) -> int | None:
+    """The line of the innermost ``if`` / conditional expression around ``line`` whose test reads
+    ``.training``, when ``line`` is in one of its branches (not its test)."""
+    tree = _parsed(file)
+    if tree is None:
+        return None
+    best = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.IfExp, ast.While)) and _reads_training(node.test):
+            inside = node.lineno <= line <= (node.end_lineno or node.lineno)
+            if inside and (best is None or node.lineno >= best.lineno):
+                best = node
+    return best.lineno if best is not None else None
+
+
+def _reads_training(test: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr == "training" for n in ast.walk(test))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(file: str) -> ast.AST | None:
+    try:
+        with open(file, encoding="utf-8") as handle:
+            return ast.parse(handle.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _source_line(file: str, line: int) -> str:
+    import linecache
+
+    return linecache.getline(file, line).strip()
+
+
+def _module_running(node: fx.Node, model: nn.Module, file: str, function: str) -> str:
+    """The innermost module on the node's stack whose class defines ``function`` in ``file``."""
+    stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    for path in reversed(["", *stack]):
+        try:
+            cls = type(model.get_submodule(path))
+        except AttributeError:
+            continue
+        if any(_defined_in(klass, function, file) for klass in cls.__mro__):
+            return path
+    return ""
+
+
+def _defined_in(klass: type, function: str, file: str) -> bool:
+    method: Any = klass.__dict__.get(function)
+    if method is None:
+        return False
+    try:
+        return os.path.samefile(inspect.getsourcefile(method) or "", file)
+    except (TypeError, OSError):
+        return False
+
+
+def _class_name(model: nn.Module, path: str) -> str:
+    cls = type(model.get_submodule(path)) if path else type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"
