@@ -100,10 +100,11 @@ def structural(row: dict) -> bool:
 
 def table(rows: list[dict], compiled_column: bool = False) -> str:
     """The rows as a markdown table; ``compiled_column`` adds which part was compiled (task families)."""
-    header = "| model | trace | compile | de-ghost | isomorphic | strict load | outputs equal | ONNX parity | convs covered / targeted / found | s | note |"
+    header = ("| model | modes | trace | compile | de-ghost | isomorphic | strict load | outputs equal | ONNX parity "
+              "| convs covered / targeted / found | s | note |")
     if compiled_column:
         header = header.replace("| model |", "| model | compiled |")
-    lines = [header, "|" + "---|" * (12 if compiled_column else 11)]
+    lines = [header, "|" + "---|" * (13 if compiled_column else 12)]
     for r in rows:
         convs = (f"{r.get('convs_covered')} / {r.get('convs_targeted')} / {r.get('convs_total')}"
                  if r.get("convs_total") is not None else "-")
@@ -112,7 +113,8 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
             note = f"xfail, timm itself cannot FX-trace it: {r['timm_cannot_trace'][:100]}"
         cells = " | ".join(mark(r.get(c)) for c in CELLS)
         part = f" {r.get('compiled', 'whole')} |" if compiled_column else ""
-        lines.append(f"| `{r['model']}` |{part} {cells} | {convs} | {r.get('seconds', '-')} | {note} |")
+        modes = {1: "one graph", 2: "two graphs"}.get(r.get("modes"), "-")
+        lines.append(f"| `{r['model']}` |{part} {modes} | {cells} | {convs} | {r.get('seconds', '-')} | {note} |")
     return "\n".join(lines)
 
 
@@ -176,11 +178,16 @@ def _intro(max_params: float) -> list[str]:
     from surgery import zoo
 
     return [
-        "Written by `make zoo` (`benchmarks/zoo.py`). Each model: trace -> compile (the default recipe: conv1x1 "
+        "Written by `make zoo` (`benchmarks/zoo.py`). Each model, in train mode as training starts: trace in "
+        "both modes -> compile (the default recipe: conv1x1 "
         "ghost skips around the body's spatial convs, PSwish, 90% random masks; a model whose only conv is its "
-        "stem gets skips around its Linear layers) -> forward + backward -> de-ghost -> verify (a) labelled-graph isomorphism, "
-        "(b) strict `load_state_dict` into the original class, (c) equal outputs and (d) ghosted-at-alpha-0 "
-        "parity (max abs diff <= 1e-5), then ONNX export with sparse initializers and onnxruntime parity. "
+        "stem gets skips around its Linear layers) -> forward + backward -> de-ghost -> verify in both modes: "
+        "(a) labelled-graph isomorphism of each mode's graph with the original traced in that mode, "
+        "(b) strict `load_state_dict` into the original class, (c) equal outputs in eval mode and in train mode "
+        "(same seed; skipped where the original itself cannot run in train mode on the inputs) and (d) "
+        "ghosted-at-alpha-0 parity (max abs diff <= 1e-5), then ONNX export with sparse initializers and "
+        "onnxruntime parity. Column 'modes': one graph, or two graphs where the forward branches on "
+        "`self.training` in Python (the compiled module runs the one matching `.train()` / `.eval()`). "
         "Segmentation, detection, video and optical-flow models are compiled whole where torch.fx traces them, "
         "else in their task's part (column 'compiled': a detector's backbone, RAFT's encoders); a detector "
         "trains its step in train mode on synthetic boxes (masks, keypoints) and sums its loss dict; (a) runs "

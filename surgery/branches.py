@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from surgery.modes import MODE_KEY
+from surgery.modes import MODE_KEY, whole_graph
 
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
 _OUTSIDE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.abspath(__file__)))  # torch, surgery
@@ -42,7 +42,7 @@ class Branch:
 def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
     """One ``Branch`` per source line where the union graph's modes part ways, in graph order."""
     found: dict[tuple[str, str], tuple[str, str, str, set[str]]] = {}
-    for node in gm.graph.nodes:
+    for node in whole_graph(gm).nodes:
         mode = node.meta.get(MODE_KEY)
         if mode is None or not node.stack_trace:
             continue

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from surgery.errors import TraceError
+from surgery.errors import ShapePropagationError, TraceError
 from surgery.ghosts import Ghost, ghost_parameters
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes
 from surgery.layers import FORWARD_CONV_TYPES
@@ -33,7 +33,7 @@ from surgery.submodules import (
     submodule_paths,
     traceable_children,
 )
-from surgery.modes import BRANCHES_KEY, ModeGraphModule, trace_modes
+from surgery.modes import BRANCHES_KEY, ModeGraphModule, editing, trace_modes
 from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names
 
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
@@ -111,18 +111,32 @@ def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recip
     gm = deepcopy_module(traced)
     cls = type(model)
     manifest = Manifest(model=f"{cls.__module__}.{cls.__qualname__}")
-    manifest.unreached = out_of_reach(gm)
+    with editing(gm):
+        manifest.unreached = out_of_reach(gm)
     manifest.mode_branches = list(gm.meta.pop(BRANCHES_KEY, []))
     manifest.mode_graphs = 2 if isinstance(gm, ModeGraphModule) else 1
     gm.meta[MANIFEST_KEY] = manifest
-    propagate_shapes(gm, inputs)
-    for name, options in recipe.passes:
-        run_pass, _ = REGISTRY[name]
-        gm = run_pass(gm, options)
-        gm.graph.lint()
-        gm.recompile()
+    with editing(gm):  # a model with one program per mode: the passes edit both at once
+        _propagate_shapes(gm, inputs)
+        for name, options in recipe.passes:
+            run_pass, _ = REGISTRY[name]
+            gm = run_pass(gm, options)
+            gm.graph.lint()
+            gm.recompile()
     manifest.ghost_parameters = sum(p.numel() for p in ghost_parameters(gm))
     return gm
+
+
+def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
+    try:
+        propagate_shapes(gm, inputs)
+    except ShapePropagationError as error:
+        if not isinstance(gm, ModeGraphModule):
+            raise
+        raise ShapePropagationError(
+            f"{error}\nThe model's forward branches on self.training, so its train- and eval-mode programs both run "
+            "here: the inputs must fit both (Inception v3's aux head needs 299 x 299 images)."
+        ) from error
 
 
 def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:

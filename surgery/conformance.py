@@ -31,7 +31,16 @@ from surgery.recipe import TOST_RECIPE
 from surgery.submodules import within
 from surgery.tasks import train_inputs
 from surgery.python_state import python_state_kept
-from surgery.verify import check_ghost_parity, check_outputs, check_part, load_into_original
+from surgery.modes import TRAIN
+from surgery.verify import (
+    ATOL,
+    check_ghost_parity,
+    check_outputs,
+    check_part,
+    in_mode,
+    load_into_original,
+    runs_in_train_mode,
+)
 
 SPARSITY = 0.9
 
@@ -53,6 +62,7 @@ class Row:
     note: str = ""  # the first failure, or what was adapted (e.g. Linear skips for a conv-free model)
     seconds: float = 0.0
     compiled: str = "whole"  # what was compiled: the whole model, or its submodules' paths
+    modes: int | None = None  # 2: the forward branches on self.training, one graph per mode (surgery.modes)
 
     @property
     def structural_ok(self) -> bool:
@@ -81,18 +91,24 @@ def check_model(
     dynamic_batch: bool = True,
 ) -> Row:
     """Run the round trip on ``model`` (only its ``submodule`` parts compiled, if given); every stage
-    that fails is recorded, never raised. ``dynamic_batch``: export ONNX with a dynamic batch."""
+    that fails is recorded, never raised. ``dynamic_batch``: export ONNX with a dynamic batch.
+
+    The model is compiled in train mode, as training starts, and verified in both modes: (a) each
+    mode's graph against the original traced in that mode, (c) outputs in eval mode on
+    ``example_inputs`` and in train mode on the training inputs (a detector's loss dict)."""
     row, started = Row(name, compiled=", ".join(submodule or ()) or "whole"), time.perf_counter()
     inputs = as_tuple(example_inputs)
     training = train_inputs(model, inputs, seed=seed)  # a detector's: (images, synthetic targets)
     meta = device_of(model).type == "meta"
     try:
-        masks = _masks(model, sparsity, seed, meta, submodule or ())
-        ghosted = _compile(row, model, training, masks, submodule)
+        with in_mode(TRAIN, model):  # the model's own flags come back afterwards
+            masks = _masks(model, sparsity, seed, meta, submodule or ())
+            ghosted = _compile(row, model, training, masks, submodule)
         if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, training)):
             clean = _stage(row, "deghost", lambda: surgery.deghost(ghosted))
             if clean is not None:
-                _verify(row, model, clean, ghosted, inputs, numeric and not meta, onnx and not meta, dynamic_batch)
+                _verify(row, model, clean, ghosted, (inputs, training), numeric and not meta, onnx and not meta,
+                        dynamic_batch)
     finally:
         row.seconds = round(time.perf_counter() - started, 2)
     return row
@@ -137,6 +153,7 @@ def _compiled(row: Row, ghosted) -> nn.Module:
     summary = surgery.manifest_of(ghosted).summary()
     row.convs_covered, row.convs_targeted = summary["convs_covered"], summary["convs_targeted"]
     row.convs_total = summary["convs_found"]
+    row.modes = summary["mode_graphs"]
     return ghosted
 
 
@@ -146,22 +163,28 @@ def _train_step(ghosted: nn.Module, inputs: tuple) -> bool:
     return True
 
 
-def _verify(row: Row, model, clean, ghosted, inputs, numeric: bool, onnx: bool, dynamic_batch: bool) -> None:
+def _verify(row: Row, model, clean, ghosted, inputs_by_mode, numeric: bool, onnx: bool, dynamic_batch: bool) -> None:
+    inputs, training = inputs_by_mode
     parts = compiled_submodules(clean)
     _stage(row, "isomorphic", lambda: sum(check_part(model, path, part) for path, part in parts.items()) > 0)
     fresh = _stage(row, "strict_load", lambda: load_into_original(model, clean))
     if numeric and fresh is not None:
-        _stage(
-            row,
-            "outputs_equal",
-            lambda: check_outputs(fresh, clean, inputs, a_name="the original class", b_name="the de-ghosted module") >= 0
-            and check_ghost_parity(ghosted, clean, inputs) >= 0,
-        )
+        _stage(row, "outputs_equal", lambda: _outputs_equal(fresh, clean, ghosted, inputs, training))
     note_before = row.note
     if onnx and _stage(row, "onnx_parity", lambda: _export(clean, inputs, dynamic_batch=dynamic_batch)) is None:
         why_not = _unexportable(model, inputs, dynamic_batch)
         if why_not:  # torch.onnx's limit, not the surgery's: there is no parity to check
             row.onnx_parity, row.note = None, (note_before + "; " if note_before else "") + why_not
+
+
+def _outputs_equal(fresh: nn.Module, clean: nn.Module, ghosted: nn.Module, inputs: tuple, training: tuple) -> bool:
+    """(c) in eval mode and, where the original runs on the training inputs in train mode, in train mode; (d)."""
+    names = ("the original class", "the de-ghosted module")
+    check_outputs(fresh, clean, inputs, ATOL, *names)
+    if not runs_in_train_mode(fresh, training):
+        check_outputs(fresh, clean, training, ATOL, *names, mode=TRAIN)
+    check_ghost_parity(ghosted, clean, inputs)
+    return True
 
 
 def _export(model: nn.Module, inputs: tuple, sparse: bool = True, dynamic_batch: bool = True) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import linecache
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -262,21 +263,62 @@ def mode_graph(graph: fx.Graph, mode: str) -> fx.Graph:
 def graphs_by_mode(gm: fx.GraphModule) -> dict[str, fx.Graph]:
     """``{mode: graph}``: both modes for a ``ModeGraphModule``, else ``{"": gm.graph}`` (one program)."""
     if isinstance(gm, ModeGraphModule):
-        return {mode: mode_graph(gm.graph, mode) for mode in MODES}
+        return {mode: mode_graph(gm.union, mode) for mode in MODES}
     return {"": gm.graph}
+
+
+def whole_graph(gm: fx.GraphModule) -> fx.Graph:
+    """Every node: the union of a ``ModeGraphModule``, else the graph."""
+    return gm.union if isinstance(gm, ModeGraphModule) else gm.graph
+
+
+@contextlib.contextmanager
+def editing(*modules: nn.Module) -> Iterator[None]:
+    """While surgery edits them (passes, de-ghosting), each ``ModeGraphModule``'s ``graph`` is the union."""
+    held = [m for module in modules for m in module.modules() if isinstance(m, ModeGraphModule)]
+    saved = [m._union_exposed for m in held]
+    try:
+        for m in held:
+            m._union_exposed = True
+        yield
+    finally:
+        for m, flag in zip(held, saved):
+            m._union_exposed = flag
 
 
 class ModeGraphModule(fx.GraphModule):
     """A GraphModule over a union graph (see the module docstring): its forward runs the train-mode
-    program under ``.train()`` and the eval-mode one under ``.eval()``. ``graph`` is the union, which
-    the passes, ``deghost`` and ``verify`` work on; ``code`` shows both programs."""
+    program under ``.train()`` and the eval-mode one under ``.eval()``.
+
+    ``graph`` is the program of the module's current mode: what runs, and what tools that interpret a
+    GraphModule's graph (torch.export, fx.Interpreter) read. ``union`` holds both; surgery's passes and
+    de-ghosting edit it (``editing``), and ``code`` shows both programs."""
+
+    _union_exposed = False
+
+    @property
+    def graph(self) -> fx.Graph:
+        if self._union_exposed or "_mode_graphs" not in self.__dict__:
+            return self._graph
+        return self._mode_graphs[mode_of(self.training)]
+
+    @graph.setter
+    def graph(self, graph: fx.Graph) -> None:
+        fx.GraphModule.graph.fset(self, graph)
+
+    @property
+    def union(self) -> fx.Graph:
+        return self._graph
 
     def recompile(self):
         python_code = super().recompile()  # the union's own code; fx's bookkeeping (__call__, _code)
+        self._mode_graphs = {mode: mode_graph(self._graph, mode) for mode in MODES}
+        for graph in self._mode_graphs.values():
+            graph.owning_module = self
         cls = type(self)
-        cls._mode_code = {mode: mode_graph(self.graph, mode).python_code(root_module="self") for mode in MODES}
+        cls._mode_code = {mode: graph.python_code(root_module="self") for mode, graph in self._mode_graphs.items()}
         cls._mode_forward = {mode: _function(code, mode) for mode, code in cls._mode_code.items()}
-        cls.forward = _forward_in_mode
+        cls.forward = _forward_in_mode_of(cls._mode_forward[TRAIN])
         return python_code
 
     @property
@@ -285,20 +327,27 @@ class ModeGraphModule(fx.GraphModule):
                          for mode, code in self._mode_code.items())
 
     def __copy__(self) -> ModeGraphModule:
-        res = ModeGraphModule(self, self.graph)
+        res = ModeGraphModule(self, self.union)
         res.meta = getattr(self, "meta", {})
         return res
 
     def __reduce__(self):
         raise SurgeryError(
-            f"a compiled {self.__class__.__name__} with one program per mode cannot be pickled whole (fx pickles "
-            "one program). Save its state: torch.save(model.state_dict(), path), and rebuild it with "
+            "this compiled module runs one program per mode (its forward branches on self.training), and fx "
+            "pickles a GraphModule as one program, so it cannot be pickled whole. Save its state: torch.save(model.state_dict(), path), and rebuild it with "
             "surgery.compile(model, example_inputs, recipe) before load_state_dict."
         )
 
 
-def _forward_in_mode(self, *args: Any, **kwargs: Any) -> Any:
-    return self._mode_forward[TRAIN if self.training else EVAL](self, *args, **kwargs)
+def _forward_in_mode_of(program: Any) -> Any:
+    """The forward that runs the program of the module's mode, with the programs' signature (both modes
+    take the same inputs), which torch.export and torch.onnx read to match inputs to dynamic shapes."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._mode_forward[TRAIN if self.training else EVAL](self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(program)
+    return forward
 
 
 def _function(code: Any, mode: str) -> Any:

@@ -44,6 +44,7 @@ NUMERIC: list[tuple[str, int]] = [
     ("torchvision:regnet_x_400mf", 32),
     ("torchvision:convnext_tiny", 32),
     ("torchvision:alexnet", 64),
+    ("torchvision:googlenet", 64),  # its forward branches on self.training: one graph per mode
     ("timm:efficientnet_b0", 32),
     ("timm:convnext_atto", 32),
     ("timm:rexnet_100", 32),

@@ -62,3 +62,12 @@ def test_real_model_outputs_and_onnx_match(spec, size):
     model, x = zoo.build(spec, "cpu", size)
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True)
     assert row.ok and row.outputs_equal and row.onnx_parity, _describe(row)
+
+
+# Inception's aux head needs 299 x 299 images.
+@pytest.mark.parametrize(("spec", "size"), [("torchvision:googlenet", 64), ("torchvision:inception_v3", 299)])
+def test_aux_head_models_compiled_in_train_mode_have_two_graphs_and_match_in_both_modes(spec, size):
+    model, x = zoo.build(spec, "cpu", size)
+    assert model.training
+    row = conformance.check_model(spec, model, x, numeric=True)
+    assert row.modes == 2 and row.isomorphic and row.outputs_equal, _describe(row)

@@ -19,6 +19,7 @@ from surgery.ghosts import GHOSTS_ROOT, Ghost
 from surgery.graph import deepcopy_module, module_of
 from surgery.manifest import compiled_submodules, ensure_manifest
 from surgery.masks import bake_masks
+from surgery.modes import editing
 
 
 def deghost(model: nn.Module, *, inplace: bool = False, keep_masks: bool = False) -> nn.Module:
@@ -43,7 +44,13 @@ def deghost(model: nn.Module, *, inplace: bool = False, keep_masks: bool = False
 
 
 def strip_ghosts(gm: fx.GraphModule, kind: type[Ghost] = Ghost) -> int:
-    """Replace every ghost node of type ``kind`` by its ``strip`` result; returns how many."""
+    """Replace every ghost node of type ``kind`` by its ``strip`` result; returns how many. A module
+    with one program per mode (``surgery.modes``) is stripped in both."""
+    with editing(gm):
+        return _strip(gm, kind)
+
+
+def _strip(gm: fx.GraphModule, kind: type[Ghost]) -> int:
     graph = gm.graph
     stripped = 0
     for node in list(graph.nodes):
