@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ def _locate(node: fx.Node, model: nn.Module) -> tuple[str, str, str] | None:
     chosen = next((f for f in frames if _branch_line(f[0], f[1]) is not None), None)
     file, line, function = chosen or frames[-1]
     line = _branch_line(file, line) or line
-    return _module_running(node, model, file, function), f"{file}:{line}", _source_line(file, line)
+    return _module_running(node, model, file, function), f"{_short_path(file)}:{line}", _source_line(file, line)
 
 
 def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
@@ -99,6 +100,14 @@ def _parsed(file: str) -> ast.AST | None:
             return ast.parse(handle.read())
     except (OSError, SyntaxError, ValueError):
         return None
+
+
+def _short_path(file: str) -> str:
+    """The path as imported (``torchvision/models/googlenet.py``) or relative to the working directory."""
+    file = os.path.abspath(file)
+    roots = [os.getcwd(), *(os.path.abspath(p) for p in sys.path if p)]
+    inside = [root for root in roots if file.startswith(root.rstrip(os.sep) + os.sep)]
+    return os.path.relpath(file, max(inside, key=len)) if inside else file
 
 
 def _source_line(file: str, line: int) -> str:

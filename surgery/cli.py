@@ -521,6 +521,10 @@ def inspection_report(
         ],
         "not_targeted": [{"site": site, "kind": kind} for site, kind in manifest.untargeted],
         "skipped": [{"site": site, "why": why} for site, why in manifest.skipped],
+        "mode_branches": [
+            {"module": b.module or "(the model)", "class": b.cls, "where": b.where, "code": b.code,
+             "modes": " and ".join(b.modes)} for b in manifest.mode_branches
+        ],
     }
 
 
@@ -535,6 +539,9 @@ def print_inspection(console: Console, report: dict[str, Any]) -> None:
     unreached_columns = ("module", "class", "inside", "what")
     _print_listing(console, "Out of reach inside leaf modules", report["unreached"], unreached_columns)
     _print_listing(console, "Sites left without a ghost", report["skipped"], ("site", "why"))
+    branch_columns = ("module", "where", "code", "modes")
+    _print_listing(console, "Where the forward branches on self.training (one graph per mode)",
+                   report["mode_branches"], branch_columns)
 
 
 def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -544,6 +551,7 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("input", f"{report['inputs']} on {report['device']} ({report['task'].replace('_', ' ')})"),
         ("compiled", _compiled_text(report)),
         ("passes", ", ".join(report["passes"]) or "none"),
+        ("modes", _modes_text(report)),
         ("parameters", f"{report['parameters']:,} (+{report['ghost_parameters']:,} in ghosts, training only)"),
         ("ghost cost", _ghost_cost_text(report)),
         ("convs covered", _convs_covered_text(report)),
@@ -565,6 +573,14 @@ def _compiled_text(report: dict[str, Any]) -> str:
     outside = ", ".join(report["left_outside"]) or "nothing else"
     return (f"{', '.join(report['submodules'])} ({report['parameters_compiled']:,} parameters); left outside, "
             f"unchanged: {outside} ({report['parameters_outside']:,} parameters)")
+
+
+def _modes_text(report: dict[str, Any]) -> str:
+    if report["mode_graphs"] == 1:
+        return "one graph for train and eval mode"
+    places = len(report["mode_branches"])
+    return (f"two graphs, one per mode: the forward branches on self.training in {places} place"
+            f"{'s' if places != 1 else ''} (listed below); .train() / .eval() pick the graph, one state_dict")
 
 
 def _convs_covered_text(report: dict[str, Any]) -> str:
@@ -589,7 +605,7 @@ def _print_listing(console: Console, title: str, rows: list[dict], columns: tupl
         return
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # paths stay whole, wrapped
     for row in rows[:limit]:
         table.add_row(*(str(row[c]) for c in columns))
     if len(rows) > limit:
@@ -847,7 +863,7 @@ def _prune_by_training(config, args: argparse.Namespace, out: Path, console: Con
 def print_methods(console: Console, methods) -> None:
     table = Table(title="mask methods", title_justify="left")
     for column in ("method", "needs", "budget", "what it does"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # paths stay whole, wrapped
     for name, m in sorted(methods.items()):
         needs = "training" if m.training else "data" if m.data else "trained weights" if m.trained else "nothing"
         table.add_row(name, needs, f"{m.scope}" + (f", {m.distribution}" if m.distribution != "uniform" else ""), m.about)

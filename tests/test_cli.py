@@ -55,6 +55,20 @@ NETS = textwrap.dedent(
 
     def broken():
         raise RuntimeError("a bug in the user's factory")
+
+    class AuxNet(TinyNet):
+        def __init__(self, num_classes=10):
+            super().__init__(num_classes, gated=False)
+            self.aux = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            x = self.gate(self.act(self.bn(self.stem(x)))).mean((2, 3))
+            if self.training:
+                return self.head(x), self.aux(x)
+            return self.head(x)
+
+    def aux(num_classes=10):
+        return AuxNet(num_classes)
     """
 )
 
@@ -187,6 +201,25 @@ def test_inspect_leaf_shows_what_is_out_of_reach(capsys, nets, every_conv):
     assert [leaf["module"] for leaf in report["leaf_modules"]] == ["gate"]
     assert report["unreached"] == [{"module": "gate.conv", "class": "Conv2d", "inside": "gate", "what": "conv"}]
     assert report["convs_found"] == 2 and report["convs_covered"] == 1
+
+
+def test_inspect_names_where_the_forward_branches_on_training(capsys, nets, every_conv):
+    code, out, _ = run(capsys, "inspect", f"{nets}:aux", "--input-size", "8", "--json", "--recipe", every_conv)
+    report = json.loads(out)
+    line = NETS.splitlines().index("        if self.training:") + 1
+    assert code == 0 and report["mode_graphs"] == 2
+    assert [(b["module"], b["code"], b["modes"]) for b in report["mode_branches"]] == [
+        ("(the model)", "if self.training:", "train")]
+    assert report["mode_branches"][0]["where"].endswith(f"nets.py:{line}")
+    code, out, _ = run(capsys, "inspect", f"{nets}:aux", "--input-size", "8", "--recipe", every_conv)
+    assert "two graphs, one per mode" in out and "Where the forward branches on self.training" in out
+
+
+def test_verify_checks_a_model_with_a_train_branch_in_both_modes(capsys, nets, every_conv):
+    code, out, err = run(capsys, "verify", f"{nets}:aux", "--input-size", "8", "--device", "cpu", "--recipe", every_conv)
+    assert code == 0, err
+    assert "isomorphic to the original trace in train and in eval mode" in out
+    assert "(c) outputs equal in eval mode" in out and "(c) outputs equal in train mode" in out
 
 
 @pytest.mark.parametrize("command", ["inspect", "verify"])
