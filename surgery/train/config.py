@@ -165,6 +165,7 @@ class TrainSettings:
     eval_every: int = 1
     progress: bool = True
     tensorboard: bool = True
+    aux_loss_weight: float = 0.3  # auxiliary logits a model returns in training (GoogLeNet, Inception v3), each weighted so
 
 
 @dataclass
@@ -352,6 +353,9 @@ class RunConfig:
             raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
         if self.train.checkpoint_every < 0 or self.train.log_every < 1 or self.train.eval_every < 1:
             raise ConfigError("train.checkpoint_every must be >= 0 (0: only at the end), log_every and eval_every >= 1.")
+        if not self.train.aux_loss_weight >= 0:
+            raise ConfigError(f"train.aux_loss_weight is {self.train.aux_loss_weight}; it must be >= 0 (GoogLeNet's "
+                              "paper weights its auxiliary classifiers' losses 0.3; 0 ignores them).")
 
     def _check_mask(self) -> None:
         if self.mask.file is None and not 0.0 <= self.mask.sparsity < 1.0:

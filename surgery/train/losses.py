@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,39 @@ def check_label_smoothing(label_smoothing: float) -> float:
             "e.g. 0.1 (0 turns smoothing off; 1 would erase the labels)."
         )
     return float(label_smoothing)
+
+
+def main_and_auxiliary(output: Any) -> tuple[Tensor, list[Tensor]]:
+    """The logits and any auxiliary logits of a model's output: a tensor, or (GoogLeNet and Inception v3
+    in train mode) a tuple whose first element is the logits and whose others are logits of the same
+    shape from auxiliary classifiers (``None`` where a head is switched off)."""
+    if torch.is_tensor(output):
+        return output, []
+    parts = list(output) if isinstance(output, (tuple, list)) else []
+    if parts and torch.is_tensor(parts[0]):
+        aux = [t for t in parts[1:] if t is not None]
+        if all(torch.is_tensor(t) and t.shape == parts[0].shape for t in aux):
+            return parts[0], aux
+    described = type(output).__name__ + (f" of {[type(p).__name__ for p in parts]}" if parts else "")
+    raise ConfigError(
+        f"the model returned a {described}; training needs logits of shape (batch, classes), or a tuple of the "
+        "logits and auxiliary logits of that shape (GoogLeNet, Inception v3 in train mode). Wrap the model so its "
+        "forward returns the logits."
+    )
+
+
+def with_auxiliary(aux_weight: float):
+    """Cross-entropy of the logits plus ``aux_weight`` times each auxiliary head's (see
+    ``main_and_auxiliary``): the objective LRsI steps on, as training does."""
+
+    def loss(output: Any, targets: Tensor) -> Tensor:
+        logits, auxiliary = main_and_auxiliary(output)
+        total = F.cross_entropy(logits, targets)
+        for aux in auxiliary:
+            total = total + aux_weight * F.cross_entropy(aux, targets)
+        return total
+
+    return loss
 
 
 def classification_loss(logits: Tensor, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:

@@ -321,11 +321,12 @@ def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
 def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> None:
     """LRsI (GradInit): learn one scale per conv / Linear / norm tensor on fresh training batches, fold it in."""
     from surgery.init.lrsi import lrsi
+    from surgery.train.losses import with_auxiliary
 
     ghosted.to(dist.device)
     options = config.lrsi
     with TaskProgress(console, "LRsI", options.iterations, enabled=config.train.progress and dist.is_main) as bar:
-        result = lrsi(ghosted, EveryEpoch(train_loader), eta=config.lrsi_eta(),
+        result = lrsi(ghosted, EveryEpoch(train_loader), eta=config.lrsi_eta(), loss_fn=with_auxiliary(config.train.aux_loss_weight),
                       iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
                       normalize=options.normalize, min_scale=options.min_scale,
                       on_iteration=lambda i, objective: bar.advance(i, f"objective {objective:.4g}"))

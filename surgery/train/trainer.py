@@ -35,7 +35,7 @@ from surgery.timeline import GhostTimeline
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.distributed import Distributed
-from surgery.train.losses import Distillation, classification_loss
+from surgery.train.losses import Distillation, classification_loss, main_and_auxiliary
 from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress
 from surgery.train.run_files import RunFiles
@@ -267,9 +267,11 @@ class Trainer:
         for hook in self.hooks:
             hook.before_step(self)
         with _autocast(self.device, self.amp_dtype):
-            logits = self.net(x)
+            logits, auxiliary = main_and_auxiliary(self.net(x))
         loss = self.loss_fn(logits.float(), y, x, smoothing)
         total = loss
+        for aux in auxiliary:  # GoogLeNet's and Inception's aux heads, in train mode only
+            total = total + self.settings.aux_loss_weight * classification_loss(aux.float(), y, label_smoothing=smoothing)
         for hook in self.hooks:
             extra = hook.loss(self)
             total = total if extra is None else total + extra

@@ -11,7 +11,9 @@ from conftest import SmallCNN, randomize_norms, seeded
 from torch import nn
 
 from surgery.errors import ConfigError, DataError
-from surgery.train.losses import Distillation, classification_loss
+from torchvision.models import GoogLeNetOutputs
+
+from surgery.train.losses import Distillation, classification_loss, main_and_auxiliary, with_auxiliary
 
 GENERATOR = torch.Generator().manual_seed(0)
 LOGITS = torch.randn(6, 4, generator=GENERATOR)
@@ -147,3 +149,26 @@ def test_bad_teachers_are_config_errors():
         wrong_classes(seeded(SmallCNN, 4)(IMAGES), TARGETS, IMAGES)
     with pytest.raises(ConfigError, match="label_smoothing"):
         Distillation(seeded(SmallCNN, 4))(LOGITS, TARGETS, IMAGES, label_smoothing=1.0)
+
+
+# ------------------------------------------------------- auxiliary heads (GoogLeNet, Inception v3)
+
+
+def test_auxiliary_logits_are_told_apart_from_the_logits():
+    logits, aux = torch.randn(4, 3), torch.randn(4, 3)
+    assert main_and_auxiliary(logits) == (logits, [])
+    main, auxiliary = main_and_auxiliary(GoogLeNetOutputs(logits, aux, None))  # a head switched off: None
+    assert main is logits and len(auxiliary) == 1 and auxiliary[0] is aux
+
+
+@pytest.mark.parametrize("output", [(torch.randn(4, 3), torch.randn(4, 5)), {"out": torch.randn(4, 3)}, ("x",)])
+def test_an_output_that_is_not_logits_says_what_training_needs(output):
+    with pytest.raises(ConfigError, match=r"training needs logits of shape \(batch, classes\)"):
+        main_and_auxiliary(output)
+
+
+def test_the_auxiliary_loss_adds_each_head_weighted():
+    logits, aux, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    expected = F.cross_entropy(logits, y) + 0.3 * F.cross_entropy(aux, y)
+    assert torch.allclose(with_auxiliary(0.3)((logits, aux), y), expected)
+    assert torch.allclose(with_auxiliary(0.3)(logits, y), F.cross_entropy(logits, y))

@@ -242,3 +242,49 @@ def test_bf16_autocast_channels_last_and_torch_compile_survive_de_ghosting(tmp_p
     assert len(compiled) == 2 and compiled[-1] is result.model and not ghosts(result.model)
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in result.history)
+
+
+AUX_NET = '''
+from torch import nn
+
+
+class AuxNet(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, num_classes)
+        self.aux = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.bn(self.conv(self.stem(x).relu())).relu().mean((2, 3))
+        if self.training:
+            return self.head(x), self.aux(x)
+        return self.head(x)
+
+
+def aux(num_classes=10):
+    return AuxNet(num_classes)
+'''
+
+
+@pytest.mark.slow
+def test_a_model_with_an_aux_head_in_training_trains_on_both_heads_and_verifies_in_both_modes(tmp_path):
+    (tmp_path / "auxnet.py").write_text(AUX_NET)
+    runs = {}
+    for weight in (0.0, 0.3):
+        config = tiny_config(tmp_path, name=f"aux-{weight}", model={"spec": f"{tmp_path / 'auxnet.py'}:aux"},
+                             lrsi={"enabled": True, "iterations": 3}, optimizer={"weight_decay": 0.0},
+                             train={"aux_loss_weight": weight},
+                             recipe={"ghost_skip": {"targets": ["conv", "stem"]}, "soft_activation": {}})
+        runs[weight] = pipeline.run(config)
+        verification = (config.run_dir / "verify.txt").read_text()
+        assert "isomorphic to the original trace in train and in eval mode" in verification
+        assert "(c) outputs equal in train mode" in verification
+    torch.manual_seed(config.train.seed)
+    initial = pipeline.build(config, pipeline.load_data(config)).state_dict()["aux.weight"]
+    ignored, trained = (runs[w].model.state_dict()["aux.weight"] for w in (0.0, 0.3))
+    kept = ignored != 0
+    assert torch.equal(ignored[kept], initial[kept])  # weight 0: the aux head gets no gradient
+    assert not torch.equal(trained[kept], initial[kept])
