@@ -374,7 +374,7 @@ def test_deghost_strips_both_programs_and_verify_checks_each_mode(factory):
 def test_a_functional_dropout_on_self_training_is_one_program_that_follows_the_mode(training):
     model = seeded(FunctionalDropout).train(training)
     gm = surgery.compile(model, X, SKIPS)
-    assert not isinstance(gm, ModeGraphModule)
+    assert not isinstance(gm, ModeGraphModule) and gm.training == training
     manifest = surgery.manifest_of(gm)
     assert manifest.mode_graphs == 1 and manifest.mode_branches == []
     surgery.set_ghost_strength(gm, alpha=0.0)
@@ -383,10 +383,12 @@ def test_a_functional_dropout_on_self_training_is_one_program_that_follows_the_m
         assert not torch.equal(forward(model, True), forward(model, False))  # dropout is on in training only
 
 
-def test_a_model_without_a_branch_stays_one_plain_graph_at_no_extra_cost():
-    model = seeded(Plain).train()
+@FROM_EITHER_MODE
+def test_a_model_without_a_branch_stays_one_plain_graph_at_no_extra_cost(training):
+    model = seeded(Plain).train(training)
     gm = surgery.compile(model, X)
     assert type(gm).__mro__[1] is fx.GraphModule and not isinstance(gm, ModeGraphModule)
+    assert [m.training for m in gm.modules()] == [m.training for m in model.modules()] == [training] * 5
     assert len(gm.graph.nodes) == len(surgery.trace(model).graph.nodes)
     assert graphs_by_mode(gm) == {"": gm.graph}
     assert surgery.manifest_of(gm).mode_graphs == 1
@@ -545,6 +547,14 @@ def test_a_deepcopy_keeps_both_programs_and_switches_mode_on_its_own(aux_compile
     twin.train(), ghosted.eval()
     with torch.no_grad():
         assert isinstance(twin(X), tuple) and torch.is_tensor(ghosted(X))
+
+
+def test_a_shallow_copy_as_data_parallel_replicas_make_runs_both_programs_on_the_same_weights(aux_compiled):
+    _, ghosted, _ = aux_compiled
+    replica = ghosted._replicate_for_data_parallel()  # nn.DataParallel's copy of the module per device
+    assert isinstance(replica, ModeGraphModule)
+    assert {id(p) for p in replica.parameters()} == {id(p) for p in ghosted.parameters()}
+    assert_runs_like(ghosted, replica)
 
 
 def test_pickling_is_refused_with_advice_and_the_advice_works(aux_compiled, tmp_path):
