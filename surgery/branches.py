@@ -3,8 +3,10 @@
 The nodes only one mode runs were recorded with their stack traces. Walking each one's frames
 from the outermost in, the first line inside an ``if`` or conditional expression whose test reads
 ``.training`` is the branch; a node with no such line (the difference comes from a call, not an
-``if``) is reported at its innermost line in the model's code. The module is the innermost one,
-on the node's module stack, whose class defines the function of that frame.
+``if``) is reported at its innermost line in the model's code, unless it reads another node of
+its mode: everything after a branch that rejoins the shared code differs only by its inputs, and
+is no branch of its own. The module is the innermost one, on the node's module stack, whose class
+defines the function of that frame.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ class Branch:
 def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
     """One ``Branch`` per source line where the union graph's modes part ways, in graph order."""
     found: dict[tuple[str, str], tuple[str, str, str, set[str]]] = {}
+    accounted: set[fx.Node] = set()  # mode-only nodes located at a branch, or reading one that is accounted for
     for node in whole_graph(gm).nodes:
         mode = node.meta.get(MODE_KEY)
-        if mode is None or not node.stack_trace:
+        if mode is None:
             continue
-        located = _locate(node, model)
+        follows = any(i in accounted for i in node.all_input_nodes)
+        located = _locate(node, model, follows) if node.stack_trace else None
+        if located is not None or follows:
+            accounted.add(node)
         if located is None:
             continue
         module, where, code = located
@@ -58,11 +64,15 @@ def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
     ]
 
 
-def _locate(node: fx.Node, model: nn.Module) -> tuple[str, str, str] | None:
+def _locate(node: fx.Node, model: nn.Module, follows: bool) -> tuple[str, str, str] | None:
+    """(module, "file:line", code) of the branch ``node`` is in; None where it has none in the model's
+    code, or none but the line it runs on while it ``follows`` (reads) a node already accounted for."""
     frames = _user_frames(node.stack_trace)
     if not frames:
         return None
     chosen = next((f for f in frames if _branch_line(f[0], f[1]) is not None), None)
+    if chosen is None and follows:
+        return None
     file, line, function = chosen or frames[-1]
     line = _branch_line(file, line) or line
     return _module_running(node, model, file, function), f"{_short_path(file)}:{line}", _source_line(file, line)
