@@ -52,7 +52,7 @@ def strip_ghosts(gm: fx.GraphModule, kind: type[Ghost] = Ghost) -> int:
 
 def _strip(gm: fx.GraphModule, kind: type[Ghost]) -> int:
     graph = gm.graph
-    stripped = 0
+    stripped: set[str] = set()  # a ghost both modes' programs call is one module (surgery.modes)
     for node in list(graph.nodes):
         ghost = module_of(gm, node)
         if not isinstance(ghost, kind):
@@ -60,12 +60,13 @@ def _strip(gm: fx.GraphModule, kind: type[Ghost]) -> int:
         replacement = ghost.strip(node)
         node.replace_all_uses_with(replacement)
         graph.erase_node(node)
-        gm.delete_submodule(node.target)
-        stripped += 1
+        stripped.add(node.target)
+    for target in stripped:
+        gm.delete_submodule(target)
     _drop_empty_ghost_root(gm)
     graph.lint()
     gm.recompile()
-    return stripped
+    return len(stripped)
 
 
 def _drop_empty_ghost_root(gm: fx.GraphModule) -> None:

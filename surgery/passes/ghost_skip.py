@@ -37,6 +37,7 @@ from surgery.ghosts import (
 from surgery.graph import add_ghost, first_input, module_of, shape_of
 from surgery.layers import layer_of
 from surgery.manifest import SkipRecord, ensure_manifest
+from surgery.modes import MODE_KEY
 from surgery.options import check_choice, check_number, check_patterns, check_subset
 
 PROJECTIONS = ("conv1x1", "parameter_free", "none")
@@ -96,11 +97,12 @@ def ghost_skip(gm: fx.GraphModule, options: GhostSkipOptions = GhostSkipOptions(
     if not targeted:
         raise NoTargetsError(_nothing_targeted(sites, options, manifest))
     added = 0
+    twins: dict[str, tuple] = {}  # site -> (mode, shapes, ghost) of a skip at a one-mode node (surgery.modes)
     for site in targeted:
         if any(fnmatch.fnmatchcase(site.name, pattern) for pattern in options.exclude):
             manifest.skipped.append((site.name, "excluded by ghost_skip.exclude"))
             continue
-        added += _add_skip(gm, site, options, manifest)
+        added += _add_skip(gm, site, options, manifest, twins)
     if not added:
         raise NoTargetsError(
             f"ghost_skip found {len(targeted)} call sites of kinds {list(options.targets)} in {manifest.model} "
@@ -165,7 +167,7 @@ def _kernel_size(gm: fx.GraphModule, node: fx.Node, site: _Site) -> tuple[int, .
 # ------------------------------------------------------------------ one skip
 
 
-def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manifest) -> int:
+def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manifest, twins: dict[str, tuple]) -> int:
     x = first_input(site.node)
     anchor = _anchor(gm, site.node)
     xs, ys = shape_of(x), shape_of(anchor)
@@ -183,15 +185,32 @@ def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manife
         manifest.skipped.append((site.name, projection))
         return 0
     label, module = projection
-    ghost = GhostSkip(module, options.alpha).to(_factory(gm, site).get("device"))  # alpha on the conv's device
-    target = add_ghost(gm, "skip", site.name, ghost)
+    target = _twin_in_other_mode(site, (xs, ys), twins)
+    if target is None:
+        ghost = GhostSkip(module, options.alpha).to(_factory(gm, site).get("device"))  # alpha on the conv's device
+        target = add_ghost(gm, "skip", site.name, ghost)
+        manifest.skips.append(SkipRecord(site.name, site.kind, target, label, anchor.name, xs, ys))
+        if MODE_KEY in site.node.meta:
+            twins[site.name] = (site.node.meta[MODE_KEY], (xs, ys), target)
     graph = gm.graph
     with graph.inserting_after(anchor):
         skip = graph.call_module(target, (anchor, x))
     anchor.replace_all_uses_with(skip, delete_user_cb=lambda user: user is not skip)
     skip.meta["tensor_meta"] = anchor.meta.get("tensor_meta")
-    manifest.skips.append(SkipRecord(site.name, site.kind, target, label, anchor.name, xs, ys))
     return 1
+
+
+def _twin_in_other_mode(site: _Site, shapes: tuple, twins: dict[str, tuple]) -> str | None:
+    """The ghost already added where the other mode's program calls the same module on the same shapes.
+
+    In a model with one program per mode (``surgery.modes``), a layer after a branch on ``self.training``
+    is one node per mode (its input differs); one ghost for both keeps its projection trained in both."""
+    mode = site.node.meta.get(MODE_KEY)
+    twin = twins.get(site.name)
+    if mode is None or twin is None or twin[0] == mode or twin[1] != shapes:
+        return None
+    del twins[site.name]  # one node of each mode: a third call of the module gets its own ghost
+    return twin[2]
 
 
 def _norm_after(gm: fx.GraphModule, conv: fx.Node) -> fx.Node | None:
