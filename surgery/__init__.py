@@ -23,6 +23,7 @@ from surgery.errors import (
     GhostsRemainError,
     InputSizeError,
     MaskError,
+    ModeError,
     NoTargetsError,
     RecipeError,
     ReportError,

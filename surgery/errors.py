@@ -14,6 +14,10 @@ class TraceError(SurgeryError):
     """torch.fx could not trace the model (or a module inside it)."""
 
 
+class ModeError(SurgeryError):
+    """A compiled model with one program per mode run with its modules in different modes."""
+
+
 class SubmoduleError(SurgeryError):
     """A ``submodule`` path that names no module of the model, or one the forward never calls."""
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from surgery.errors import SurgeryError, TraceError
+from surgery.errors import ModeError, SurgeryError, TraceError
 from surgery.graph import deepcopy_module
 from surgery.python_state import first_few
 from surgery.tracing import TRACE_OPTIONS_KEY, mirror_module_tree, trace
@@ -35,6 +35,7 @@ TRAIN, EVAL = "train", "eval"
 MODES = (TRAIN, EVAL)
 MODE_KEY = "surgery.mode"  # node.meta: the one mode a node runs in; absent: both
 BRANCHES_KEY = "surgery.mode_branches"  # gm.meta: where the forward branches (surgery.branches.Branch)
+SWITCHES_KEY = "surgery.mode_switches"  # gm.meta: submodules whose own forward branches, by path
 
 
 def mode_of(training: bool) -> str:
@@ -62,6 +63,7 @@ def trace_modes(
     traced = {mode: trace_in_mode(model, mode, record_stack_traces=True, **options) for mode in MODES}
     gm = union(traced[TRAIN], traced[EVAL], model)
     gm.meta[BRANCHES_KEY] = branches(gm, model)
+    gm.meta[SWITCHES_KEY] = sorted({b.module for b in gm.meta[BRANCHES_KEY] if b.module})
     return gm
 
 
@@ -310,6 +312,23 @@ class ModeGraphModule(fx.GraphModule):
     def union(self) -> fx.Graph:
         return self._graph
 
+    def program_mode(self) -> str:
+        """The mode whose program runs: the module's. A submodule whose own forward branches on
+        ``self.training`` in another mode (``model.block.eval()`` in a training model) is a mix the two
+        programs do not hold: refused rather than run as the model's mode."""
+        mode = mode_of(self.training)
+        for path in self.meta.get(SWITCHES_KEY, ()):
+            if self.get_submodule(path).training != self.training:
+                raise ModeError(
+                    f"module `{path}` is in {mode_of(not self.training)} mode while the compiled model is in {mode} "
+                    f"mode; its forward branches on self.training, and the compiled model holds one program per "
+                    f"mode, so it cannot run `{path}`'s {mode_of(not self.training)}-mode branch inside the "
+                    f"{mode}-mode program. Fix: switch the whole model (model.train() / model.eval()), or compile "
+                    f"with `{path}` kept opaque as a leaf (leaf_modules=[\"{path}\"], CLI: --leaf {path}), so it "
+                    "follows its own flag."
+                )
+        return mode
+
     def recompile(self):
         python_code = super().recompile()  # the union's own code; fx's bookkeeping (__call__, _code)
         self._mode_graphs = {mode: mode_graph(self._graph, mode) for mode in MODES}
@@ -344,7 +363,7 @@ def _forward_in_mode_of(program: Any) -> Any:
     take the same inputs), which torch.export and torch.onnx read to match inputs to dynamic shapes."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._mode_forward[TRAIN if self.training else EVAL](self, *args, **kwargs)
+        return self._mode_forward[self.program_mode()](self, *args, **kwargs)
 
     forward.__signature__ = inspect.signature(program)
     return forward

@@ -650,3 +650,23 @@ def test_a_frozen_batchnorm_stays_frozen_in_the_compiled_train_program():
         torch.manual_seed(0)
         assert_same_outputs(gm(X), expected)
     assert torch.equal(gm.bn.running_mean, statistics)
+
+
+def test_a_submodule_that_branches_left_in_the_other_mode_is_refused_and_a_leaf_follows_its_own_flag():
+    model = seeded(Nested).train()
+    gm = surgery.compile(model, X, SKIPS)
+    gm.train()
+    gm.block.eval()  # the original would run block's eval branch inside a training model
+    with pytest.raises(surgery.ModeError, match=r"module `block` is in eval mode .* --leaf block"):
+        gm(X)
+    leafed = surgery.compile(model, X, SKIPS, leaf_modules=["block"])  # opaque: block keeps its own Python
+    assert not isinstance(leafed, ModeGraphModule)
+    model.block.eval()
+    leafed.train()
+    leafed.block.eval()
+    surgery.set_ghost_strength(leafed, alpha=0.0)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        expected = model(X)
+        torch.manual_seed(0)
+        assert torch.allclose(leafed(X), expected)
