@@ -61,7 +61,8 @@ def test_a_completed_run_records_its_outcome_as_data(tmp_path):
     files.verify.unlink()
     files.onnx_sidecar.unlink()
     text = write_report(files.root, title="again").read_text()
-    assert "| verification | **passed** (3 checks): (a) graph isomorphic" in text
+    assert "| verification | **passed** (4 checks): (a) graph isomorphic" in text  # (c) in eval and in train mode
+    assert "(c) outputs equal in train mode" in text
     assert "| ONNX size |" in text and "| ghosts | removed before epoch 3 (step 20)" in text
 
 
