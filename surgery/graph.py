@@ -84,16 +84,21 @@ def inputs_on(device: torch.device, inputs: Sequence[Any]) -> tuple:
 
 
 @contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Temporarily put modules in eval mode, restoring each submodule's own flag afterwards."""
+def in_mode(training: bool, *modules: nn.Module) -> Iterator[None]:
+    """Temporarily ``.train(training)`` the modules, restoring each submodule's own flag afterwards."""
     saved = [(m, m.training) for module in modules for m in module.modules()]
     try:
         for module in modules:
-            module.eval()
+            module.train(training)
         yield
     finally:
-        for m, training in saved:
-            m.training = training
+        for m, flag in saved:
+            m.training = flag
+
+
+def eval_mode(*modules: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Temporarily put modules in eval mode, restoring each submodule's own flag afterwards."""
+    return in_mode(False, *modules)
 
 
 @torch.no_grad()

@@ -40,9 +40,9 @@ from surgery.graph import (
     deepcopy_module,
     detached_attributes,
     device_of,
-    eval_mode,
     inputs_on,
 )
+from surgery.graph import in_mode as switched  # by flag; verify's in_mode takes a mode name
 from surgery.manifest import compiled_submodules
 from surgery.masks import masked_parameters
 from surgery.modes import EVAL, MODES, TRAIN, graphs_by_mode, trace_modes
@@ -627,21 +627,9 @@ def runs_in_train_mode(model: nn.Module, inputs: Sequence[Any]) -> str:
     return ""
 
 
-@contextlib.contextmanager
-def in_mode(mode: str, *modules: nn.Module) -> Iterator[None]:
+def in_mode(mode: str, *modules: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Temporarily ``.train()`` or ``.eval()`` the modules, each submodule's own flag put back afterwards."""
-    if mode == EVAL:
-        with eval_mode(*modules):
-            yield
-        return
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.train()
-        yield
-    finally:
-        for m, training in saved:
-            m.training = training
+    return switched(mode == TRAIN, *modules)
 
 
 @contextlib.contextmanager
