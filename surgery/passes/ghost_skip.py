@@ -13,6 +13,9 @@ skip at all (``none``: identity skips only). Shapes come from the shape propagat
 Which call sites are wrapped is decided from the graph and the shapes, never from names:
 every site has one kind (``SITE_KINDS``, the first that applies), and ``targets`` lists the
 kinds to wrap. The default, ``[conv]``, is ToST's placement: the spatial convs of the body.
+A conv is ``pooled`` when it reads a globally pooled tensor (an SE gate, a conv head), which
+the graph tells (``_pooled_tensors``), not its output's size: a body conv that runs on 1x1
+maps at a small input is wrapped as it is at a large one.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ PROJECTIONS = ("conv1x1", "parameter_free", "none")
 # pointwise). ``ghost_skip.targets`` names the kinds to wrap; each value says what the kind is.
 SITE_KINDS: dict[str, str] = {
     "stem": "reads a model input (no conv or Linear upstream)",
-    "pooled": "its output has a single spatial position (SE gate, conv head, conv classifier)",
+    "pooled": "reads a globally pooled tensor (SE gate, conv head after the global pool)",
     "pointwise": "a 1x1 conv (kernel 1 in every dimension)",
     "conv": "a spatial conv inside the network",
     "linear": "a Linear layer",
@@ -57,6 +60,14 @@ CONV_KINDS = tuple(kind for kind in SITE_KINDS if kind != "linear")
 CONV_FUNCTION_DIMS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 NORM_FUNCTIONS = (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
+# Global pools: an adaptive pool to one position, or one of these reductions over every spatial dim.
+ADAPTIVE_POOL_MODULES = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+ADAPTIVE_POOL_FUNCTIONS = (
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+)
+REDUCTION_METHODS = ("mean", "amax", "sum")
+REDUCTION_FUNCTIONS = (torch.mean, torch.amax, torch.sum)
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,15 @@ class GhostSkipOptions:
     alpha: float = 1.0
     exclude: tuple[str, ...] = ()  # fnmatch patterns over call sites, e.g. "fc", "layer4.*"
     identity: bool = True  # the identity where shapes match (the paper's text); false: project there too (ToST's code)
+    fill: float | None = None  # projection weights set to this constant (ToST's code: 1e-4); None: PyTorch's init
 
     def __post_init__(self):
         check_choice("ghost_skip", "projection", self.projection, PROJECTIONS)
         object.__setattr__(self, "targets", check_subset("ghost_skip", "targets", self.targets, TARGETS))
         object.__setattr__(self, "alpha", check_number("ghost_skip", "alpha", self.alpha))
         object.__setattr__(self, "exclude", check_patterns("ghost_skip", "exclude", self.exclude))
+        if self.fill is not None:
+            object.__setattr__(self, "fill", check_number("ghost_skip", "fill", self.fill))
 
 
 @dataclass
@@ -119,12 +133,13 @@ def _sites(gm: fx.GraphModule) -> list[_Site]:
     """Every conv and Linear call site, each with its kind, in graph order."""
     sites: list[_Site] = []
     downstream: set[fx.Node] = set()  # nodes some conv or Linear feeds, directly or not
+    pooled = _pooled_tensors(gm)
     for node in gm.graph.nodes:
         fed = any(i in downstream for i in node.all_input_nodes)
         site = _layer_site(gm, node)
         if site is not None:
             if site.is_conv:
-                site.kind = _conv_kind(gm, node, site, reads_input=not fed)
+                site.kind = _conv_kind(gm, node, site, reads_input=not fed, reads_pooled=first_input(node) in pooled)
             sites.append(site)
         if fed or site is not None:
             downstream.add(node)
@@ -145,15 +160,64 @@ def _layer_site(gm: fx.GraphModule, node: fx.Node) -> _Site | None:
     return None
 
 
-def _conv_kind(gm: fx.GraphModule, node: fx.Node, site: _Site, reads_input: bool) -> str:
+def _conv_kind(gm: fx.GraphModule, node: fx.Node, site: _Site, reads_input: bool, reads_pooled: bool) -> str:
     if reads_input:
         return "stem"
-    output = shape_of(node)
-    if output is not None and len(output) >= site.dims and math.prod(output[-site.dims :]) == 1:
+    if reads_pooled:
         return "pooled"
     if all(k == 1 for k in _kernel_size(gm, node, site)):
         return "pointwise"
     return "conv"
+
+
+def _pooled_tensors(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes that hold a globally pooled tensor, from the graph alone (not from the input's size).
+
+    A global pool's output is pooled, and so is what a conv or Linear computes from a pooled
+    tensor (an SE gate's second conv reads its first), or any other op from pooled tensors alone
+    (parameters aside) without spreading them over more values: an activation, a norm, a view,
+    the sum of two pools. The SE's ``x * gate`` reads a feature map too, an upsampling or an
+    ``expand`` spreads the values: neither is pooled.
+    """
+    pooled: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if _layer_site(gm, node) is not None:
+            from_pooled = first_input(node) in pooled
+        else:
+            tensors = [i for i in node.all_input_nodes if i.op != "get_attr" and shape_of(i) is not None]
+            output = shape_of(node)
+            from_pooled = (
+                bool(tensors) and all(i in pooled for i in tensors) and output is not None
+                and math.prod(output) <= sum(math.prod(shape_of(i)) for i in tensors)
+            )
+        if from_pooled or _global_pool(gm, node):
+            pooled.add(node)
+    return pooled
+
+
+def _global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An adaptive pool to one position, or a mean/amax/sum over every spatial dim (keepdim or not)."""
+    module = module_of(gm, node)
+    if isinstance(module, ADAPTIVE_POOL_MODULES):
+        return _one_position(module.output_size)
+    if node.op == "call_function" and node.target in ADAPTIVE_POOL_FUNCTIONS:
+        return _one_position(node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size"))
+    reduction = (node.op == "call_method" and node.target in REDUCTION_METHODS) or (
+        node.op == "call_function" and node.target in REDUCTION_FUNCTIONS
+    )
+    if not reduction:
+        return False
+    shape = shape_of(first_input(node))
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in dims):
+        return False
+    return set(range(2, len(shape))) <= {d % len(shape) for d in dims}
+
+
+def _one_position(output_size: Any) -> bool:
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,)
+    return all(s == 1 for s in sizes)
 
 
 def _kernel_size(gm: fx.GraphModule, node: fx.Node, site: _Site) -> tuple[int, ...]:
@@ -185,6 +249,8 @@ def _add_skip(gm: fx.GraphModule, site: _Site, options: GhostSkipOptions, manife
         manifest.skipped.append((site.name, projection))
         return 0
     label, module = projection
+    if module is not None and options.fill is not None:
+        _fill_weights(module, options.fill)
     target = _twin_in_other_mode(site, (xs, ys), twins)
     if target is None:
         ghost = GhostSkip(module, options.alpha).to(_factory(gm, site).get("device"))  # alpha on the conv's device
@@ -270,6 +336,15 @@ def _projection(gm, site: _Site, xs, ys, mode: str, identity: bool = True) -> tu
         norm = _batch_normed(gm, site.node)
         return "conv1x1", ConvProjection(site.dims, xs[1], ys[1], stride, norm=norm, **factory)
     return "parameter_free", ParameterFreeProjection(site.dims, ys[1], stride)
+
+
+def _fill_weights(projection: nn.Module, value: float) -> None:
+    """ToST's jumps start as ``conv_jump.weight.data.fill_(0.0001)`` (``resnet_modified.py``); their
+    BatchNorm keeps PyTorch's init."""
+    with torch.no_grad():
+        for layer in projection.modules():
+            if layer_of(layer) is not None:
+                layer.weight.fill_(value)
 
 
 def _stride(site: _Site, xs, ys) -> tuple[int, ...]:

@@ -182,8 +182,9 @@ class EveryKind(nn.Module):
 KINDS = {"stem": "stem", "body": "conv", "expand": "pointwise", "gate": "pooled", "head": "pooled"}
 
 
-def test_each_conv_gets_one_kind_from_the_graph_and_its_shapes():
-    ghosted = surgery.compile(seeded(EveryKind), torch.randn(2, 3, 16, 16), {"ghost_skip": {"targets": EVERY_CONV}})
+@pytest.mark.parametrize("side", [16, 2])  # at 2x2 the stem's output, and so every later map, is 1x1
+def test_each_conv_gets_one_kind_from_the_graph_and_its_shapes(side):
+    ghosted = surgery.compile(seeded(EveryKind), torch.randn(2, 3, side, side), {"ghost_skip": {"targets": EVERY_CONV}})
     assert {r.site: r.kind for r in skip_records(ghosted)} == KINDS
 
 
@@ -205,13 +206,95 @@ def test_each_left_out_kind_is_opted_in_by_its_name(kind):
 
 
 def test_resnet18_gets_skips_around_its_sixteen_body_3x3_convs(resnet18):
-    # at 64x64 layer4 runs on 2x2 maps (at 32x32 its convs see a single position: pooled)
     ghosted = surgery.compile(resnet18, torch.randn(2, 3, 64, 64), {"ghost_skip": {}})
     manifest = surgery.manifest_of(ghosted)
     body = [n for n, m in resnet18.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and n != "conv1"]
     assert [r.site for r in manifest.skips] == body and len(body) == 16
     assert dict(manifest.untargeted) == {"conv1": "stem", **{f"layer{i}.0.downsample.0": "pointwise" for i in (2, 3, 4)}}
     assert manifest.ghost_parameters == sum(p.numel() for p in surgery.ghost_parameters(ghosted)) == 173_824
+
+
+class PooledReaders(nn.Module):
+    """Convs after each spelling of a global pool, and convs after the ops that end a pooled tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)  # ECA: a conv along the pooled channels
+        self.fc1, self.fc2 = nn.Linear(8, 4), nn.Linear(4, 8)  # an SE gate of Linear layers
+        self.gated = nn.Conv2d(8, 8, 3, padding=1)  # reads x * gate: a feature map
+        self.avgmax = nn.Conv2d(8, 8, 3, padding=1)  # reads amax + adaptive avg pool
+        self.summed = nn.Conv2d(8, 8, 3, padding=1)  # reads a sum over the spatial dims (no keepdim), reshaped
+        self.spread = nn.Conv2d(8, 8, 3, padding=1)  # reads the pooled map upsampled back over the image
+        self.to_grid = nn.AdaptiveAvgPool2d(2)
+        self.grid = nn.Conv2d(8, 8, 3, padding=1)  # reads an adaptive pool to 2x2: not a global pool
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        n, c = x.shape[:2]
+        x = x * self.eca(x.mean((2, 3)).view(n, 1, c)).sigmoid().view(n, c, 1, 1)
+        gate = self.fc2(torch.relu(self.fc1(F.adaptive_avg_pool2d(x, 1).flatten(1)))).sigmoid()
+        x = self.gated(x * gate[:, :, None, None])
+        pooled = 0.5 * (x.amax((-2, -1), keepdim=True) + F.adaptive_max_pool2d(x, (1, 1)))
+        out = self.avgmax(pooled) + self.summed(torch.sum(x, dim=(2, 3)).view(n, c, 1, 1))
+        out = out.flatten(1) + self.spread(F.interpolate(pooled, size=x.shape[-2:])).mean((2, 3))
+        return out + self.grid(self.to_grid(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("side", [8, 2])
+def test_a_conv_is_pooled_when_it_reads_a_global_pool_through_ops_that_keep_it_pooled(side):
+    ghosted = surgery.compile(seeded(PooledReaders), torch.randn(2, 3, side, side), {"ghost_skip": {}})
+    manifest = surgery.manifest_of(ghosted)
+    assert dict(manifest.untargeted) == {"stem": "stem", "eca": "pooled", "avgmax": "pooled", "summed": "pooled"}
+    assert [r.site for r in manifest.skips] == ["gated", "spread", "grid"]
+
+
+@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18"])
+def test_resnet18_gets_the_same_sixteen_skips_at_32_and_224_pixels(spec):
+    from surgery.models import build_model
+
+    model = seeded(build_model, spec, 10).eval()
+    body = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and n != "conv1"]
+    for side in (32, 224):  # at 32 px layer4's convs run on 1x1 maps: body convs all the same
+        manifest = surgery.manifest_of(surgery.compile(model, torch.randn(2, 3, side, side), {"ghost_skip": {}}))
+        assert [r.site for r in manifest.skips] == body and len(body) == 16
+        assert dict(manifest.untargeted) == {"conv1": "stem", **{f"layer{i}.0.downsample.0": "pointwise" for i in (2, 3, 4)}}
+
+
+def squeeze_excite_convs(model: nn.Module) -> set[str]:
+    """The convs inside timm's and torchvision's squeeze-and-excitation modules."""
+    from timm.layers import SEModule
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    from torchvision.ops import SqueezeExcitation
+
+    return {
+        f"{name}.{inner}"
+        for name, se in model.named_modules() if isinstance(se, (SEModule, SqueezeExcite, SqueezeExcitation))
+        for inner, conv in se.named_modules() if isinstance(conv, nn.Conv2d)
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "heads", "sides"),
+    [
+        ("timm:mobilenetv3_small_050", {"conv_head"}, (64, 224)),  # conv_head reads the pooled features
+        ("torchvision:mobilenet_v3_small", set(), (64,)),
+        ("timm:efficientnet_b0", set(), (64,)),  # its conv_head runs before the pool: pointwise
+        ("timm:regnety_002", set(), (64,)),
+    ],
+    ids=["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small", "timm:efficientnet_b0", "timm:regnety_002"],
+)
+def test_squeeze_excite_convs_and_conv_heads_are_pooled_and_left_out(spec, heads, sides):
+    from surgery.models import build_model
+
+    model = seeded(build_model, spec, 10).eval()
+    gates = squeeze_excite_convs(model)
+    assert gates and len(gates) % 2 == 0  # reduce and expand of each gate
+    for side in sides:
+        manifest = surgery.manifest_of(surgery.compile(model, torch.randn(2, 3, side, side), {"ghost_skip": {}}))
+        pooled = {site for site, kind in manifest.untargeted if kind == "pooled"}
+        assert pooled == gates | heads
+        assert not pooled & {r.site for r in manifest.skips}
 
 
 # ------------------------------------------------------- a batch of one, in train mode
