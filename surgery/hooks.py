@@ -58,6 +58,7 @@ class TrainingHook:
     """Base class: every hook point does nothing."""
 
     name = "hook"
+    changes_mask = True  # a hook that only reads the masks (a check) says False: best-val selection stays open
 
     def setup(self, trainer: TrainerView) -> None:
         pass

@@ -99,6 +99,6 @@ class ASNIHook(MaskHook):
         return {"asni_sparsity": self.sparsity()} if self.masks else {}
 
 
-@register("asni", stage="during", scope="global", about="ASNI: sigmoid-scheduled global magnitude pruning, then 2L centroids")
+@register("asni", stage="during", scope="global", global_only=True, about="ASNI: sigmoid-scheduled global magnitude pruning, then 2L centroids")
 def asni_hook(model, names: list[str], budget: Budget, **options: Any) -> ASNIHook:
     return ASNIHook(names, budget, **options)

@@ -5,10 +5,11 @@ Every finder computes a score per weight (higher = keep) and hands it to
 
 - ``scope: global`` keeps the ``round((1 - s) * N)`` highest scores over all layers
   together (the layer-wise budget falls out of the ranking, as OptG and ASNI want);
-- ``scope: layer`` keeps ``round((1 - s_l) * n_l)`` per layer, where ``s_l`` comes from
-  the ``distribution``: ``uniform`` (every layer at ``s``) or ``erk`` (Erdos-Renyi-Kernel,
+- ``scope: layer`` keeps ``max(1, round((1 - s_l) * n_l))`` per layer, where ``s_l`` comes
+  from the ``distribution``: ``uniform`` (every layer at ``s``) or ``erk`` (Erdos-Renyi-Kernel,
   Evci et al.: density proportional to sum(shape) / prod(shape), rescaled to the target,
-  layers that would pass density 1 made dense and the rest rescaled again).
+  layers that would pass density 1 made dense and the rest rescaled again). The floor of 1
+  is why a layer-wise budget never empties a layer (a global ranking can: ``collapse.py``).
 
 Counts are exact: a layer-wise mask misses its target by less than one weight, a global
 one misses the overall target by less than one weight. Ties are broken by position
@@ -176,11 +177,15 @@ def masks_from_scores(scores: Mapping[str, torch.Tensor], budget: Budget) -> dic
         keep = _keep_top(torch.cat(list(flat.values())), round((1 - budget.sparsity) * total))
         parts = keep.split([s.numel() for s in flat.values()])
         return {name: part.view(scores[name].shape) for name, part in zip(flat, parts)}
-    densities = layer_densities({n: tuple(s.shape) for n, s in scores.items()}, budget)
-    return {
-        name: _keep_top(s, round(densities[name] * s.numel())).view(scores[name].shape)
-        for name, s in flat.items()
-    }
+    counts = layer_counts({n: tuple(s.shape) for n, s in scores.items()}, budget)
+    return {name: _keep_top(s, counts[name]).view(scores[name].shape) for name, s in flat.items()}
+
+
+def layer_counts(shapes: Mapping[str, torch.Size | tuple[int, ...]], budget: Budget) -> dict[str, int]:
+    """Weights each layer keeps under a layer-wise budget: ``round(density_l * n_l)``, at least 1, so a
+    layer-wise budget never empties a layer (a tiny layer at a high sparsity would round to 0)."""
+    densities = layer_densities(shapes, budget)
+    return {name: max(1, round(densities[name] * _numel(shape))) for name, shape in shapes.items()}
 
 
 def _keep_top(values: torch.Tensor, k: int) -> torch.Tensor:

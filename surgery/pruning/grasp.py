@@ -46,7 +46,7 @@ from surgery.pruning.snip import (
 TEMPERATURE = 200.0  # the original code's T
 
 
-@register("grasp", data=True, scope="global", about="GraSP (Wang et al. 2020): prune the highest -w * Hg")
+@register("grasp", data=True, scope="global", flow=True, about="GraSP (Wang et al. 2020): prune the highest -w * Hg")
 def find_grasp(
     model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
     temperature: float = TEMPERATURE, **options: Any,

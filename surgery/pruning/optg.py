@@ -147,6 +147,6 @@ def _parametrization_list(model: nn.Module, name: str):
     return module.parametrizations[attr]
 
 
-@register("optg", stage="during", scope="global", about="OptG: supermask scores with straight-through gradients, sigmoid sparsity ramp")
+@register("optg", stage="during", scope="global", global_only=True, about="OptG: supermask scores with straight-through gradients, sigmoid sparsity ramp")
 def optg_hook(model, names: list[str], budget: Budget, **options: Any) -> OptGHook:
     return OptGHook(names, budget, **options)

@@ -29,7 +29,7 @@ from surgery.pruning.registry import register
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
-@register("snip", data=True, scope="global", about="SNIP (Lee et al. 2019): |dL/dw * w| at initialization")
+@register("snip", data=True, scope="global", flow=True, about="SNIP (Lee et al. 2019): |dL/dw * w| at initialization")
 def find_snip(
     model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
     **options: Any,

@@ -11,7 +11,8 @@ hold its whole flow and rank high. That argument covers the layers every path cr
 layer beside others (a residual block's 1x1 shortcut conv) carries only its share of the
 flow, and at 99% and above SynFlow may prune it entirely, as the paper's algorithm does
 (cifar:resnet18 at 99% keeps no weight in any of its three shortcuts; every other layer keeps
-1,550 or more, so the network stays connected).
+1,550 or more, so the network stays connected). Such a mask is refused unless ``allow_empty_layers``
+(``collapse.check_masks``).
 
 Iterated ``rounds`` times (default 100) on the paper's exponential schedule: after
 round ``k`` of ``n`` the model keeps exactly ``round((1 - s)^(k/n) N)`` weights, ranked
@@ -49,7 +50,7 @@ from torch import nn
 
 from surgery.errors import MaskError
 from surgery.layers import layer_of
-from surgery.pruning.budget import Budget, layer_densities, weights_of
+from surgery.pruning.budget import Budget, layer_counts, weights_of
 from surgery.pruning.registry import register
 from surgery.pruning.snip import Batches, logits_of, reject_options
 
@@ -59,7 +60,7 @@ SAMPLE = 1 << 14  # scores sampled to bracket a round's threshold
 EXACT_BELOW = 1 << 18  # fewer scores than this: one plain topk is cheap enough
 
 
-@register("synflow", scope="global", input_shape=True, about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
+@register("synflow", scope="global", input_shape=True, flow=True, about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
 def find_synflow(
     model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
     rounds: int = ROUNDS, input_shape: Sequence[int] | None = None, dtype: torch.dtype | str = torch.float64,
@@ -222,8 +223,8 @@ def _round_targets(
     if budget.scope == "global":
         return [(list(weights), round(density * sum(sizes.values())))]
     now = budget if k == rounds else Budget(1.0 - density, "layer", budget.distribution)
-    densities = layer_densities({name: tuple(w.shape) for name, w in weights.items()}, now)
-    return [([name], round(densities[name] * sizes[name])) for name in weights]
+    counts = layer_counts({name: tuple(w.shape) for name, w in weights.items()}, now)
+    return [([name], counts[name]) for name in weights]
 
 
 def keep_top(

@@ -258,8 +258,8 @@ def test_magnitude_keeps_the_largest_weights_and_omp_is_the_same_method():
 def test_every_finder_hits_the_global_budget_and_its_masks_compile(arch):
     model = seeded(ZOO[arch])
     batches = batches_for((3, 32, 32), 10)
-    for method in ONE_SHOT:  # global scope: each method's default
-        masks = find_masks(model, method, 0.9, batches=batches, **QUICK.get(method, {}))
+    for method in ONE_SHOT:  # global scope: each method's default; some empty a layer here (test_empty_layers.py)
+        masks = find_masks(model, method, 0.9, batches=batches, allow_empty_layers=True, **QUICK.get(method, {}))
         assert set(masks) == set(prunable_for(model))
         kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
         assert abs(kept - 0.1 * total) <= 1, method
