@@ -6,14 +6,16 @@ learned scalar, following GradInit (Zhu et al. 2021) as the official ToST code d
 for every conv / Linear weight and bias and every norm layer's weight and bias:
 
     S  = two half-batches (h0, h1),  S~ = (h0, h2)          fresh data every iteration
+                                                            (half_batches=False: whole batches, ToST's)
     g  = grad L(theta'; S)                                  (differentiable in m)
     if ||g||_2 > gamma:   minimize ||g||_2                  (GradInit's constraint step)
     else:                 minimize L(theta' - eta g / ||g||_2; S~) / eta
 
-The step is GradInit's normalized SGD step (``normalize=False``: ``eta * g``, the official ToST
-script's default). The scales are updated by GradInit's Adam variant: each scale's gradient is
-clipped to [-grad_clip, grad_clip]; the objective and the constraint keep their own first
-moments and share the second; weights' scales stay >= min_scale, biases' >= 0.
+The step is GradInit's normalized SGD step, as in GradInit's published SGD runs and ToST's
+README command (``normalize=False``: ``eta * g``, the default of both scripts' argparse). The
+scales are updated by GradInit's Adam variant: each scale's gradient is clipped to
+[-grad_clip, grad_clip]; the objective and the constraint keep their own first moments and
+share the second; weights' scales stay >= min_scale, biases' >= 0.
 
 The model runs as GradInit runs it: dropout and other train-only randomness off, BatchNorm
 on batch statistics, its running statistics untouched (the model is evaluated at substituted
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -44,11 +47,13 @@ from surgery.masks import direct_parameters
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-# GradInit's defaults for SGD-trained CIFAR networks (launch/run_gradinit.sh, and ToST's LRsI
-# script): 390 iterations (an epoch of CIFAR-10 at batch 128), eta 0.1, gamma 1 with the
-# normalized step, scale learning rate 1e-3 (BN ResNets; GradInit uses 1e-1 for VGG-19 with BN),
-# per-scale gradient clipping at 1, scales of weights kept >= 0.01.
-DEFAULT_ITERATIONS = 390
+# GradInit's published SGD setting for CIFAR (launch/run_gradinit.sh:20-23, 36): gamma 1 with the
+# normalized step, eta 0.1, scale learning rate 1e-3 (BN ResNets; 1e-1 for VGG-19 with BN), per-scale
+# gradient clipping at 1, scales of weights kept >= 0.01, 390 iterations (an epoch of CIFAR-10 at
+# batch 128). The argparse defaults of GradInit's train_cifar.py:58-73 and ToST's
+# LRsI/train_ticket.py:33-48 differ: gamma inf and no normalization. ToST's README runs gamma 1,
+# normalized, scale lr 1e-2, 180 iterations.
+DEFAULT_ITERATIONS = 390  # iterations=None: len(batches) (the pipeline passes len(train_loader))
 DEFAULT_SCALE_LR = 1e-3
 DEFAULT_GRAD_NORM_BOUND = 1.0
 DEFAULT_GRAD_CLIP = 1.0
@@ -69,7 +74,8 @@ class LRsIResult:
     loss_before: float  # loss on S~ after one simulated step on S from the unscaled init
     loss_after: float  # the same from the scaled init
     iterations: int
-    constrained_iterations: int = 0  # iterations spent lowering ||g|| instead of the loss
+    constrained_iterations: int = 0  # iterations spent lowering ||g|| instead of the loss (GradInit's cs_count)
+    seconds: float = 0.0  # wall time of the whole procedure
 
 
 def lrsi(
@@ -78,12 +84,13 @@ def lrsi(
     *,
     loss_fn: LossFn = F.cross_entropy,
     eta: float = 0.1,
-    iterations: int = DEFAULT_ITERATIONS,
+    iterations: int | None = DEFAULT_ITERATIONS,
     scale_lr: float = DEFAULT_SCALE_LR,
     grad_norm_bound: float = DEFAULT_GRAD_NORM_BOUND,
     normalize: bool = True,
     min_scale: float = DEFAULT_MIN_SCALE,
     grad_clip: float = DEFAULT_GRAD_CLIP,
+    half_batches: bool = True,
     on_iteration: Callable[[int, float], None] | None = None,
 ) -> LRsIResult:
     """Learn one scale per conv / Linear / norm weight and bias (GradInit) and multiply it in.
@@ -94,11 +101,16 @@ def lrsi(
     step does.
 
     - ``batches``: ``(inputs, targets)`` pairs, e.g. the training DataLoader. Each iteration
-      reads three fresh half-batches (1.5 batches); an iterable is re-iterated and a generator
-      replayed when it runs out, so a short list works but repeats its data.
+      reads three fresh half-batches (1.5 batches; 3 batches with ``half_batches=False``); an
+      iterable is re-iterated and a generator replayed when it runs out, so a short list works
+      but repeats its data.
+    - ``half_batches``: True splits each batch in two, so S and S~ hold one batch each
+      (GradInit's loader serves half the training batch); False reads whole batches, so S and
+      S~ hold two batches each (ToST hands GradInit its training loader).
     - ``eta``: the length of the simulated step, GradInit's eta: the training run's learning
       rate (ToST: 0.1).
-    - ``iterations``: updates of the scales (GradInit: 390).
+    - ``iterations``: updates of the scales (GradInit: 390, an epoch of CIFAR-10 at batch 128);
+      None: ``len(batches)``, one per batch of the loader.
     - ``scale_lr``: the scales' Adam learning rate (GradInit: 1e-3 for BN ResNets).
     - ``grad_norm_bound``: gamma; above it an iteration lowers ``||g||_2`` instead of the loss
       (GradInit: 1 with the normalized step; ``math.inf`` turns the constraint off).
@@ -110,29 +122,44 @@ def lrsi(
     The model's buffers, modes, gradients and the global RNG are left as they were; only the
     scaled tensors change. Deterministic for a fixed sequence of batches.
     """
+    started = time.perf_counter()
     check_options(eta, iterations, scale_lr, grad_norm_bound, min_scale, grad_clip)
-    if on_iteration is not None and not callable(on_iteration):
-        raise ConfigError(
-            f"lrsi's on_iteration is a {type(on_iteration).__name__}, not a callable; "
-            "pass a function (iteration, objective) -> None, or None."
-        )
+    _check_flags_and_callback(normalize, half_batches, on_iteration)
+    iterations = _resolved_iterations(iterations, batches)
     scaled, biases = _tensors_to_scale(model)
     device = _device_of(model)
-    halves = _half_batches(_batch_stream(batches, device))
+    stream = _batch_stream(batches, device)
+    units = _half_batches(stream) if half_batches else stream
 
     problem = _OneStepProblem(model, list(scaled), loss_fn, eta, normalize)
     with _gradinit_mode(model, device):
-        probe = _draw(halves)
+        probe = _draw(units)
         ones = torch.ones(len(scaled), device=device)
         loss_before = problem.loss_after_step(ones, *probe)
         floors = torch.tensor([0.0 if name in biases else min_scale for name in scaled], device=device)
         scales, constrained = _learn_scales(
-            problem, halves, probe, iterations, scale_lr, grad_norm_bound, grad_clip, floors, on_iteration
+            problem, units, probe, iterations, scale_lr, grad_norm_bound, grad_clip, floors, on_iteration
         )
         loss_after = problem.loss_after_step(scales, *probe)
     learned = dict(zip(scaled, scales.tolist()))
     _fold(scaled, learned)
-    return LRsIResult(learned, loss_before, loss_after, iterations, constrained)
+    return LRsIResult(learned, loss_before, loss_after, iterations, constrained, time.perf_counter() - started)
+
+
+def _resolved_iterations(iterations: int | None, batches: object) -> int:
+    """``iterations``, or one per batch of ``batches`` when None (GradInit's 390: CIFAR-10's batches at 128)."""
+    if iterations is not None:
+        return iterations
+    try:
+        count = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(
+            f"lrsi(iterations=None) runs one iteration per batch, but the batches ({type(batches).__name__}) "
+            "have no len(); give iterations, e.g. iterations=390."
+        ) from None
+    if count < 1:
+        raise ConfigError("lrsi got no batches; pass the training data, e.g. the train DataLoader.")
+    return count
 
 
 # ---------------------------------------------------------------------- learning
@@ -140,7 +167,7 @@ def lrsi(
 
 def _learn_scales(
     problem: _OneStepProblem,
-    halves: Iterator[Batch],
+    units: Iterator[Batch],
     first: tuple[Batch, Batch],
     iterations: int,
     scale_lr: float,
@@ -166,7 +193,7 @@ def _learn_scales(
         if on_iteration is not None:
             on_iteration(iteration, value)
         if iteration < iterations:
-            batch, next_batch = _draw(halves)
+            batch, next_batch = _draw(units)
     return scales.detach(), adam.constraint_steps
 
 
@@ -368,10 +395,16 @@ def _half_batches(stream: Iterator[Batch]) -> Iterator[Batch]:
             yield inputs, targets
 
 
-def _draw(halves: Iterator[Batch]) -> tuple[Batch, Batch]:
-    """GradInit's pair: S = (h0, h1) for the gradient, S~ = (h0, h2) to judge the step."""
+def _draw(units: Iterator[Batch]) -> tuple[Batch, Batch]:
+    """GradInit's pair: S = (u0, u1) for the gradient, S~ = (u0, u2) to judge the step.
+
+    GradInit's ``gradinit`` (gradinit_utils.py:176-182, 217-222; ToST's copy: LRsI/gradinit_utils.py
+    177-183, 218-223) concatenates two draws of its loader for S and the first with a third for S~.
+    GradInit's loader serves half batches (train_cifar.py:188-192), ToST's is the training loader
+    itself (LRsI/train_ticket.py:176, 255): ``units`` are half-batches or whole batches accordingly.
+    (Both read u2 only on iterations the norm bound does not take; here every iteration reads it.)"""
     try:
-        h0, h1, h2 = next(halves), next(halves), next(halves)
+        h0, h1, h2 = next(units), next(units), next(units)
     except StopIteration:
         raise ConfigError(
             "lrsi got no batches; pass the training data, e.g. the train DataLoader or a list of "
@@ -399,7 +432,7 @@ def _on_device(batch: object, device: torch.device) -> Batch:
 
 def check_options(
     eta: float,
-    iterations: int,
+    iterations: int | None,
     scale_lr: float,
     grad_norm_bound: float,
     min_scale: float,
@@ -409,7 +442,8 @@ def check_options(
     """A ConfigError naming the first option out of range (``prefix``: where a config keeps them)."""
     checks = [
         ("eta", eta, _positive(eta) and math.isfinite(eta), "the training run's learning rate, e.g. 0.1"),
-        ("iterations", iterations, _whole(iterations) and iterations >= 1, "a whole number of updates >= 1, e.g. 390"),
+        ("iterations", iterations, iterations is None or (_whole(iterations) and iterations >= 1),
+         "a whole number of updates >= 1, e.g. 390, or None (null in a config): one per batch of the training data"),
         ("scale_lr", scale_lr, _positive(scale_lr) and math.isfinite(scale_lr), "Adam's step size, e.g. 0.001"),
         ("grad_norm_bound", grad_norm_bound, _positive(grad_norm_bound), "a bound > 0, e.g. 1 (math.inf: none)"),
         ("min_scale", min_scale, _positive(min_scale) and min_scale <= 1.0, "a floor in (0, 1], e.g. 0.01"),
@@ -418,6 +452,17 @@ def check_options(
     for option, value, ok, wanted in checks:
         if not ok:
             raise ConfigError(f"lrsi option {prefix}{option}={value!r} is out of range; give {wanted}.")
+
+
+def _check_flags_and_callback(normalize: object, half_batches: object, on_iteration: object) -> None:
+    for flag, value in (("normalize", normalize), ("half_batches", half_batches)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"lrsi's {flag} is {value!r}; give True or False.")
+    if on_iteration is not None and not callable(on_iteration):
+        raise ConfigError(
+            f"lrsi's on_iteration is a {type(on_iteration).__name__}, not a callable; "
+            "pass a function (iteration, objective) -> None, or None."
+        )
 
 
 def _positive(value: object) -> bool:

@@ -251,6 +251,35 @@ def test_dropout_is_off_and_batch_norm_uses_batch_statistics_as_in_gradinit():
     assert lrsi(model, BATCHES, iterations=3).scales == without.scales
 
 
+def test_no_iterations_means_one_per_batch_of_the_loader():
+    result = lrsi(compiled_cnn(), BATCHES, iterations=None)
+    assert result.iterations == len(BATCHES) and result.seconds > 0
+    with pytest.raises(ConfigError, match=r"no len\(\); give iterations, e.g. iterations=390"):
+        lrsi(compiled_cnn(), (batch for batch in BATCHES), iterations=None)
+    with pytest.raises(ConfigError, match="no batches"):
+        lrsi(compiled_cnn(), [], iterations=None)
+
+
+def batch_sizes_seen(**options) -> list[int]:
+    sizes = []
+
+    def loss(logits, targets):
+        sizes.append(len(targets))
+        return F.cross_entropy(logits, targets)
+
+    lrsi(compiled_cnn(), BATCHES, loss_fn=loss, iterations=2, grad_norm_bound=math.inf, **options)
+    return sizes
+
+
+def test_half_batches_off_reads_whole_batches_as_tost_does():
+    # each loss is on S or S~: two half-batches of 8 (GradInit's) or two whole batches of 16 (ToST's)
+    assert set(batch_sizes_seen()) == {16}
+    assert set(batch_sizes_seen(half_batches=False)) == {32}
+    batches = Counting(make_batches(count=20))
+    lrsi(compiled_cnn(), batches, iterations=4, half_batches=False)
+    assert batches.read == list(range(12))  # three fresh whole batches per iteration
+
+
 def test_one_batch_is_enough():
     result = lrsi(compiled_cnn(), BATCHES[:1], iterations=3)
     assert set(result.scales) == SCALED
@@ -276,6 +305,10 @@ def test_runs_on_cuda_with_cpu_batches():
         ("iterations", 0),
         ("iterations", -3),
         ("iterations", 2.5),
+        ("iterations", True),
+        ("iterations", "abc"),
+        ("half_batches", "no"),
+        ("normalize", None),
         ("scale_lr", -1.0),
         ("grad_norm_bound", 0.0),
         ("min_scale", 0.0),
