@@ -1,9 +1,11 @@
-"""ToST in your own training loop: plain PyTorch, five lines of surgery.
+"""ToST in your own training loop: plain PyTorch, a few lines of surgery.
 
 A CIFAR ResNet-20 with a random 90% mask learns the digits data set with SGD and a step LR
-schedule; ``surgery.ToST`` moves alpha and beta every step and strips the ghosts in place right
-before the first LR decay (fixing the optimizer), and ``finish()`` hands back the clean model,
-masks baked, verified against the original.
+schedule. ``surgery.ToST`` gives the paper's four tweaks: LRsI on the loader before the first
+step (``tost.lrsi``), label smoothing 0.1 (``tost.criterion``), and ghost skips + PSwish whose
+alpha and beta move every step and which leave in place right before the first LR decay
+(fixing the optimizer); ``finish()`` hands back the clean model, masks baked, verified against
+the original.
 
     python examples/own_loop.py [--epochs 8] [--image-size 16]
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
 import surgery
 from surgery.cifar import he_cifar_resnet
@@ -51,13 +52,15 @@ def main() -> None:
     x, _ = next(iter(train))
     tost = surgery.ToST(model, x, "tost", masks=masks, total_steps=len(train) * args.epochs,
                         remove_at_epoch=milestones[0], steps_per_epoch=len(train))
+    print(f"LRsI: {tost.lrsi(train, lr=0.1).iterations} iterations on the training loader")
+    criterion = tost.criterion
     optimizer = tost.attach(torch.optim.SGD(tost.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
 
     for epoch in range(args.epochs):
         train.set_epoch(epoch)
         for x, y in train:
-            loss = F.cross_entropy(tost.model(x), y)
+            loss = criterion(tost.model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

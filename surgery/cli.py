@@ -243,8 +243,9 @@ def _add_prune(commands) -> None:
 def _add_train(commands) -> None:
     p = _command(
         commands, "train",
-        "Train a sparse model with ToST: mask -> compile -> train (ghosts fade, then leave before the first LR "
-        "decay) -> de-ghost -> verify -> sparse ONNX -> report.",
+        "Train a sparse model with ToST's four tweaks (ghost skips and PSwish that fade, then leave before the first "
+        "LR decay; LRsI; label smoothing 0.1): mask -> compile -> LRsI -> train -> de-ghost -> verify -> sparse ONNX "
+        "-> report. --recipe tost-official trains what the authors' released code runs; --recipe none is the baseline.",
         "surgery train cifar:resnet18 --data cifar10-jpeg:../shared/data/cifar10-jpeg.tar.gz --sparsity 0.9 --epochs 30",
     )
     p.add_argument("model", metavar="MODEL", help="cifar:NAME, " + MODEL_HELP)
@@ -254,13 +255,26 @@ def _add_train(commands) -> None:
                    help="let the mask file leave prunable weights without a mask (they stay dense); "
                         "by default it must cover them all")
     _add_finder_arguments(p, default_sparsity=0.9)
-    p.add_argument("--recipe", metavar="NAME|FILE", help="tost (the default: conv1x1 ghost skips around the body's "
-                   "spatial convs + PSwish), none (plain sparse training, e.g. a baseline), or a recipe YAML file")
+    _add_recipe_arguments(p)
     _add_training_arguments(p)
-    p.add_argument("--label-smoothing", type=float, metavar="A", help="constant label smoothing (default 0)")
-    p.add_argument("--lrsi", action="store_true", help="layer-wise re-scaled initialization before training")
     _add_run_options(p)
     p.set_defaults(run=run_train)
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The recipe and one switch per tweak (FLAG_FIELDS maps each to its field)."""
+    from surgery.presets import PRESETS
+
+    p.add_argument("--recipe", metavar="NAME|FILE", help="a preset, or a recipe YAML file (its passes alone): "
+                   + "; ".join(f"{name}: {entry.summary}" for name, entry in PRESETS.items()))
+    p.add_argument("--label-smoothing", type=float, metavar="A",
+                   help="constant label smoothing (tost: 0.1; 0 turns it off)")
+    p.add_argument("--lrsi", action="store_true", help="run LRsI (layer-wise re-scaled initialization) before training")
+    p.add_argument("--no-lrsi", action="store_true", help="skip LRsI")
+    p.add_argument("--lrsi-iterations", type=_positive_int, metavar="N",
+                   help="LRsI iterations (default: one epoch of the training data)")
+    p.add_argument("--no-ghost-skip", action="store_true", help="no ghost skips (recipe.ghost_skip: null)")
+    p.add_argument("--no-pswish", action="store_true", help="keep the model's activations (recipe.soft_activation: null)")
 
 
 def _add_data_arguments(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
@@ -293,6 +307,8 @@ def _add_finder_arguments(p: argparse.ArgumentParser, default_sparsity: float | 
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="keep the weights this pattern matches dense (fnmatch over parameter names, e.g. "
                         "'layer4.*' or 'fc.weight'; repeatable)")
+    p.add_argument("--allow-empty-layers", action="store_true",
+                   help="let a global ranking keep no weight of a layer (or cut every path); refused by default")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option rounds=3 for IMP, --option every=100 for RigL (repeatable)")
 
@@ -321,7 +337,7 @@ def _add_sweep(commands) -> None:
     p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="the base run config (see examples/configs/)")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a config field and its values, read as YAML (repeatable: the grid is their product); "
-                        "recipe takes tost, none, or one tweak alone: gsk, gsw, lrsi, ls")
+                        "recipe takes a preset: tost, tost-official, none, or one tweak alone: gsk, gsw, lrsi, ls")
     p.add_argument("--seeds", metavar="N|S1,S2,...", help="N seeds (0..N-1), or the seeds to run (default 1, "
                    "or the config's sweep: section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -732,10 +748,15 @@ FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("dense_last", "mask.dense_last", bool),
     ("prunable", "mask.prunable", _kinds),
     ("exclude", "mask.exclude", list),
+    ("allow_empty_layers", "mask.allow_empty_layers", bool),
     ("batches", "mask.batches", int),
     ("options", "mask.options", lambda texts: dict(_option(t) for t in texts)),
     ("recipe", "recipe", str),
     ("lrsi", "lrsi.enabled", bool),
+    ("no_lrsi", "lrsi.enabled", operator.not_),
+    ("lrsi_iterations", "lrsi.iterations", int),
+    ("no_ghost_skip", "recipe.ghost_skip", lambda _: None),
+    ("no_pswish", "recipe.soft_activation", lambda _: None),
     ("label_smoothing", "label_smoothing.start", float),
     ("optimizer", "optimizer.name", str),
     ("lr", "optimizer.lr", float),
@@ -835,7 +856,8 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
                    for path, shape in _input_shapes(model, config.model.spec, size, parts).items()}
     return prune_oneshot(model, m.method, m.sparsity, out, spec=config.model.spec, batches=batches, seed=seed,
                          parts=options, scope=m.scope, distribution=m.distribution, prunable=m.prunable,
-                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude)
+                         dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude,
+                         allow_empty_layers=m.allow_empty_layers)
 
 
 def _input_shapes(model: nn.Module, spec: str, size, parts: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -944,6 +966,9 @@ def print_run_summary(console: Console, config, result) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("model", escape(f"{config.model.spec} on {config.data.dataset}"))
+    table.add_row("recipe", escape(config.preset or "passes given as such (recipe mapping or file)"))
+    if record.get("ghosts", {}).get("kept"):
+        table.add_row("architecture", f"[bold red]{escape(record['architecture'])}[/]")
     if record["accuracy"]["test"] is not None:
         table.add_row("test accuracy", describe_accuracy(record["accuracy"]))
     table.add_row("sparsity", f"{record['sparsity']:.1%} of conv/linear weights are zero")

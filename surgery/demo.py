@@ -26,13 +26,9 @@ def demo_config() -> RunConfig:
         "model": {"spec": "cifar:resnet20"},
         "data": {"dataset": "digits", "image_size": 16, "batch_size": 128},
         "mask": {"method": "random", "sparsity": 0.9},
-        "recipe": "tost",
-        "lrsi": {"enabled": True, "iterations": 20},
+        "recipe": "tost",  # the paper's four tweaks (surgery.presets): ghost skips, PSwish, LRsI, label smoothing 0.1
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
         "lr_schedule": {"kind": "step", "gamma": 0.1},  # decays at 50% and 75% of train.epochs
-        "ghosts": {"alpha": {"kind": "linear", "start": 1.0, "end": 0.0},
-                   "beta": {"kind": "linear", "start": 1.0, "end": 50.0}, "per": "step", "remove_at": "first_decay"},
-        "label_smoothing": {"kind": "constant", "start": 0.1},
         "train": {"epochs": EPOCHS, "device": "cpu", "checkpoint_every": 5, "tensorboard": False},
     })
 

@@ -85,6 +85,14 @@ class ExportInfo:
     sparse_bytes: int  # the bytes written (with any .data file); dense_bytes when sparse=False
     external_data: bool
     layers: list[dict[str, Any]] = field(default_factory=list)  # one row per float initializer
+    kept_ghosts: int = 0  # ghost modules exported as trained (keep_ghosts): the file is not the original architecture
+
+    @property
+    def architecture(self) -> str:
+        """Whether the file holds the original architecture, in words (the sidecar's ``architecture``)."""
+        if self.kept_ghosts:
+            return f"kept {self.kept_ghosts} ghost modules: not the original"
+        return "the original"
 
     @property
     def size_ratio(self) -> float:
@@ -108,6 +116,7 @@ class ExportInfo:
         data["sidecar"] = str(self.sidecar) if self.sidecar else None
         data["size_ratio"] = self.size_ratio
         data["totals"] = self.totals
+        data["architecture"] = self.architecture
         return data
 
     def __str__(self) -> str:
@@ -115,6 +124,7 @@ class ExportInfo:
         batch = "dynamic" if self.dynamic_batch else "fixed"
         lines = [
             f"{self.path} (opset {self.opset}, batch {batch}{', external data' if self.external_data else ''})",
+            *([f"architecture: {self.architecture}"] if self.kept_ghosts else []),
             f"size: {_megabytes(self.sparse_bytes)}"
             + (
                 f" ({self.size_ratio:.2f}x of {_megabytes(self.dense_bytes)} dense; {totals['stored_sparse']} "
@@ -140,6 +150,7 @@ def export_onnx(
     sparse_threshold: float = SPARSE_THRESHOLD,
     opset: int = 18,
     deghost: bool = False,
+    keep_ghosts: bool = False,
     dynamic_batch: bool = True,
     rtol: float = 1e-4,
     sidecar: bool = True,
@@ -149,11 +160,14 @@ def export_onnx(
     ``sparse``: store float weights (2+ dims) with at least ``sparse_threshold`` exact
     zeros as COO sparse initializers. ``deghost``: export ``surgery.deghost(model)``
     (a copy) when the model still holds ghosts or masks; otherwise such a model is
-    refused. Raises ``ExportError`` when the exporter, the checker or the parity
+    refused. ``keep_ghosts``: export the ghosts as trained (ToST's released code keeps its
+    jumps and PSwish for good; masks are baked into a copy); the sidecar's ``architecture`` then
+    says the file is not the original. Raises ``ExportError`` when the exporter, the checker or the parity
     check (relative error above ``rtol``) fails.
     """
     _check_options(opset, sparse_threshold)
-    model = _clean(model, deghost)
+    kept = len(ghosts(model)) if keep_ghosts else 0
+    model = _with_ghosts(model) if keep_ghosts else _clean(model, deghost)
     inputs = inputs_on(device_of(model), as_tuple(example_inputs))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +199,7 @@ def export_onnx(
         sparse_bytes=written,
         external_data=external,
         layers=layers,
+        kept_ghosts=kept,
     )
     if info.sidecar:
         info.sidecar.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
@@ -235,6 +250,15 @@ def _clean(model: nn.Module, deghost: bool) -> nn.Module:
     clean = deepcopy_module(model)
     bake_masks(clean)
     return clean
+
+
+def _with_ghosts(model: nn.Module) -> nn.Module:
+    """``model`` as trained, ghosts included: itself, or a copy with its masks baked."""
+    if not masked_parameters(model):
+        return model
+    copied = deepcopy_module(model)
+    bake_masks(copied)
+    return copied
 
 
 @contextlib.contextmanager

@@ -22,12 +22,13 @@ import torch
 from surgery.errors import RecipeError, did_you_mean
 from surgery.passes import REGISTRY
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL
+from surgery.presets import DEFAULT, PRESETS, preset
 
 TRACE_SECTION = "trace"
-# ToST's architecture tweaks: ghost skips around the body's spatial convs (conv1x1-projected where shapes
-# change), PSwish for every ReLU.
-TOST_RECIPE: dict[str, Any] = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
-RECIPE_PRESETS: dict[str, dict[str, Any]] = {"tost": TOST_RECIPE, "none": {}}  # recipes by name
+# The graph part of each preset (surgery.presets): what `compile(model, x, "tost")` inserts. ToST's is
+# ghost skips around the body's spatial convs (conv1x1-projected where shapes change) and PSwish for every ReLU.
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {name: p.passes for name, p in PRESETS.items()}
+TOST_RECIPE: dict[str, Any] = RECIPE_PRESETS[DEFAULT]
 TRACE_OPTIONS = ("leaf_modules",)
 
 
@@ -76,6 +77,8 @@ class Recipe:
             return recipe
         if isinstance(recipe, str) and recipe in RECIPE_PRESETS:
             return cls.from_dict(RECIPE_PRESETS[recipe])
+        if isinstance(recipe, str) and not names_a_file(recipe):
+            preset(recipe)  # raises: an unknown preset, with the closest names
         if isinstance(recipe, (str, os.PathLike)):
             return cls.from_yaml(recipe)
         return cls.from_dict(recipe)
@@ -104,6 +107,11 @@ class Recipe:
 
     def __repr__(self) -> str:
         return f"Recipe({self.to_dict()})"
+
+
+def names_a_file(text: str) -> bool:
+    """``text`` reads as a recipe file (a YAML suffix, a path, or an existing file) rather than a preset name."""
+    return text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text or Path(text).exists()
 
 
 def _options(name: str, value: Any) -> Any:

@@ -1,13 +1,20 @@
-"""ToST in your own training loop.
+"""ToST in your own training loop: the paper's four tweaks, or any preset of ``surgery.presets``.
 
     tost = surgery.ToST(model, x, "tost", masks=masks, total_steps=len(loader) * epochs,
                         remove_at_epoch=90, steps_per_epoch=len(loader))
+    tost.lrsi(loader, lr=0.1)            # LRsI: GradInit's scales learned on your loader, folded in
+    criterion = tost.criterion           # cross-entropy with the preset's label smoothing (0.1)
     optimizer = torch.optim.SGD(tost.model.parameters(), lr=0.1, momentum=0.9)
     tost.attach(optimizer)
     for x, y in ...:
-        loss = loss_fn(tost.model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
+        loss = criterion(tost.model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
         tost.step()          # alpha / beta for the next step; de-ghosts in place at the removal step
     clean = tost.finish()    # ghosts gone, masks baked, verified against ``model``
+
+``compile(model, x, "tost")`` is the graph part alone (ghost skips + PSwish); ``ToST`` adds the
+schedules and removal, LRsI (``lrsi``) and the smoothing (``criterion``) the preset names. With
+``"tost-official"`` the ghosts stay to the end (the released code's), so ``finish`` bakes the
+masks into the ghosted model and verifies nothing against the original (``architecture`` says so).
 
 The schedules are surgery.schedules' ``GhostPlan`` and the removal is surgery.timeline's, the same
 the trainer uses; ``state_dict()`` / ``load_state_dict()`` carry the step and whether the ghosts
@@ -17,21 +24,28 @@ left, so a resumed loop computes what an uninterrupted one would.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from surgery.compiler import compile
 from surgery.errors import ToSTError
+from surgery.ghosts import ghosts
+from surgery.masks import bake_masks
 from surgery.passes.deghost import deghost
-from surgery.recipe import Recipe
-from surgery.schedules import GhostPlan, LRSchedule, Schedule, scaled_milestones
+from surgery.presets import is_preset, preset
+from surgery.recipe import Recipe, names_a_file
+from surgery.schedules import NEVER, GhostPlan, LRSchedule, Schedule, scaled_milestones
 from surgery.timeline import GhostTimeline
 from surgery.verify import VerifyReport
 from surgery.verify import verify as verify_against
+
+if TYPE_CHECKING:
+    from surgery.init.lrsi import LRsIResult
 
 
 @dataclass(frozen=True)
@@ -51,12 +65,15 @@ class Removal:
 class ToST:
     """A compiled (ghosted, masked) model on a training timeline of ``total_steps`` steps.
 
+    ``recipe``: a preset name (``surgery.presets``: ``tost``, ``tost-official``, ...), whose passes,
+    ghost schedules, removal, LRsI settings and label smoothing this object follows, or passes
+    (a ``Recipe``, a mapping, a recipe file), which bring ToST's schedules and no LRsI or smoothing.
     ``remove_at_step`` (the ghosts leave before that 0-based step runs, i.e. after that many
-    steps) or ``remove_at_epoch`` with ``steps_per_epoch``; neither: ToST's rule, right before
-    the first LR decay of the default step schedule (50% of the run, on an epoch boundary when
-    ``steps_per_epoch`` is given). ``alpha``, ``beta``, ``per`` and ``removal`` are
-    ``GhostPlan``'s (a number, a ``{kind, start, end}`` mapping or a ``Schedule``).
-    ``submodule`` is ``surgery.compile``'s: compile only that part of the model.
+    steps) or ``remove_at_epoch`` with ``steps_per_epoch``; neither: the preset's rule (``tost``:
+    right before the first LR decay of the default step schedule, 50% of the run, on an epoch
+    boundary when ``steps_per_epoch`` is given; ``tost-official``: never). ``alpha``, ``beta``,
+    ``per`` and ``removal`` are ``GhostPlan``'s (a number, a ``{kind, start, end}`` mapping or a
+    ``Schedule``); unset, the preset's. ``submodule`` is ``surgery.compile``'s.
     """
 
     def __init__(
@@ -76,17 +93,20 @@ class ToST:
         per: str = "step",
         removal: str = "gradual",
     ):
-        plan = ghost_plan(alpha, beta, per, removal)
+        self.settings = preset_settings(recipe)
+        plan = ghost_plan(self.settings.ghosts.alpha if alpha is None else alpha,
+                          self.settings.ghosts.beta if beta is None else beta, per, removal)
         if per == "epoch" and steps_per_epoch is None:
             raise ToSTError("per='epoch' steps alpha and beta once an epoch: give steps_per_epoch=len(loader).")
         self.total_steps = checked_count("total_steps", total_steps)
         self.steps_per_epoch = 1 if steps_per_epoch is None else checked_count("steps_per_epoch", steps_per_epoch)
         self.original, self.example_inputs = model, example_inputs
-        recipe = Recipe.coerce(recipe)
+        recipe = Recipe.coerce(self.settings.recipe if isinstance(recipe, str) and is_preset(recipe) else recipe)
         if masks is not None:
             recipe = recipe.replace(masks=masks)
         self.model = compile(model, example_inputs, recipe, submodule=submodule)
-        removal_at = removal_step(self.total_steps, remove_at_step, remove_at_epoch, steps_per_epoch)
+        keeps = self.settings.ghosts.remove_at == NEVER and remove_at_step is None and remove_at_epoch is None
+        removal_at = None if keeps else removal_step(self.total_steps, remove_at_step, remove_at_epoch, steps_per_epoch)
         self.timeline = GhostTimeline(self.model, plan, removal_at, self.steps_per_epoch)
         self.steps = 0
         self.removed_at: int | None = None
@@ -97,8 +117,44 @@ class ToST:
         self.timeline.apply(0)
 
     @property
-    def removal_step(self) -> int:
+    def removal_step(self) -> int | None:
+        """The step before which the ghosts leave; None: they stay to the end (``tost-official``)."""
         return self.timeline.removal_step
+
+    @property
+    def architecture(self) -> str:
+        """``the original``, or how many ghost modules the model keeps for good."""
+        kept = len(ghosts(self.model)) if self.removal_step is None else 0
+        return f"kept {kept} ghost modules: not the original" if kept else "the original"
+
+    @property
+    def criterion(self) -> nn.Module:
+        """Cross-entropy with the preset's label smoothing (``tost``: 0.1 spread as a / K; ``tost-official``:
+        a / (K - 1) on the wrong classes; passes alone: none)."""
+        from surgery.train.losses import SmoothedCrossEntropy
+
+        smoothing = self.settings.label_smoothing
+        return SmoothedCrossEntropy(smoothing.start, smoothing.spread)
+
+    def lrsi(self, loader: Iterable[Any], *, lr: float, iterations: int | None = None, loss_fn: Any = None,
+             **options: Any) -> LRsIResult:
+        """LRsI (GradInit) on ``tost.model`` with the preset's settings, on ``loader``'s ``(inputs, targets)``
+        batches; call it before the first step. ``lr``: your optimizer's learning rate (the simulated step's
+        length). ``iterations``: the preset's (``tost-official``: 180), else one pass over ``loader``.
+        ``loss_fn`` (default cross-entropy) and ``options`` (``scale_lr``, ``grad_norm_bound``, ``normalize``,
+        ``min_scale``, ``half_batches``) override the preset's: see ``surgery.init.lrsi.lrsi``."""
+        from surgery.init.lrsi import lrsi
+
+        if self.steps:
+            raise ToSTError(f"tost.lrsi() after {self.steps} steps: LRsI rescales the initialization, so call it "
+                            "before the first optimizer step.")
+        self._check_running("lrsi")
+        settings = self.settings.lrsi
+        chosen = {"scale_lr": settings.scale_lr, "grad_norm_bound": settings.grad_norm_bound,
+                  "normalize": settings.normalize, "min_scale": settings.min_scale,
+                  "half_batches": settings.half_batches, **options}
+        iterations = settings.iterations if iterations is None else iterations
+        return lrsi(self.model, loader, eta=lr, iterations=iterations, loss_fn=loss_fn or F.cross_entropy, **chosen)
 
     def strength(self) -> dict[str, float | None]:
         """alpha and beta now (``None``: no ghost of that kind, or the ghosts left)."""
@@ -155,10 +211,13 @@ class ToST:
         the original model on the example inputs (``self.report``); returns the clean model, which
         ``tost.model`` is now too."""
         self._check_running("finish")
+        self.finished = True
+        if self.timeline.ghosted and self.removal_step is None:  # kept for good: the trained architecture
+            bake_masks(self.model)
+            return self.model
         if self.timeline.ghosted:
             self._remove()
         clean = self.model = deghost(self.model, inplace=True)
-        self.finished = True
         if verify:
             self.report = verify_against(self.original, clean, self.example_inputs)
         return clean
@@ -188,6 +247,17 @@ class ToST:
         if self.finished:
             raise ToSTError(f"tost.{call}() after tost.finish(): the model is de-ghosted and its masks are baked; "
                             "build a new surgery.ToST to train again.")
+
+
+def preset_settings(recipe: Any) -> Any:
+    """The run config a recipe value implies (``surgery.presets`` through ``RunConfig``, the one place presets
+    become fields): its passes, ghost schedules, LRsI and label smoothing."""
+    from surgery.train.config import RunConfig
+
+    named = isinstance(recipe, str) and is_preset(recipe)
+    if isinstance(recipe, str) and not named and not names_a_file(recipe):
+        preset(recipe)  # raises: an unknown preset, with the closest names
+    return RunConfig.from_dict({"recipe": recipe if named else {}})
 
 
 def ghost_plan(alpha: Any, beta: Any, per: str, removal: str) -> GhostPlan:

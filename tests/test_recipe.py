@@ -70,7 +70,8 @@ def test_yaml_recipe_with_a_mask_path_relative_to_the_file(tmp_path):
 def test_to_dict_is_yaml_friendly_and_counts_python_masks():
     masks = random_masks(seeded(SmallCNN), 0.5)
     data = surgery.Recipe(ghost_skip={}, masks=masks, trace={"leaf_modules": ["fc"]}).to_dict()
-    assert data["ghost_skip"] == {"projection": "conv1x1", "targets": ["conv"], "alpha": 1.0, "exclude": [], "identity": True}
+    assert data["ghost_skip"] == {"projection": "conv1x1", "targets": ["conv"], "alpha": 1.0, "exclude": [], "identity": True,
+                                  "fill": None}
     assert data["masks"]["source"] == "<3 masks given in Python>"
     assert data["trace"] == {"leaf_modules": ["fc"]}
 

@@ -34,7 +34,9 @@ from typing import Any
 import yaml
 
 from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
-from surgery.recipe import RECIPE_PRESETS, Recipe
+from surgery.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
+from surgery.recipe import RECIPE_PRESETS, Recipe, names_a_file
+from surgery.train.losses import SPREADS
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -75,6 +77,7 @@ class MaskConfig:
     dense_first: bool = False  # keep the first prunable layer dense (the stem)
     dense_last: bool = False  # keep the last prunable layer dense (the head, conv or linear)
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns of weights kept dense, e.g. ["layer4.*"]
+    allow_empty_layers: bool = False  # let a mask keep no weight of a layer (or cut every path): refused by default
     batches: int = 1  # training batches a data-dependent method (SNIP, GraSP) scores on
     epochs: int | None = None  # epochs of each training round of IMP / learned masks (None: train.epochs)
     options: dict[str, Any] = field(default_factory=dict)  # the method's own (IMP rounds, RigL every, ...)
@@ -119,8 +122,9 @@ class GhostsConfig:
 @dataclass
 class LabelSmoothingConfig:
     kind: str = "constant"
-    start: float = 0.0
+    start: float = 0.1  # the default recipe's (tost); `none` and a recipe given as passes: 0
     end: float | None = None
+    spread: str = "all"  # a / K on every class (the paper); others: a / (K - 1) on the wrong ones (ToST's code)
     steps: int = 4
     epochs: int | None = None
     per: str = "epoch"
@@ -136,15 +140,18 @@ class DistillConfig:
 
 @dataclass
 class LRsIConfig:
-    """GradInit's procedure and defaults (surgery.init.lrsi): a fresh training batch every iteration."""
+    """GradInit's procedure and its published SGD setting (surgery.init.lrsi): fresh training data every
+    iteration. ToST's argparse defaults are gamma .inf, no normalization (LRsI/train_ticket.py:45-48); its
+    README runs gamma 1, normalized, scale_lr 1e-2, 180 iterations, whole batches."""
 
-    enabled: bool = False
-    iterations: int = 390  # GradInit / ToST: one epoch of CIFAR at batch 128
+    enabled: bool = True  # the default recipe (tost) runs it; `none` and a recipe given as passes turn it off
+    iterations: int | None = None  # None: one per training batch, an epoch (GradInit's 390: CIFAR-10 at 128)
     scale_lr: float = 1e-3  # Adam on the scales (GradInit: 1e-3 for BN ResNets, 1e-1 for VGG-19 with BN)
     eta: float | None = None  # the simulated step's length; None: optimizer.lr
-    grad_norm_bound: float = 1.0  # gamma; .inf: no constraint
-    normalize: bool = True  # step eta * g / ||g|| (GradInit); false: eta * g
+    grad_norm_bound: float = 1.0  # gamma (GradInit's run_gradinit.sh); .inf: no constraint
+    normalize: bool = True  # step eta * g / ||g|| (GradInit's run_gradinit.sh); false: eta * g
     min_scale: float = 0.01
+    half_batches: bool = True  # S, S~ of one batch each (GradInit); false: of two whole batches each (ToST)
 
 
 SELECTIONS = ("auto", "last", "best_val")
@@ -190,7 +197,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    recipe: Any = field(default_factory=lambda: recipe_section("tost"))  # tost | none | a recipe mapping (config files must say)
+    recipe: Any = field(default_factory=lambda: recipe_section(DEFAULT))  # the passes: a preset's, a file's or a mapping
+    preset: str | None = DEFAULT  # the preset the recipe names (surgery.presets); None: passes given as such
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -206,17 +214,22 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, base: Path | None = None) -> RunConfig:
-        """A validated config; a missing ``recipe`` is ToST (what ``surgery train`` trains), and a recipe
-        given by name (``tost``, ``none``) or as a recipe YAML path (relative to ``base``) becomes its passes.
-        Raises one ``ConfigError`` listing every problem found."""
+        """A validated config. ``recipe`` names a preset (``surgery.presets``; missing: ``tost``), whose
+        fields come first and the mapping's own fields over them; or it gives passes (a mapping, or a recipe
+        YAML path relative to ``base``), which train alone. Raises one ``ConfigError`` listing every problem."""
         data = dict(data or {})
         problems: list[str] = []
-        if "recipe" in data:
-            try:
-                data["recipe"] = recipe_section(data["recipe"], base)
-            except ConfigError as error:
-                problems.append(str(error))
-                del data["recipe"]
+        recipe = data.get("recipe", DEFAULT)
+        if is_preset(recipe):
+            data.setdefault("preset", recipe)
+        elif not isinstance(recipe, Mapping) or "preset" not in data:
+            data["preset"] = None
+        data = _under(_layer(recipe), data)
+        try:
+            data["recipe"] = recipe_section(recipe, base)
+        except ConfigError as error:
+            problems.append(str(error))
+            del data["recipe"]
         config = _build(cls, data, "", problems)
         problems += config.problems()
         if problems:
@@ -238,9 +251,10 @@ class RunConfig:
         data = {key: value for key, value in data.items() if key != SWEEP_SECTION}  # `surgery sweep`'s grids
         if "recipe" not in data:  # a baseline must not train with ghosts because a line was left out
             raise ConfigError(
-                f"config file '{path}' does not say which recipe trains: add 'recipe: tost' (ghost skips around the "
-                "body's spatial convs + PSwish, removed before the first LR decay), 'recipe: none' (plain sparse "
-                "training, e.g. a baseline), or a mapping of passes / a recipe file."
+                f"config file '{path}' does not say which recipe trains: add 'recipe: tost' (the paper's four tweaks: "
+                "ghost skips + PSwish removed before the first LR decay, LRsI, label smoothing 0.1), 'recipe: none' "
+                "(plain sparse training, e.g. a baseline), another preset (" + ", ".join(PRESETS) + "), or a mapping "
+                "of passes / a recipe file (those passes alone)."
             )
         config = cls.from_dict(data, base=path.parent)
         config.resolve_paths(path.parent)
@@ -264,8 +278,12 @@ class RunConfig:
 
     def with_fields(self, fields: Mapping[str, Any]) -> RunConfig:
         """A copy with fields set by dotted name, e.g. ``{"train.epochs": 3}``; unknown names are
-        reported with the config's other problems."""
+        reported with the config's other problems. A new ``recipe`` comes first: the fields the old preset
+        set go back to their defaults, the new one's are set, then the other fields given."""
         data = self.to_dict()
+        fields = dict(fields)
+        if "recipe" in fields:
+            data = _switched(data, fields.pop("recipe"))
         for key, value in fields.items():
             _set_dotted(data, key, value)
         return RunConfig.from_dict(data)
@@ -322,11 +340,13 @@ class RunConfig:
 
     def _checks(self):
         """Each check raises a ``SurgeryError`` for one problem; later checks assume nothing of earlier ones."""
+        yield self._check_preset
         yield self._check_epochs
         yield lambda: _check_choice("optimizer", self.optimizer.name, OPTIMIZERS)
         yield lambda: _check_choice("train.select", self.train.select, SELECTIONS)
         yield self._check_selection
         yield lambda: _check_choice("train.amp", self.train.amp, AMP_MODES)
+        yield lambda: _check_choice("label_smoothing.spread", self.label_smoothing.spread, SPREADS)
         yield self._check_numbers
         yield self._check_mask
         yield self._check_lrsi
@@ -336,6 +356,14 @@ class RunConfig:
         yield self.smoothing_plan
         yield self._check_distill
         yield self._check_reference
+
+    def _check_preset(self) -> None:
+        if self.preset is None:
+            return
+        preset(self.preset)
+        found = contradictions(self.preset, lambda dotted: _get_dotted(self.to_dict(), dotted))
+        if found:
+            raise ConfigError(listed(found))
 
     def _check_epochs(self) -> None:
         if self.train.epochs < 1:
@@ -364,6 +392,10 @@ class RunConfig:
             raise ConfigError(f"mask.batches is {self.mask.batches}; score on at least 1 batch.")
         if self.init.centroids and not self.mask.file:
             raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
+        if self.mask.allow_empty_layers and not self.mask.file:
+            from surgery.pruning.registry import refuse_allow_empty_layers  # lazily: pruning is heavy, never imports train
+
+            refuse_allow_empty_layers(self.mask.method, self.mask.scope)
 
     def _check_lrsi(self) -> None:
         if self.lrsi.enabled:
@@ -371,7 +403,7 @@ class RunConfig:
 
             lrsi = self.lrsi
             check_options(self.lrsi_eta(), lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound, lrsi.min_scale,
-                          prefix="lrsi.")
+                          prefix="lrsi.")  # iterations: None is resolved by the pipeline, from the training loader
 
     def _check_schedules(self) -> None:
         epochs = max(self.train.epochs, 1)
@@ -423,10 +455,11 @@ def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:
     if isinstance(value, str) and value.endswith((".yaml", ".yml")):
         path = Path(value) if Path(value).is_absolute() else (base or Path.cwd()) / value
         return Recipe.from_yaml(path).to_dict()
+    if isinstance(value, str) and not names_a_file(value):
+        preset(value)  # raises: an unknown preset, with the closest names
     raise ConfigError(
-        f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}"
-        + (did_you_mean(value, RECIPE_PRESETS) if isinstance(value, str) else "")
-        + ", a recipe YAML file, or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
+        f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}, a recipe YAML file, "
+        "or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
     )
 
 
@@ -551,6 +584,45 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         except yaml.YAMLError as error:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({error}).") from error
     return fields
+
+
+def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
+
+
+def _layer(recipe: Any) -> dict[str, Any]:
+    """The fields a recipe value sets before the config's own: a preset's, else the passes-only ones."""
+    fields = PRESETS[recipe].fields if is_preset(recipe) else PASSES_ONLY
+    layer: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key != "recipe":
+            _set_dotted(layer, key, copy.deepcopy(value))
+    return layer
+
+
+def _under(layer: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` over ``layer``, field by field within each section (a field's value, a schedule's mapping
+    say, replaces the layer's whole)."""
+    out = {key: dict(value) if isinstance(value, Mapping) else value for key, value in layer.items()}
+    for key, value in data.items():
+        out[key] = {**out[key], **value} if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
+    return out
+
+
+def _switched(data: dict[str, Any], recipe: Any) -> dict[str, Any]:
+    """``data`` (a whole config) with ``recipe`` in place of its recipe: what the old preset set goes back to
+    the defaults, then the new recipe's fields are set over everything."""
+    defaults = RunConfig().to_dict()
+    old = data.get("preset")
+    for key in PRESETS[old].fields if old in PRESETS else ():
+        _set_dotted(data, key, copy.deepcopy(_get_dotted(defaults, key)))
+    for key, value in (PRESETS[recipe].fields if is_preset(recipe) else PASSES_ONLY).items():
+        _set_dotted(data, key, copy.deepcopy(value))
+    data["recipe"] = recipe_section(recipe)  # passes, so that fields such as recipe.ghost_skip can follow
+    data["preset"] = recipe if is_preset(recipe) else None
+    return data
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -1,7 +1,9 @@
 """Training losses: cross-entropy with label smoothing, and distillation from a dense teacher.
 
 Label smoothing (Szegedy et al. 2016) trains against ``y_ls = y (1 - a) + a / K`` instead
-of one-hot labels; ToST uses it while training sparse masks. Knowledge distillation
+of one-hot labels (``spread: all``, the formula in ToST's text); ToST's released code puts ``a / (K - 1)``
+on each wrong class and ``1 - a`` on the true one (``spread: others``,
+``label-smoothening/train_ticket.py``), which is PyTorch's smoothing at ``a K / (K - 1)``. Knowledge distillation
 (Hinton et al. 2015) is its learned counterpart: the targets are a frozen dense
 teacher's softened outputs (Spending Your Winning Lottery Better, Sec. 4.6).
 """
@@ -17,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from surgery.errors import ConfigError, DataError
+
+
+SPREADS = ("all", "others")  # a / K on every class (the paper), or a / (K - 1) on the wrong ones (ToST's code)
 
 
 def check_label_smoothing(label_smoothing: float) -> float:
@@ -62,15 +67,43 @@ def with_auxiliary(aux_weight: float):
     return loss
 
 
-def classification_loss(logits: Tensor, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
-    """Mean cross-entropy against targets smoothed as ``y (1 - a) + a / K`` (``a = label_smoothing``).
+def classification_loss(logits: Tensor, targets: Tensor, *, label_smoothing: float = 0.0, spread: str = "all") -> Tensor:
+    """Mean cross-entropy against targets smoothed as ``y (1 - a) + a / K`` (``a = label_smoothing``;
+    ``spread="others"``: ``1 - a`` on the true class and ``a / (K - 1)`` on each other one).
 
     ``logits`` is ``(N, K)`` (or ``(N, K, ...)``); ``targets`` holds class indices ``(N, ...)``
     or class probabilities shaped like ``logits``.
     """
     smoothing = check_label_smoothing(label_smoothing)
     _check_targets(logits, targets)
-    return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    return F.cross_entropy(logits, targets, label_smoothing=pytorch_smoothing(smoothing, logits.shape[1], spread))
+
+
+def pytorch_smoothing(alpha: float, classes: int, spread: str = "all") -> float:
+    """The ``label_smoothing`` of ``F.cross_entropy`` that spreads ``alpha`` as ``spread`` says: with
+    ``a' = alpha K / (K - 1)``, PyTorch's ``a' / K`` on a wrong class is ``alpha / (K - 1)`` and its true
+    class gets ``1 - alpha``."""
+    if spread not in SPREADS:
+        raise ConfigError(f"label_smoothing.spread '{spread}' is neither 'all' (a / K on every class, the paper's) "
+                          "nor 'others' (a / (K - 1) on each wrong class, ToST's released code).")
+    if spread == "all" or classes < 2:
+        return alpha
+    return min(alpha * classes / (classes - 1), 1.0)
+
+
+class SmoothedCrossEntropy(nn.Module):
+    """``classification_loss`` as a criterion for your own loop (``surgery.ToST(...).criterion``)."""
+
+    def __init__(self, label_smoothing: float = 0.0, spread: str = "all"):
+        super().__init__()
+        self.label_smoothing, self.spread = check_label_smoothing(label_smoothing), spread
+        pytorch_smoothing(self.label_smoothing, 2, spread)  # refuse an unknown spread now, not at the first step
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return classification_loss(logits, targets, label_smoothing=self.label_smoothing, spread=self.spread)
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}, spread={self.spread!r}"
 
 
 def _check_targets(logits: Tensor, targets: Tensor) -> None:
@@ -136,8 +169,9 @@ class Distillation(nn.Module):
     def extra_repr(self) -> str:
         return f"teacher={type(self.teacher).__name__}, temperature={self.temperature:g}, weight={self.weight:g}"
 
-    def forward(self, logits: Tensor, targets: Tensor, inputs: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
-        hard = classification_loss(logits, targets, label_smoothing=label_smoothing)
+    def forward(self, logits: Tensor, targets: Tensor, inputs: Tensor, *, label_smoothing: float = 0.0,
+                spread: str = "all") -> Tensor:
+        hard = classification_loss(logits, targets, label_smoothing=label_smoothing, spread=spread)
         if self.weight == 0.0:
             return hard  # the teacher's forward would be wasted work
         teacher_logits = self.teacher_logits(inputs)

@@ -11,6 +11,11 @@
   ``RUN/rounds/<tag>-mask.safetensors`` and a line of ``RUN/rounds.csv``; the main run
   then trains the final mask from the weights the method hands over, which are kept as
   ``RUN/start-weights.safetensors`` (IMP's rewind point, the learned mask's folded weights).
+
+Every mask that comes out of here is checked (``surgery.pruning.collapse.check_masks``): a
+layer left without weights, or a mask that cuts every path from input to output, stops the
+run unless ``mask.allow_empty_layers``; a ``during`` method's final mask is checked when
+training ends (``EmptyLayerCheck``, the last hook).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from surgery.hooks import TrainingHook
 from surgery.masks import dense_weights, load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
+from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
 from surgery.pruning.random import find_random
 from surgery.train.config import RunConfig
 from surgery.train.distributed import Distributed
@@ -51,6 +57,9 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     m = config.mask
     if m.file:
         masks, metadata = load_masks(m.file, model=model, partial=m.partial, spec=config.model.spec, kinds=m.prunable)
+        check_masks(model, masks, what=f"mask file '{m.file}'", cause="the file was made that way",
+                    allow=m.allow_empty_layers, can_allow=True,
+                    example=path_input(model, training_batches(train_loader, 1)[0][0]))
         return MaskPlan(masks, metadata=metadata)
     if m.method == DENSE or m.sparsity == 0:
         return MaskPlan(None)
@@ -58,21 +67,27 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     names = list(prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude))
     budget = Budget(m.sparsity, m.scope or found.scope, m.distribution or found.distribution)
     options = dict(m.options)
+    batches = training_batches(train_loader, m.batches) if found.data else None
+    example = (batches or training_batches(train_loader, 1))[0][0][:1]  # the real input's shape, for the checks
     if found.stage == "oneshot":
-        batches = training_batches(train_loader, m.batches) if found.data else None
         if found.input_shape:  # a made-up input of the data's shape, not the method's CIFAR-sized default
-            options.setdefault("input_shape", tuple((batches or training_batches(train_loader, 1))[0][0].shape[1:]))
+            options.setdefault("input_shape", tuple(example.shape[1:]))
         masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
                            distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
-                           dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed, **options)
+                           dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed,
+                           allow_empty_layers=m.allow_empty_layers, example_input=example, **options)
         return MaskPlan(masks)
+    check = {"what": f"mask method '{m.method}' at sparsity {m.sparsity:g}", "allow": m.allow_empty_layers,
+             "cause": found.collapse_cause(m.sparsity, budget.scope), "can_allow": found.can_empty_layers(budget.scope),
+             "example": path_input(model, example)}
     if found.stage == "during":
-        hook = found.find(model, names, budget, **options)
-        return MaskPlan(starting_masks(m.method, model, names, budget, config.train.seed), hooks=[hook])
+        hooks = [found.find(model, names, budget, **options), EmptyLayerCheck(model, names, **check)]
+        return MaskPlan(starting_masks(m.method, model, names, budget, config.train.seed), hooks=hooks)
     runner = RoundRunner(config, train_loader, eval_loaders, dist, console, resume)
     result = found.find(model, names, budget, train=runner, seed=config.train.seed, **options)
     if dist.is_main:
         write_rounds(config, result.rounds, model)
+    check_masks(model, result.masks, **check)
     rounds = [{key: value for key, value in row.items() if key != "mask"} for row in result.rounds]
     return MaskPlan(result.masks, weights=result.weights, rounds=rounds)
 

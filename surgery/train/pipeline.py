@@ -22,7 +22,7 @@ import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -54,6 +54,8 @@ from surgery.train.record import (
     RunRecord,
     completed_record,
     export_section,
+    lrsi_section,
+    read_record,
     verification_failed,
     verification_passed,
     verification_skipped,
@@ -63,6 +65,9 @@ from surgery.train.report.story import describe_ghost_cost, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
+
+if TYPE_CHECKING:
+    from surgery.init.lrsi import LRsIResult
 
 
 @dataclass
@@ -202,6 +207,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
         check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
+    if resume:  # LRsI ran before the checkpoint: its record is the earlier run's
+        record.update(lrsi=(read_record(files) or {}).get("lrsi"))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write(RUNNING)  # a completed record of an earlier run here no longer describes this directory
@@ -223,7 +230,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
             save_start_weights(run_dir, plan.weights)
 
     if config.lrsi.enabled and not resume:
-        rescale(config, ghosted, train_loader, dist, console)
+        record.update(lrsi=lrsi_section(rescale(config, ghosted, train_loader, dist, console)))
+        record.write(RUNNING)  # so a resume after a crash still finds what LRsI did
     trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
                       teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     record.stage = "training"
@@ -233,7 +241,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
                   device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
     mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
     return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
-                  tweaks=tweaks_of(config, manifest), ghost_parameters=manifest.ghost_parameters)
+                  tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters)
 
 
 def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module | None = None) -> RunResult:
@@ -318,24 +326,26 @@ def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
     return train, evals
 
 
-def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> None:
+def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> LRsIResult:
     """LRsI (GradInit): learn one scale per conv / Linear / norm tensor on fresh training batches, fold it in."""
     from surgery.init.lrsi import lrsi
     from surgery.train.losses import with_auxiliary
 
     ghosted.to(dist.device)
     options = config.lrsi
-    with TaskProgress(console, "LRsI", options.iterations, enabled=config.train.progress and dist.is_main) as bar:
+    iterations = len(train_loader) if options.iterations is None else options.iterations  # None: an epoch
+    with TaskProgress(console, "LRsI", iterations, unit="iterations", enabled=config.train.progress and dist.is_main) as bar:
         result = lrsi(ghosted, EveryEpoch(train_loader), eta=config.lrsi_eta(), loss_fn=with_auxiliary(config.train.aux_loss_weight),
-                      iterations=options.iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
-                      normalize=options.normalize, min_scale=options.min_scale,
+                      iterations=iterations, scale_lr=options.scale_lr, grad_norm_bound=options.grad_norm_bound,
+                      normalize=options.normalize, min_scale=options.min_scale, half_batches=options.half_batches,
                       on_iteration=lambda i, objective: bar.advance(i, f"objective {objective:.4g}"))
     if dist.is_main:
         constrained = f" ({result.constrained_iterations} on the gradient-norm bound)" if result.constrained_iterations else ""
         console.print(
-            f"LRsI: {len(result.scales)} scales learned in {result.iterations} iterations{constrained}; "
-            f"loss after one step {result.loss_before:.4f} -> {result.loss_after:.4f}"
+            f"LRsI: {len(result.scales)} scales learned in {result.iterations} iterations{constrained}, "
+            f"{result.seconds:.1f} s; loss after one step {result.loss_before:.4f} -> {result.loss_after:.4f}"
         )
+    return result
 
 
 class EveryEpoch:
@@ -370,7 +380,7 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     result.json and write the report from it (rank 0)."""
     files = RunFiles(run_dir)
     model = trained.model
-    kept_ghosts = bool(ghosts(model))
+    kept_ghosts = len(ghosts(model))
     final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
     if isinstance(model, fx.GraphModule) and not kept_ghosts:
         model = surgery.deghost(model, inplace=True)
@@ -387,8 +397,7 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
                    dense=dense_weights(original, final_masks), **(mask_metadata or {}))
     _save_weights(model, files.weights)
     if kept_ghosts:
-        record.update(verification=verification_skipped(
-            "ghosts kept to the end (ghosts.remove_at: never), not the original architecture"))
+        result.export = _export_as_trained(config, model, example, files, record, kept_ghosts)
     else:
         result.verify, result.export = _verify_and_export(config, original, model, example, files, record)
     record.write(COMPLETED)
@@ -400,7 +409,7 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
 
 
 def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, Any], ghost_parameters: int,
-                     kept_ghosts: bool) -> dict[str, Any]:
+                     kept_ghosts: int) -> dict[str, Any]:
     """The record's accuracy, sparsity, weights, tweaks, ghosts and training sections of a trained ``model``."""
     last = next((row["test_acc"] for row in reversed(trained.history) if row.get("test_acc") is not None), None)
     selected = trained.best["test_acc"] if trained.selected == "best_val" else last
@@ -416,15 +425,17 @@ def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, A
         "tweaks": tweaks,
         "ghosts": {"count": tweaks["ghost_skips"] + tweaks["soft_activations"], "parameters": ghost_parameters,
                    "removed_at": None if removed is None else {"step": removed[0], "epoch": removed[1]},
-                   "kept": kept_ghosts},
+                   "kept": bool(kept_ghosts), "kept_modules": kept_ghosts},
+        "architecture": architecture_text(kept_ghosts),
         "training": {"epochs": trained.history[-1]["epoch"] if trained.history else 0, "steps": trained.steps,
                      "seconds": trained.seconds},
     }
 
 
-def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
-    """What trained besides the plain sparse network, as data: ghost skips, soft activations, LRsI,
-    label smoothing, distillation (``describe_tweaks`` says it in words)."""
+def tweaks_of(config: RunConfig, manifest: Any, lrsi: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What trained besides the plain sparse network, as data: ghost skips, soft activations, LRsI (the
+    iterations it ran: ``lrsi``, the record's section), label smoothing, distillation (``describe_tweaks``
+    says it in words)."""
     smoothing = config.label_smoothing
     activations = [a.kind for a in manifest.activations]
     return {
@@ -433,7 +444,7 @@ def tweaks_of(config: RunConfig, manifest: Any) -> dict[str, Any]:
                                    for p in dict.fromkeys(s.projection for s in manifest.skips)},
         "soft_activations": len(activations),
         "soft_activation_kind": activations[0] if activations else None,
-        "lrsi_iterations": config.lrsi.iterations if config.lrsi.enabled else 0,
+        "lrsi_iterations": (lrsi or {}).get("iterations", config.lrsi.iterations) if config.lrsi.enabled else 0,
         "label_smoothing": [smoothing.start, smoothing.start if smoothing.end is None else smoothing.end]
         if smoothing.start or smoothing.end else None,
         "distillation_teacher": config.distill.teacher,
@@ -457,6 +468,26 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
         info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse)
         record.update(export=export_section(info))
     return report, info
+
+
+def architecture_text(kept_ghosts: int) -> str:
+    """What the trained model is, in the words result.json, the summary and the ONNX sidecar share."""
+    return f"kept {kept_ghosts} ghost modules: not the original" if kept_ghosts else "the original"
+
+
+def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tensor, files: RunFiles,
+                       record: RunRecord, kept_ghosts: int):
+    """A model that keeps its ghosts (ToST's released code: ``ghosts.remove_at: never``) is not the original:
+    the checks against it are skipped, saying why, and the trained architecture is exported with its parity."""
+    record.update(verification=verification_skipped(
+        f"the trained model keeps {kept_ghosts} ghost modules (ghosts.remove_at: never), so it is not the original "
+        "architecture: the graph, strict-load and output checks against the original do not apply"))
+    files.verify.write_text(f"SKIPPED\narchitecture {architecture_text(kept_ghosts)}: {record.data['verification']['message']}\n")
+    if not config.export.onnx:
+        return None
+    info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True)
+    record.update(export=export_section(info))
+    return info
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:

@@ -13,7 +13,9 @@ running a ``before`` mask method's rounds alone), ``status`` (running / complete
 (a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
 of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
 ``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
-``kept``), ``tweaks`` (``tweaks_of``), ``ghosts`` (``parameters``, ``removed_at``:
+``kept``), ``tweaks`` (``tweaks_of``), ``lrsi`` (null, or what LRsI did: ``iterations``,
+``constrained_iterations`` (on the gradient-norm bound), ``seconds``, ``scales``, ``loss_before``,
+``loss_after``; written as soon as it ends, carried on by a resume), ``ghosts`` (``parameters``, ``removed_at``:
 {step, epoch} or null, ``kept``), ``training`` (``epochs``, ``steps``, ``seconds``),
 ``verification`` (``status``: passed / failed / skipped, ``checks``, ``report``:
 ``VerifyReport.to_dict()``, or ``message``), ``export`` (``path``, ``bytes``,
@@ -62,6 +64,8 @@ class RunRecord:
             "mask": {"method": config.mask.method, "sparsity": config.mask.sparsity, "file": config.mask.file},
             "versions": software_versions(),
         }
+        if kind == RUN:
+            self.data["lrsi"] = None  # until LRsI runs (lrsi_section)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -156,6 +160,15 @@ def verification_skipped(reason: str) -> dict[str, Any]:
     return {"status": "skipped", "message": reason}
 
 
+def lrsi_section(result: Any) -> dict[str, Any]:
+    """What ``lrsi`` did (its ``LRsIResult``): iterations run, how many sat on the gradient-norm bound, wall time."""
+    return {
+        "iterations": result.iterations, "constrained_iterations": result.constrained_iterations,
+        "seconds": round(result.seconds, 3), "scales": len(result.scales),
+        "loss_before": result.loss_before, "loss_after": result.loss_after,
+    }
+
+
 def export_section(info: Any) -> dict[str, Any]:
     """What ``export_onnx`` wrote: the file, its bytes (sparse and as if dense), its parity with PyTorch."""
     totals = info.totals
@@ -163,5 +176,5 @@ def export_section(info: Any) -> dict[str, Any]:
         "path": str(info.path), "bytes": info.sparse_bytes, "dense_bytes": info.dense_bytes,
         "sparse": totals["stored_sparse"] > 0, "initializers": totals["initializers"],
         "stored_sparse": totals["stored_sparse"], "max_abs_error": info.max_abs_error,
-        "max_rel_error": info.max_rel_error, "opset": info.opset,
+        "max_rel_error": info.max_rel_error, "opset": info.opset, "architecture": info.architecture,
     }

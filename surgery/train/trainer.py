@@ -118,11 +118,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _loss(self, teacher: nn.Module | None):
-        d = self.config.distill
+        d, spread = self.config.distill, self.config.label_smoothing.spread
         if teacher is None:
-            return lambda logits, y, x, ls: classification_loss(logits, y, label_smoothing=ls)
+            return lambda logits, y, x, ls: classification_loss(logits, y, label_smoothing=ls, spread=spread)
         distill = Distillation(teacher.to(self.device), temperature=d.temperature, weight=d.weight)
-        return lambda logits, y, x, ls: distill(logits, y, x, label_smoothing=ls)
+        return lambda logits, y, x, ls: distill(logits, y, x, label_smoothing=ls, spread=spread)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.module.parameters() if p.requires_grad], "name": "weights"}]
@@ -146,10 +146,11 @@ class Trainer:
         select = self.settings.select
         if select == "last" or "val" not in self.eval_loaders:
             return False
-        if self.hooks:
+        changing = [hook.name for hook in self.hooks if hook.changes_mask]
+        if changing:
             if select == "best_val":
                 raise ConfigError(
-                    f"train.select: best_val needs a fixed mask, but {', '.join(h.name for h in self.hooks)} changes "
+                    f"train.select: best_val needs a fixed mask, but {', '.join(changing)} changes "
                     "the mask during training (its paper reports the last epoch); use train.select: last."
                 )
             return False
@@ -271,7 +272,8 @@ class Trainer:
         loss = self.loss_fn(logits.float(), y, x, smoothing)
         total = loss
         for aux in auxiliary:  # GoogLeNet's and Inception's aux heads, in train mode only
-            total = total + self.settings.aux_loss_weight * classification_loss(aux.float(), y, label_smoothing=smoothing)
+            total = total + self.settings.aux_loss_weight * classification_loss(
+                aux.float(), y, label_smoothing=smoothing, spread=self.config.label_smoothing.spread)
         for hook in self.hooks:
             extra = hook.loss(self)
             total = total if extra is None else total + extra

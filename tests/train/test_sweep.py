@@ -394,3 +394,11 @@ def test_each_run_can_be_a_ddp_job(tmp_path):
     assert rows[0]["status"] == COMPLETED
     record = json.loads(RunFiles(Path(rows[0]["run_dir"])).result.read_text())
     assert record["device"] == "cpu x 2"
+
+
+def test_a_value_that_needs_its_cells_other_fields_is_checked_with_them(base, tmp_path):
+    # allow_empty_layers is refused beside a layer-wise random mask, accepted beside a global SNIP ranking
+    grid = {"mask.method": ["snip"], "mask.allow_empty_layers": [True]}
+    assert [run.config.mask.allow_empty_layers for run in plan(base, [grid], [0], tmp_path)] == [True]
+    with pytest.raises(SweepError, match=r"--grid mask.allow_empty_layers=true: .*'random' with scope 'layer' cannot"):
+        check_grids(base, [{"mask.method": ["random"], "mask.allow_empty_layers": [True]}])

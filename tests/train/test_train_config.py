@@ -46,7 +46,7 @@ def test_recipe_by_name_or_file(tmp_path):
     assert RunConfig.from_yaml(config).recipe["ghost_skip"]["targets"] == ["conv", "stem"]
     assert RunConfig.from_dict({"recipe": "none"}).recipe == {}
     assert [n for n, _ in RunConfig.from_dict({"recipe": "tost"}).recipe_object().passes] == ["ghost_skip", "soft_activation"]
-    with pytest.raises(ConfigError, match=r"recipe: 'tots' is not a recipe.*Did you mean 'tost'"):
+    with pytest.raises(ConfigError, match=r"unknown recipe preset 'tots'.*Did you mean 'tost'"):
         RunConfig.from_dict({"recipe": "tots"})
 
 

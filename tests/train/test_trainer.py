@@ -67,7 +67,7 @@ def test_a_run_moves_the_schedules_removes_ghosts_and_verifies(tmp_path):
     assert result.test_accuracy is not None and result.sparsity == pytest.approx(0.8, abs=0.01)
     assert not ghosts(result.model) and not masked_parameters(result.model)
     assert result.tweaks_text == "ghost skips: 18 (16 identity, 2 conv1x1), soft activations: 19 pswish, " \
-        "label smoothing 0.1 -> 0"
+        "LRsI (10 iterations), label smoothing 0.1 -> 0"  # tost: the four tweaks
     assert result.ghost_parameters == 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64  # two 1x1 projections + their norms
     summary = (run_dir / "summary.md").read_text()
     assert "| tweaks | ghost skips: 18 (16 identity, 2 conv1x1), soft activations: 19 pswish" in summary

@@ -64,7 +64,8 @@ def describe_ghosts(ghosts: dict[str, Any], epochs: int) -> str:
         trained = f"epoch {epochs}" if epoch + 1 == epochs else f"epochs {epoch + 1}-{epochs}"
         return f"removed before epoch {epoch + 1} (step {step:,}); {trained} trained as the original architecture"
     if ghosts.get("kept"):
-        return "kept to the end (ghosts.remove_at: never): not the original architecture"
+        modules = f"{ghosts['kept_modules']} ghost modules " if ghosts.get("kept_modules") else ""
+        return f"{modules}kept to the end (ghosts.remove_at: never): not the original architecture"
     return "none (the recipe adds no ghosts)"
 
 

@@ -104,6 +104,8 @@ def _outcome_rows(record: dict[str, Any] | None) -> Rows:
     if record.get("status") != COMPLETED:
         message = (record.get("reason") or {}).get("message")
         rows.append(("status", f"**{record.get('status')}**" + (f": {message}" if message else "")))
+    if record.get("ghosts", {}).get("kept"):
+        rows.append(("architecture", f"**{record.get('architecture') or 'ghosts kept: not the original'}**"))
     if "tweaks" in record:
         rows.append(("tweaks", describe_tweaks(record["tweaks"])))
     if record.get("ghosts", {}).get("count"):

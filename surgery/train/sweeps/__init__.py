@@ -5,7 +5,7 @@
                  {"mask.method": ["random", "snip"], "mask.sparsity": [0.95, 0.98], "recipe": ["tost", "none"]},
                  seeds=3, jobs=2)
 
-``grid`` plans the runs (``RECIPES``: ToST, none and each tweak alone), ``state`` ties an output
+``grid`` plans the runs (``RECIPES``, the presets: ToST in both readings, none and each tweak alone), ``state`` ties an output
 directory to one base config, ``launch`` runs them (local processes or Slurm through submitit),
 ``table`` and ``plot`` turn the run directories into ``results.csv``, ``results.md`` and
 ``accuracy-vs-sparsity.png``, and ``driver`` chains them.

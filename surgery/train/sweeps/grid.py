@@ -3,7 +3,8 @@
 A grid maps dotted config fields to the values they take (``{"mask.sparsity": [0.95, 0.98]}``);
 its cells are their product. Several grids make one sweep whose cells are the union (the
 ToST table and its ablation in one directory). A value of ``recipe`` may name one of
-``RECIPES``: ToST's whole recipe, none of it, or one tweak alone, each a set of fields.
+a preset (``surgery.presets``): ToST as the paper's text or the authors' code says, none of it, or
+one tweak alone, each a set of fields.
 Every problem of a grid (unknown field, empty list, a value of the wrong type, a cell the
 config refuses) is found before anything runs and reported in one ``SweepError``.
 """
@@ -23,22 +24,11 @@ from typing import Any
 import yaml
 
 from surgery.errors import ConfigError, SweepError, did_you_mean
-from surgery.recipe import TOST_RECIPE
+from surgery.presets import PRESETS, is_preset
+from surgery.recipe import names_a_file
 from surgery.train.config import RunConfig, listed
 
-# ToST's recipe and the paper's single-tweak ablation (Table 4), each as the fields it sets: the
-# architecture tweaks (GSk: ghost skips, GSw: PSwish), LRsI and label smoothing (ToST's code: 0.1).
-_SMOOTHING, _NO_SMOOTHING = {"kind": "constant", "start": 0.1}, {"kind": "constant", "start": 0.0}
-RECIPES: dict[str, dict[str, Any]] = {
-    "tost": {"recipe": "tost", "lrsi.enabled": True, "label_smoothing": _SMOOTHING},
-    "none": {"recipe": "none", "lrsi.enabled": False, "label_smoothing": _NO_SMOOTHING},
-    "gsk": {"recipe": {"ghost_skip": TOST_RECIPE["ghost_skip"]}, "lrsi.enabled": False, "label_smoothing": _NO_SMOOTHING},
-    "gsw": {"recipe": {"soft_activation": TOST_RECIPE["soft_activation"]}, "lrsi.enabled": False,
-            "label_smoothing": _NO_SMOOTHING},
-    "lrsi": {"recipe": "none", "lrsi.enabled": True, "label_smoothing": _NO_SMOOTHING},
-    "ls": {"recipe": "none", "lrsi.enabled": False, "label_smoothing": _SMOOTHING},
-}
-BASELINE = "none"  # the recipe every other one is compared against
+RECIPES = PRESETS  # a grid's recipe values by name: ToST (both readings), none, and each tweak alone
 SEED_FIELD = "train.seed"
 SET_BY_SWEEP = ("name", "output", SEED_FIELD)  # what the sweep itself sets for each run
 
@@ -125,9 +115,8 @@ def config_fields(config: RunConfig) -> list[str]:
 
 
 def fields_of(field: str, value: Any) -> dict[str, Any]:
-    """The config fields one grid value sets: a recipe preset sets its tweaks' fields, anything else itself."""
-    if field == "recipe" and isinstance(value, str) and value in RECIPES:
-        return dict(RECIPES[value])
+    """The config fields one grid value sets (a recipe preset's own fields follow from ``recipe`` itself:
+    ``RunConfig.with_fields``)."""
     return {field: value}
 
 
@@ -154,12 +143,12 @@ def check_grids(base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]]]) -
             problems.append(f"a grid must map config fields to lists of values, not {grid!r}.")
             continue
         for field, values in grid.items():
-            problems += _field_problems(base, known, str(field), values)
+            problems += _field_problems(base, known, str(field), values, grid)
     if problems:
         raise SweepError(listed(list(dict.fromkeys(problems))))
 
 
-def _field_problems(base: RunConfig, known: list[str], field: str, values: Any) -> list[str]:
+def _field_problems(base: RunConfig, known: list[str], field: str, values: Any, grid: Mapping[str, Any]) -> list[str]:
     if field == SEED_FIELD:
         return [f"--grid {field}: give the seeds with --seeds (3: seeds 0, 1, 2; or 0,3,7), not as a grid field."]
     if field in SET_BY_SWEEP:
@@ -171,18 +160,48 @@ def _field_problems(base: RunConfig, known: list[str], field: str, values: Any) 
         return [f"--grid {field} has no values; give at least one: --grid {field}=V1,V2,..."]
     problems = []
     for value in values:
-        if field == "recipe" and isinstance(value, str) and value not in RECIPES and not value.endswith((".yaml", ".yml")):
+        if field == "recipe" and isinstance(value, str) and not is_preset(value) and not names_a_file(value):
             problems.append(f"--grid recipe={value}: not a recipe; give one of {list(RECIPES)}" + did_you_mean(value, RECIPES)
                             + ", a recipe YAML file or a mapping of passes.")
             continue
-        try:
-            base.with_fields(fields_of(field, value))
-        except ConfigError as error:
+        error = _refused_everywhere(base, field, value, grid)
+        if error is not None:
             problems.append(f"--grid {field}={_text(value)}: {error}")
     labels = [label(field, v) for v in values]
     if len(set(map(_text, labels))) != len(labels):
         problems.append(f"--grid {field} repeats a value: {', '.join(map(_text, values))}.")
     return problems
+
+
+def _refused_everywhere(base: RunConfig, field: str, value: Any, grid: Mapping[str, Any]) -> ConfigError | None:
+    """The config's refusal of ``field=value`` when no cell of ``grid`` accepts it (a value may need its cell's
+    other fields: ``mask.allow_empty_layers`` beside a method that can empty a layer), else None."""
+    others = {f: [v for v in values if _accepted(base, fields_of(f, v))] for f, values in grid.items()
+              if f != field and f in _fields(base) and isinstance(values, (list, tuple))}
+    others = {f: values for f, values in others.items() if values}  # a value refused alone is reported for itself
+    first = None
+    for combination in itertools.product(*others.values()):
+        fields = fields_of(field, value)
+        for other, other_value in zip(others, combination):
+            fields.update(fields_of(other, other_value))
+        try:
+            base.with_fields(fields)
+            return None
+        except ConfigError as error:
+            first = first or error
+    return first
+
+
+def _accepted(base: RunConfig, fields: dict[str, Any]) -> bool:
+    try:
+        base.with_fields(fields)
+    except ConfigError:
+        return False
+    return True
+
+
+def _fields(base: RunConfig) -> set[str]:
+    return set(config_fields(base))
 
 
 def plan(base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]]], seeds: Sequence[int], out: Path

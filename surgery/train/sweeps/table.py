@@ -19,7 +19,8 @@ from typing import Any
 
 from surgery.train.record import COMPLETED, FAILED, read_record
 from surgery.train.run_files import RunFiles
-from surgery.train.sweeps.grid import BASELINE, RUNS_DIR
+from surgery.presets import BASELINE
+from surgery.train.sweeps.grid import RUNS_DIR
 
 PENDING = "pending"  # planned, never launched
 METRICS = ("test_acc", "test_acc_last", "test_acc_best_val", "sparsity", "seconds")
