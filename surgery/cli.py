@@ -173,8 +173,8 @@ def _add_inspect(commands) -> None:
         "surgery inspect timm:resnet50 --recipe recipe.yaml --json",
     )
     _add_model_arguments(p)
-    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: ToST, conv1x1 ghost skips around the "
-                   "body's spatial convs + PSwish)")
+    p.add_argument("--recipe", metavar="NAME|YAML", help="a preset's graph part (default tost: ghost skips around the "
+                   "body's spatial convs + PSwish; tost-official: 1x1 conv + BN jumps on every one) or a recipe file")
     p.add_argument("--sparsity", type=float, metavar="S",
                    help="compare the ghosts' parameters with what an S-sparse mask keeps, e.g. 0.98")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -188,8 +188,8 @@ def _add_verify(commands) -> None:
         "surgery verify torchvision:resnet18 --sparsity 0.9 --input-size 64",
     )
     _add_model_arguments(p)
-    p.add_argument("--recipe", metavar="YAML", help="recipe file (default: ToST, conv1x1 ghost skips around the "
-                   "body's spatial convs + PSwish)")
+    p.add_argument("--recipe", metavar="NAME|YAML", help="a preset's graph part (default tost: ghost skips around the "
+                   "body's spatial convs + PSwish; tost-official: 1x1 conv + BN jumps on every one) or a recipe file")
     _add_mask_arguments(p)
     p.add_argument("--device", choices=("cpu", "meta"), default="cpu", help="meta: structure only, no numeric checks")
     p.set_defaults(run=run_verify)

@@ -50,6 +50,11 @@ def compile(
 ) -> nn.Module:
     """Return a ghosted ``fx.GraphModule`` of ``model`` built by ``recipe``'s passes.
 
+    ``recipe``: a preset name (``"tost"``, ``"tost-official"``, ... from ``surgery.presets``), a
+    ``Recipe``, a mapping or a recipe file. A preset gives its *graph* part only: for ``"tost"``
+    the ghost skips and PSwish. The rest of ToST (the ghosts' schedules and removal, LRsI, label
+    smoothing) is training: ``surgery.ToST`` in your own loop, or ``surgery train``.
+
     ``example_inputs`` (a tensor or a tuple of positional arguments; a list of images goes
     in a tuple: ``(images,)``) size the skips' projections by shape propagation; they are
     moved to the model's device (meta models get meta inputs).
