@@ -101,11 +101,12 @@ class Manifest:
         return asdict(self)
 
 
-def ghost_cost(ghost_parameters: int, kept_weights: int | None) -> str:
-    """e.g. '174,080 dense training-only parameters = 78% of the 223,000 kept weights'."""
+def ghost_cost(ghost_parameters: int, kept_weights: int | None, kept: bool = False) -> str:
+    """e.g. '174,080 dense training-only parameters = 78% of the 223,000 kept weights'; ``kept``: the ghosts
+    stay in the trained model, so their parameters are not training-only."""
     if not ghost_parameters:
         return "0 parameters (identity or parameter-free skips, soft activations)"
-    text = f"{ghost_parameters:,} dense training-only parameters"
+    text = f"{ghost_parameters:,} dense parameters " + ("kept in the trained model" if kept else "training-only")
     if kept_weights:
         text += f" = {ghost_parameters / kept_weights:.0%} of the {kept_weights:,} kept weights"
     return text

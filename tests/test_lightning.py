@@ -123,3 +123,13 @@ def test_importing_surgery_does_not_import_lightning():
     code = "import json, sys, surgery, surgery.train; print(json.dumps(sorted(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert not [name for name in json.loads(done.stdout) if name.split(".")[0] in ("lightning", "pytorch_lightning")]
+
+
+def test_the_released_codes_preset_keeps_its_ghosts_and_puts_the_trained_architecture_back(tmp_path):
+    module = Classifier(milestones=[1])
+    callback = ToSTCallback("model", recipe="tost-official", masks=random_masks(module.model, 0.8, seed=0),
+                            export=tmp_path / "kept.onnx")
+    fit(module, callback)
+    assert callback.removal is None and ghosts(module.model) and not masked_parameters(module.model)
+    assert callback.tost.architecture.startswith("kept ") and callback.report is None
+    assert json.loads((tmp_path / "kept.onnx.json").read_text())["architecture"] == callback.tost.architecture

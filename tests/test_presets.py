@@ -156,7 +156,9 @@ def test_a_run_that_keeps_its_ghosts_says_so_and_exports_what_it_trained(tmp_pat
     assert record["export"]["architecture"] == record["architecture"] and record["export"]["max_rel_error"] < 1e-4
     sidecar = json.loads((RunFiles(config.run_dir).onnx.parent / "model.onnx.json").read_text())
     assert sidecar["architecture"] == record["architecture"]
-    assert "not the original" in RunFiles(config.run_dir).summary.read_text()
+    summary = RunFiles(config.run_dir).summary.read_text()
+    assert "| architecture | **kept 37 ghost modules: not the original** |" in summary
+    assert "dense parameters kept in the trained model" in summary
     assert any(isinstance(g, PSwish) for _, g in ghosts(result.model)) and result.model.training is False
 
 

@@ -6,7 +6,13 @@ parameters); at ``on_train_start`` it attaches the optimizer and places the remo
 LR-scheduler milestone; after every training batch it steps the schedules (de-ghosting in place at
 the removal step); at ``on_fit_end`` it bakes the masks, puts the clean module back, verifies it
 against the original and exports ONNX if asked. One process only: de-ghosting changes the
-parameters a DDP wrapper registered.
+parameters a DDP wrapper registered. A preset that keeps its ghosts (``tost-official``) keeps them
+unless ``remove_at`` is an epoch, and the trained architecture is what is put back and exported.
+
+The LightningModule computes its own loss, so the preset's other two tweaks are the callback's
+``tost`` to call there: ``callback.tost.criterion`` (the label smoothing) in ``training_step``, and
+``callback.tost.lrsi(loader, lr=...)`` (LRsI on the compiled submodule, which must map a batch's
+inputs to logits) in the LightningModule's ``on_train_start``, before the first step.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ class ToSTCallback(pl.Callback):
         if holder is None:
             raise ToSTError("the LightningModule's configure_optimizers returned no optimizer for ToST to attach.")
         self.tost.attach(holder)
-        if self.remove_at == FIRST_MILESTONE:
+        if self.remove_at == FIRST_MILESTONE and self.tost.removal_step is not None:  # None: the preset keeps them
             self.tost.reschedule(remove_at_step=first_milestone_step(trainer, self.tost.steps_per_epoch))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -113,7 +119,8 @@ class ToSTCallback(pl.Callback):
         if self.export is not None:
             from surgery.export import export_onnx
 
-            export_onnx(self.clean, self.tost.example_inputs, self.export, sparse=True)
+            export_onnx(self.clean, self.tost.example_inputs, self.export, sparse=True,
+                        keep_ghosts=self.tost.removal_step is None)
 
     def _module_inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         """Inputs of the LightningModule's forward."""

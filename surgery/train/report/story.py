@@ -71,7 +71,8 @@ def describe_ghosts(ghosts: dict[str, Any], epochs: int) -> str:
 
 def describe_ghost_cost(record: dict[str, Any]) -> str:
     """The ghosts' training-only parameters next to the weights the final mask keeps."""
-    return ghost_cost(record["ghosts"]["parameters"], record.get("weights", {}).get("kept") or None)
+    return ghost_cost(record["ghosts"]["parameters"], record.get("weights", {}).get("kept") or None,
+                      kept=bool(record["ghosts"].get("kept")))
 
 
 def describe_verification(verification: dict[str, Any], *, bold: bool = False) -> str:
