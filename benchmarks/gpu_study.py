@@ -102,11 +102,14 @@ def study_settings(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 
 def sweep_args(config: Path, fixed: list[str], out_dir: Path, sparsities: str, jobs: int, epochs: int,
-               seeds: int) -> list[str]:
+               seeds: int) -> list[list[str]]:
+    """Two sweeps into one directory: random masks, and SNIP's, whose global ranking may empty a layer at
+    these sparsities as SNIP's and ToST's code allow (mask.allow_empty_layers; random masks cannot)."""
     sets = [*fixed, f"train.epochs={epochs}"]
-    return surgery("sweep", str(config), "--grid", "mask.method=random,snip", "--grid", f"mask.sparsity={sparsities}",
-                   "--grid", "recipe=tost,none", "--seeds", str(seeds), "--jobs", str(jobs), "--out", str(out_dir),
-                   *(a for s in sets for a in ("--set", s)))
+    common = ["--grid", f"mask.sparsity={sparsities}", "--grid", "recipe=tost,none", "--seeds", str(seeds),
+              "--jobs", str(jobs), "--out", str(out_dir), *(a for s in sets for a in ("--set", s))]
+    return [surgery("sweep", str(config), "--grid", "mask.method=random", *common),
+            surgery("sweep", str(config), "--grid", "mask.method=snip", "--grid", "mask.allow_empty_layers=true", *common)]
 
 
 def probe(config: Path, fixed: list[str], work: Path, out: Path, clock: Clock) -> dict:
@@ -164,10 +167,12 @@ def study(args: argparse.Namespace, out: Path, clock: Clock) -> None:
     sweep_dir = work / "sweep"
     start = time.monotonic()
     grid = (plan["jobs"], plan["epochs"], plan["seeds"])
-    run_logged(sweep_args(config, fixed, sweep_dir, "0.98", *grid), out / "study.log", clock.left() - 20)
+    for command in sweep_args(config, fixed, sweep_dir, "0.98", *grid):
+        run_logged(command, out / "study.log", clock.left() - 20)
     took = time.monotonic() - start
     if clock.left() - 20 > took:  # then 95%, into the same sweep
-        run_logged(sweep_args(config, fixed, sweep_dir, "0.95", *grid), out / "study.log", clock.left() - 20)
+        for command in sweep_args(config, fixed, sweep_dir, "0.95", *grid):
+            run_logged(command, out / "study.log", clock.left() - 20)
     for name in ("results.csv", "accuracy-vs-sparsity.png"):
         if (sweep_dir / name).is_file():
             shutil.copy(sweep_dir / name, out / name)
