@@ -106,7 +106,7 @@ def ghost_cost(ghost_parameters: int, kept_weights: int | None, kept: bool = Fal
     stay in the trained model, so their parameters are not training-only."""
     if not ghost_parameters:
         return "0 parameters (identity or parameter-free skips, soft activations)"
-    text = f"{ghost_parameters:,} dense parameters " + ("kept in the trained model" if kept else "training-only")
+    text = f"{ghost_parameters:,} " + ("dense parameters kept in the trained model" if kept else "dense training-only parameters")
     if kept_weights:
         text += f" = {ghost_parameters / kept_weights:.0%} of the {kept_weights:,} kept weights"
     return text

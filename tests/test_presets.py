@@ -160,6 +160,8 @@ def test_a_run_that_keeps_its_ghosts_says_so_and_exports_what_it_trained(tmp_pat
     assert "| architecture | **kept 37 ghost modules: not the original** |" in summary
     assert "dense parameters kept in the trained model" in summary
     assert any(isinstance(g, PSwish) for _, g in ghosts(result.model)) and result.model.training is False
+    jumps = [g.projection.conv.weight for _, g in ghosts(result.model) if isinstance(g, GhostSkip)]
+    assert all(int(w.count_nonzero()) == w.numel() for w in jumps)  # never pruned: the masks cover the original
 
 
 @pytest.mark.slow

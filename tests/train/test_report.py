@@ -240,7 +240,8 @@ def test_ghosts_kept_and_an_unverified_run_say_so(run_dir: Path) -> None:
     text = write_report(run_dir, title="run").read_text()
     assert "| ghosts | kept to the end (ghosts.remove_at: never): not the original architecture |" in text
     assert "| verification | **skipped**: ghosts kept to the end |" in text and "ONNX" not in text
-    assert "| ghost cost | 10 dense training-only parameters = 10% of the 100 kept weights |" in text
+    assert "| ghost cost | 10 dense parameters kept in the trained model = 10% of the 100 kept weights |" in text
+    assert "| architecture | **ghosts kept: not the original** |" in text  # a record without its words
 
 
 def test_120_layers_stay_readable(run_dir: Path) -> None:
