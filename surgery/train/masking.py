@@ -57,9 +57,7 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     m = config.mask
     if m.file:
         masks, metadata = load_masks(m.file, model=model, partial=m.partial, spec=config.model.spec, kinds=m.prunable)
-        check_masks(model, masks, what=f"mask file '{m.file}'", cause="the file was made that way",
-                    allow=m.allow_empty_layers, can_allow=True,
-                    example=path_input(model, training_batches(train_loader, 1)[0][0]))
+        given_masks(config, model, masks, train_loader, what=f"mask file '{m.file}'")
         return MaskPlan(masks, metadata=metadata)
     if m.method == DENSE or m.sparsity == 0:
         return MaskPlan(None)
@@ -90,6 +88,15 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     check_masks(model, result.masks, **check)
     rounds = [{key: value for key, value in row.items() if key != "mask"} for row in result.rounds]
     return MaskPlan(result.masks, weights=result.weights, rounds=rounds)
+
+
+def given_masks(config: RunConfig, model: nn.Module, masks: dict[str, torch.Tensor], train_loader: Any, *,
+                what: str = "the masks given to surgery.train.run") -> MaskPlan:
+    """Masks made elsewhere (a file, Python), checked like a finder's: no empty layer, no cut path, unless
+    ``mask.allow_empty_layers``."""
+    check_masks(model, masks, what=what, cause="they were made that way", allow=config.mask.allow_empty_layers,
+                can_allow=True, example=path_input(model, training_batches(train_loader, 1)[0][0]))
+    return MaskPlan(masks)
 
 
 def training_batches(train_loader: Any, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

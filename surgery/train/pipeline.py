@@ -46,7 +46,7 @@ from surgery.train.checkpoint import CheckpointStore
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
-from surgery.train.masking import MaskPlan, plan_masks, save_start_weights
+from surgery.train.masking import MaskPlan, given_masks, plan_masks, save_start_weights
 from surgery.train.progress import TaskProgress
 from surgery.train.record import (
     COMPLETED,
@@ -213,7 +213,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write(RUNNING)  # a completed record of an earlier run here no longer describes this directory
     start = initialized(config, original)
-    plan = MaskPlan(masks) if masks is not None else plan_masks(
+    plan = given_masks(config, start, masks, train_loader) if masks is not None else plan_masks(
         config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console, resume=resume)
     if plan.weights is not None:
         start = with_weights(start, plan.weights)
@@ -413,15 +413,17 @@ def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, A
     """The record's accuracy, sparsity, weights, tweaks, ghosts and training sections of a trained ``model``."""
     last = next((row["test_acc"] for row in reversed(trained.history) if row.get("test_acc") is not None), None)
     selected = trained.best["test_acc"] if trained.selected == "best_val" else last
-    weights = prunable_weights(model).values()
+    prunable = prunable_weights(model)
+    weights = prunable.values()
     total, kept = sum(w.numel() for w in weights), sum(int(w.count_nonzero()) for w in weights)
+    empty = [name for name, w in prunable.items() if not w.detach().any()]  # let through by mask.allow_empty_layers
     removed = trained.ghosts_removed_at
     return {
         "verification": None,  # filled in by verification, when it runs
         "export": None,
         "accuracy": {"test": selected, "test_last": last, "selected": trained.selected, "best_val": trained.best},
         "sparsity": 1 - kept / total if total else 0.0,
-        "weights": {"prunable": total, "kept": kept},
+        "weights": {"prunable": total, "kept": kept, "empty_layers": empty},
         "tweaks": tweaks,
         "ghosts": {"count": tweaks["ghost_skips"] + tweaks["soft_activations"], "parameters": ghost_parameters,
                    "removed_at": None if removed is None else {"step": removed[0], "epoch": removed[1]},

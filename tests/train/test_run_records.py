@@ -200,3 +200,16 @@ def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
     assert record["mask_file"] == str(tmp_path / "imp.safetensors")
     assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
     assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0
+
+
+def test_masks_given_in_python_are_checked_and_an_allowed_empty_layer_is_recorded(tmp_path):
+    config = tiny_config(tmp_path, recipe="none")
+    masks = surgery.pruning.random_masks(pipeline.build(config, pipeline.load_data(config)), 0.8, seed=0)
+    masks["layer3.2.conv2.weight"] = torch.zeros_like(masks["layer3.2.conv2.weight"])
+    with pytest.raises(MaskError, match=r"masks given to surgery.train.run keeps no weight in 1 of 22 .*layer3.2.conv2"):
+        pipeline.run(config, masks=masks)
+    allowed = tiny_config(tmp_path, recipe="none", mask={"method": "snip", "allow_empty_layers": True})
+    pipeline.run(allowed, masks=masks)
+    assert record_of(allowed)["weights"]["empty_layers"] == ["layer3.2.conv2.weight"]
+    assert "| empty layers | **1** keep no weight (mask.allow_empty_layers): `layer3.2.conv2.weight` |" in \
+        RunFiles(allowed.run_dir).summary.read_text()

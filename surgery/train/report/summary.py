@@ -110,6 +110,10 @@ def _outcome_rows(record: dict[str, Any] | None) -> Rows:
         rows.append(("tweaks", describe_tweaks(record["tweaks"])))
     if record.get("ghosts", {}).get("count"):
         rows.append(("ghost cost", describe_ghost_cost(record)))
+    empty = (record.get("weights") or {}).get("empty_layers")
+    if empty:
+        shown = ", ".join(f"`{name}`" for name in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        rows.append(("empty layers", f"**{len(empty)}** keep no weight (mask.allow_empty_layers): {shown}"))
     accuracy = record.get("accuracy") or {}
     if (accuracy.get("best_val") or {}).get("test_acc") is not None:
         rows.append(("test accuracy (kept weights)", describe_accuracy(accuracy)))
