@@ -389,6 +389,7 @@ def _add_demo(commands) -> None:
     )
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
     p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {demo.EPOCHS})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch still)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of the demo's config, e.g. --set mask.sparsity=0.95 (repeatable)")
     _add_resume_arguments(p)
@@ -525,6 +526,7 @@ def inspection_report(
         "left_outside": [name for name, _ in model.named_children() if parts and not within(name + ".", parts)],
         **{k: v for k, v in summary.items() if k not in ("deghosted", "kept_weights", "submodules")},
         "kept_weights": kept,
+        "sparsity": sparsity,  # --sparsity: what a mask would keep, for the ghost-cost comparison only
         "ghost_cost": ghost_cost(summary["ghost_parameters"], kept),
         "activations_by_original": dict(Counter(a.original for a in manifest.activations)),
         "activations_unreached": sum(1 for u in manifest.unreached if u.what == "activation"),
@@ -574,7 +576,7 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("skip projections", projections),
         ("activations swapped", f"{report['activations_swapped']} ({originals})"),
         ("weights maskable", f"{report['maskable_weights']} ({report['maskable_parameters']:,} parameters)"),
-        ("weights masked", str(report["weights_masked"])),
+        ("weights masked", _masked_text(report)),
         ("leaf modules", str(len(report["leaf_modules"]))),
         ("out of reach in leaves", f"{report['convs_unreached']} convs, {report['activations_unreached']} activations"),
     ]
@@ -606,6 +608,13 @@ def _convs_covered_text(report: dict[str, Any]) -> str:
         kinds = ", ".join(f"{n} {kind}" for kind, n in left_out.items())
         text += f" (not targeted: {kinds}; add a kind to ghost_skip.targets to wrap it)"
     return text
+
+
+def _masked_text(report: dict[str, Any]) -> str:
+    """Masks attached by the recipe; ``--sparsity`` only sizes the ghost-cost comparison, so say so."""
+    if report["weights_masked"] or report.get("sparsity") is None:
+        return str(report["weights_masked"])
+    return f"0 (--sparsity {report['sparsity']:g} only sizes the ghost-cost comparison; masks come from the recipe)"
 
 
 def _ghost_cost_text(report: dict[str, Any]) -> str:

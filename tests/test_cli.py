@@ -178,6 +178,8 @@ def test_inspect_compares_the_ghosts_with_what_a_mask_keeps(capsys):
     report = json.loads(out)
     assert code == 0 and report["kept_weights"] == round(11_172_032 * 0.02)
     assert report["ghost_cost"] == "173,824 dense training-only parameters = 78% of the 223,441 kept weights"
+    code, out, _ = run(capsys, "inspect", "torchvision:resnet18", "--num-classes", "10", "--sparsity", "0.98")
+    assert "0 (--sparsity 0.98 only sizes the ghost-cost" in " ".join(out.split())  # not a mask that failed
 
 
 def test_inspect_json(capsys):
@@ -613,3 +615,9 @@ def test_a_mask_file_for_another_model_lists_what_differs(capsys, tmp_path):
     assert "fc.weight: (10, 64) in the file, (7, 64) in the model" in err
     code, _, err = run(capsys, "train", "cifar:vgg11", *TINY_RUN, "--epochs", "2", "--masks", mask_file, "--out", tmp_path / "v")
     assert code == 2 and "22 names the model does not have: conv1.weight, fc.weight, layer1.0.conv1.weight" in err
+
+
+def test_demo_takes_no_progress_like_the_other_run_commands():
+    from surgery.demo import demo_config
+
+    assert configured(demo_config(), build_parser().parse_args(["demo", "--no-progress"])).train.progress is False

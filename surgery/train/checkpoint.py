@@ -54,6 +54,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,7 +200,7 @@ def _first_refused_value(obj: Any, where: str = "state") -> tuple[str, str] | No
 def _torch_refusal(exc: Exception) -> str:
     """The one informative sentence of torch's long weights_only error."""
     text = str(exc)
-    match = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use|\n|$)", text)
     if match:
         return match.group(1).strip()
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
@@ -282,13 +283,14 @@ def _integrity_problem(path: Path, entry: dict) -> str | None:
 
 
 def _torch_load(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):  # decided on the file, not on torch's words: garbage and refusals raise alike
+        raise _BadCheckpoint("torch.load cannot read it: it is not the zip archive torch.save writes "
+                             "(truncated, or not a checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # a readable archive whose objects the safe unpickler refuses
+        raise _BadCheckpoint(f"holds objects torch.load(weights_only=True) refuses ({_torch_refusal(exc)})") from exc
     except Exception as exc:
-        if "weights" in str(exc).lower() and "only" in str(exc).lower():
-            raise _BadCheckpoint(
-                f"holds objects torch.load(weights_only=True) refuses ({_torch_refusal(exc)})"
-            ) from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _BadCheckpoint(f"torch.load cannot read it ({first_line})") from exc
     if not isinstance(state, dict):

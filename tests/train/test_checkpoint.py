@@ -474,3 +474,14 @@ def test_cuda_rng_state_round_trip(tmp_path):
     torch.cuda.manual_seed_all(12)
     set_rng_state(load_checkpoint(path)["rng"])
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_a_file_that_is_no_checkpoint_and_one_with_refused_objects_are_told_apart(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"not the zip archive torch.save writes \(truncated, or not a checkpoint\)"):
+        load_checkpoint(garbage)
+    refused = tmp_path / "objects.pt"
+    torch.save({"model": {}, "path": Path("/data")}, refused)  # a pathlib object: not a weights-only type
+    with pytest.raises(CheckpointError, match=r"refuses \(Unsupported global: GLOBAL pathlib"):
+        load_checkpoint(refused)
