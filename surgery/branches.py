@@ -87,29 +87,25 @@ def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
 def _branch_line(file: str, line: int) -> int | None:
     """The line of the innermost ``if`` / conditional expression around ``line`` whose test reads
     ``.training``, when ``line`` is in one of its branches (not its test)."""
-    tree = _parsed(file)
-    if tree is None:
-        return None
-    best = None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.If, ast.IfExp, ast.While)) and _reads_training(node.test):
-            inside = node.lineno <= line <= (node.end_lineno or node.lineno)
-            if inside and (best is None or node.lineno >= best.lineno):
-                best = node
-    return best.lineno if best is not None else None
+    inside = [start for start, end in _training_branches(file) if start <= line <= end]
+    return max(inside) if inside else None
 
 
 def _reads_training(test: ast.AST) -> bool:
     return any(isinstance(n, ast.Attribute) and n.attr == "training" for n in ast.walk(test))
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed(file: str) -> ast.AST | None:
+@functools.lru_cache(maxsize=256)
+def _training_branches(file: str) -> tuple[tuple[int, int], ...]:
+    """(first, last) line of every ``if`` / conditional expression / ``while`` in ``file`` whose test reads
+    ``.training``: one walk of the file's syntax tree, however many frames point into it."""
     try:
         with open(file, encoding="utf-8") as handle:
-            return ast.parse(handle.read())
+            tree = ast.parse(handle.read())
     except (OSError, SyntaxError, ValueError):
-        return None
+        return ()
+    return tuple((node.lineno, node.end_lineno or node.lineno) for node in ast.walk(tree)
+                 if isinstance(node, (ast.If, ast.IfExp, ast.While)) and _reads_training(node.test))
 
 
 def _short_path(file: str) -> str:

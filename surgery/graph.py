@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -136,9 +137,11 @@ class _MutableArgsShapeProp(ShapeProp):
 
 
 def _mutable(value: Any) -> Any:
-    if isinstance(value, list):
+    """fx's immutable containers as plain ones; any other value as it is, so a node's output that is a dict
+    or list subclass (a Hugging Face ``ModelOutput``, an ``OrderedDict`` with attribute access) stays one."""
+    if isinstance(value, immutable_list):
         return [_mutable(v) for v in value]
-    if isinstance(value, dict):
+    if isinstance(value, immutable_dict):
         return {k: _mutable(v) for k, v in value.items()}
     if type(value) is tuple:
         return tuple(_mutable(v) for v in value)

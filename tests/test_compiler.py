@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -252,3 +253,38 @@ def test_cuda_compile_keeps_everything_on_the_device():
 def test_example_inputs_that_do_not_fit_the_model_are_a_shape_propagation_error():
     with pytest.raises(surgery.ShapePropagationError, match=r"example inputs \(\(2, 5, 16, 16\) torch.float32\)"):
         surgery.compile(seeded(SmallCNN), torch.randn(2, 5, 16, 16), {"ghost_skip": {}})
+
+
+class _Features(OrderedDict):
+    """A dict subclass with attribute access, as Hugging Face's ModelOutput."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return _Features(feat=self.conv(x))
+
+
+class _ReadsAnAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block, self.conv = _Block(), nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.block(x).feat)
+
+
+def test_a_leaf_returning_a_dict_subclass_keeps_its_type_through_shape_propagation():
+    model, x = _ReadsAnAttribute(), torch.randn(2, 3, 8, 8)
+    ghosted = surgery.compile(model, x, {"ghost_skip": {"targets": ["conv", "stem"]}}, leaf_modules=[_Block])
+    assert len(surgery.manifest_of(ghosted).skips) == 1
+    assert torch.equal(surgery.deghost(ghosted)(x), model(x))

@@ -402,3 +402,20 @@ def test_a_value_that_needs_its_cells_other_fields_is_checked_with_them(base, tm
     assert [run.config.mask.allow_empty_layers for run in plan(base, [grid], [0], tmp_path)] == [True]
     with pytest.raises(SweepError, match=r"--grid mask.allow_empty_layers=true: .*'random' with scope 'layer' cannot"):
         check_grids(base, [{"mask.method": ["random"], "mask.allow_empty_layers": [True]}])
+
+
+@pytest.mark.parametrize(("sparsities", "span"), [([95.0], (85.0, 105.0)), ([90.0, 98.0], None)])
+def test_the_sparsity_axis_is_ticked_at_the_grids_values_without_offset_notation(sparsities, span):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from surgery.train.sweeps.plot import sparsity_axis
+
+    ax = Figure().add_subplot()
+    ax.plot([s + 0.1 for s in sparsities], [1.0] * len(sparsities))  # nudged lines around the values
+    sparsity_axis(ax, sparsities)
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"{s:g}%" for s in sparsities]
+    if span:
+        assert ax.get_xlim() == span

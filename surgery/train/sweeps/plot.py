@@ -18,6 +18,7 @@ LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 LABEL_CHARACTERS = 44
 NUDGE = 0.012  # of the x range, between neighbouring lines
+SINGLE_SPAN = 20.0  # percentage points of x shown around a grid with one sparsity
 
 
 def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out_png: Path, title: str) -> Path | None:
@@ -36,8 +37,8 @@ def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out
         return None
     recipes = list(dict.fromkeys(_part(key, others, RECIPE) for key in lines))
     groups = list(dict.fromkeys(_rest(key, others) for key in lines))
-    xs_all = [x for points in lines.values() for x, _, _ in points]
-    step = NUDGE * ((max(xs_all) - min(xs_all)) or 1.0)
+    sparsities = sorted({x for points in lines.values() for x, _, _ in points})
+    step = NUDGE * ((sparsities[-1] - sparsities[0]) or SINGLE_SPAN)
     with paper_figure(8.0, 4.0) as figure:
         import matplotlib
 
@@ -51,13 +52,22 @@ def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out
             ax.errorbar([x + shift for x in xs], ys, yerr=errors, capsize=2.5, markersize=4,
                         color=colour[_part(key, others, RECIPE)], linestyle=LINE_STYLES[group % len(LINE_STYLES)],
                         marker=MARKERS[group % len(MARKERS)], label=_label(key, others))
-        ax.set_xlabel("sparsity (% of prunable weights zero)")
+        sparsity_axis(ax, sparsities)
         what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
         ax.set_ylabel(f"test accuracy, {what} (%)")
         ax.set_title(title)
         if len(lines) > 1 or others:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
         return save_figure(figure, out_png)
+
+
+def sparsity_axis(ax, sparsities: Sequence[float]) -> None:
+    """Ticks at the sparsities the grid ran (the lines are nudged around them), no offset notation, and a
+    readable span when there is only one."""
+    ax.set_xticks(list(sparsities), [f"{x:g}%" for x in sparsities])
+    if len(sparsities) == 1:
+        ax.set_xlim(sparsities[0] - SINGLE_SPAN / 2, sparsities[0] + SINGLE_SPAN / 2)
+    ax.set_xlabel("sparsity (% of prunable weights zero)")
 
 
 def _part(key: tuple, fields: Sequence[str], field: str) -> str:
