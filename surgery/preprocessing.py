@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from surgery.errors import ExportError
@@ -67,6 +67,16 @@ class Preprocessing:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    def for_outputs(self, num_outputs: int | None) -> Preprocessing:
+        """This, without class names when the model has ``num_outputs`` other than their count (None: unknown).
+
+        Names that do not match the outputs would not say which output is which; saying so beats guessing.
+        """
+        if num_outputs is None or not self.class_names or num_outputs == len(self.class_names):
+            return self
+        return replace(self, class_names=(), class_names_source=(
+            f"not recorded: the model has {num_outputs} outputs, the data {len(self.class_names)} classes"))
 
     def metadata(self) -> dict[str, str]:
         """ONNX ``metadata_props``: one key per field, JSON values, plus the format and the steps in words."""

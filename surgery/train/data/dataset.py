@@ -77,14 +77,12 @@ class ImageDataset:
         than the class count gets no names: they would not say which output is which.
         """
         streamed = any(split.streamed for split in self.splits.values())
-        names, source = tuple(self.classes), CLASS_NAMES_SOURCE.get(self.name, "the dataset's class names")
-        if num_outputs is not None and num_outputs != len(names):
-            names = ()
-            source = f"not recorded: the model has {num_outputs} outputs, '{self.name}' {len(self.classes)} classes"
         return Preprocessing(
-            input_size=(self.image_size, self.image_size), mean=self.mean, std=self.std, class_names=names,
-            class_names_source=source, crop_fraction=EVAL_CROP_FRACTION if streamed else 1.0,
-        )
+            input_size=(self.image_size, self.image_size), mean=self.mean, std=self.std,
+            class_names=tuple(self.classes),
+            class_names_source=CLASS_NAMES_SOURCE.get(self.name, "the dataset's class names"),
+            crop_fraction=EVAL_CROP_FRACTION if streamed else 1.0,
+        ).for_outputs(num_outputs)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
