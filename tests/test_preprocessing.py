@@ -102,3 +102,48 @@ def test_export_refuses_preprocessing_that_does_not_fit_the_model(tmp_path, chan
 def test_bad_fields_say_which_and_what_to_give(changes, words):
     with pytest.raises(ExportError, match=words):
         preprocessing(**changes)
+
+
+def test_an_imagefolder_records_the_mean_and_std_computed_from_its_images(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("SURGERY_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "val"):
+        for name, colour in (("red", (250, 0, 0)), ("blue", (0, 0, 250))):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), colour).save(tmp_path / "data" / split / name / "a.png")
+    dataset = load_dataset(f"imagefolder:{tmp_path / 'data'}")
+    p = dataset.preprocessing(num_outputs=2)
+    assert p.mean == dataset.mean and p.mean[0] == pytest.approx(0.5, abs=0.01) and p.mean[1] == 0
+    assert p.class_names == ("blue", "red") and p.input_size == (8, 8) and p.crop_fraction == 1.0
+
+
+def test_for_outputs_keeps_matching_names_and_drops_others_saying_why():
+    p = preprocessing()
+    assert p.for_outputs(10) is p and p.for_outputs(None) is p
+    dropped = p.for_outputs(7)
+    assert dropped.class_names == () and "7 outputs, the data 10 classes" in dropped.class_names_source
+    assert "no class names (not recorded" in dropped.summary()
+
+
+@pytest.mark.parametrize("crop_fraction", [1.0, EVAL_CROP_FRACTION])
+def test_the_examples_resize_is_the_evaluations(tmp_path, crop_fraction):
+    """examples/onnx_inference.py re-implements the resize and crop without surgery: it must match images.py."""
+    import runpy
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from surgery.train.data.images import resize_center_crop
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "onnx_inference.py"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (21, 30, 3), dtype=np.uint8))
+    ours = script["resize_center_crop"](image, (12, 12), crop_fraction, "bilinear")
+    assert np.array_equal(np.asarray(ours), np.asarray(resize_center_crop(image, 12, crop_fraction)))
+    image.save(tmp_path / "x.png")
+    p = {**preprocessing(input_size=(12, 12), crop_fraction=crop_fraction).to_dict()}
+    x = script["to_input"](str(tmp_path / "x.png"), p)
+    expected = (np.asarray(ours) / 255 - np.array(p["mean"])) / np.array(p["std"])
+    assert x.shape == (1, 3, 12, 12) and x.dtype == np.float32
+    assert np.allclose(x[0].transpose(1, 2, 0), expected, atol=1e-6)
