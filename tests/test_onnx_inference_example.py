@@ -71,3 +71,12 @@ def test_a_file_without_preprocessing_is_refused_with_the_fix(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "m.onnx"), str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "records no preprocessing" in done.stderr and "preprocessing=" in done.stderr
+
+
+def test_a_python_model_with_other_outputs_than_classes_records_no_names_and_exports(tmp_path):
+    from surgery.models import build_model
+
+    model = build_model("cifar:resnet20", 12, input_size=8)  # 12 outputs, the data's 10 classes
+    result = run(tiny_run_config(tmp_path, export={"onnx": True}), model=model)
+    p = json.loads((result.run_dir / "result.json").read_text())["preprocessing"]
+    assert p["class_names"] == [] and "12 outputs, the data 10 classes" in p["class_names_source"]

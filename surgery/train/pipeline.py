@@ -31,7 +31,7 @@ from torch import fx, nn
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
-from surgery.graph import deepcopy_module
+from surgery.graph import deepcopy_module, eval_mode
 from surgery.ghosts import ghosts
 from surgery.interrupt import Interrupted, signal_name
 from surgery.masks import (
@@ -420,9 +420,8 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
 def output_classes(model: nn.Module, example: torch.Tensor) -> int | None:
     """The class count the trained model's logits have (a Python ``model=`` need not match the data's);
     None when its output is not one ``N x classes`` tensor."""
-    was_training = model.training
-    output = model.eval()(example)
-    model.train(was_training)
+    with eval_mode(model):
+        output = model(example)
     return int(output.shape[-1]) if torch.is_tensor(output) and output.dim() == 2 else None
 
 
