@@ -39,6 +39,7 @@ from surgery.errors import (
 from surgery.ghosts import ghost_parameters, set_ghost_strength
 from surgery.manifest import Manifest, compiled_submodules, manifest_of
 from surgery.passes.deghost import deghost
+from surgery.preprocessing import Preprocessing
 from surgery.recipe import Recipe
 from surgery.tost import ToST
 from surgery.tracing import trace
@@ -69,6 +70,7 @@ __all__ = [
     "Manifest",
     "MaskError",
     "NoTargetsError",
+    "Preprocessing",
     "Recipe",
     "RecipeError",
     "ReportError",

@@ -25,6 +25,9 @@ Notes on what the tools do:
   does not: ONNX shape inference sees sparse initializers as rank 0. And the checker
   cannot read sparse tensors from external data, so sparse tensors stay inline and
   only dense initializers go to the ``.data`` file.
+* ``preprocessing`` (how to feed the model: input size, mean/std, class names) goes into
+  the file's ``metadata_props``, one JSON value per key, so a deployment needs the
+  ``.onnx`` file alone (``examples/onnx_inference.py``); the sidecar repeats it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from surgery.ghosts import ghosts
 from surgery.graph import as_tuple, deepcopy_module, device_of, eval_mode, inputs_on
 from surgery.masks import SPARSE_THRESHOLD, bake_masks, masked_parameters
 from surgery.passes.deghost import deghost as deghost_pass
+from surgery.preprocessing import Preprocessing
 
 MIN_OPSET = 17  # LayerNormalization's first opset; below it the exporter's down-conversion fails
 EXTERNAL_DATA_BYTES = onnx.checker.MAXIMUM_PROTOBUF  # 2 GiB: protobuf cannot serialize more
@@ -86,6 +90,7 @@ class ExportInfo:
     external_data: bool
     layers: list[dict[str, Any]] = field(default_factory=list)  # one row per float initializer
     kept_ghosts: int = 0  # ghost modules exported as trained (keep_ghosts): the file is not the original architecture
+    preprocessing: Preprocessing | None = None  # how to feed the model; also in the file's metadata_props
 
     @property
     def architecture(self) -> str:
@@ -117,6 +122,7 @@ class ExportInfo:
         data["size_ratio"] = self.size_ratio
         data["totals"] = self.totals
         data["architecture"] = self.architecture
+        data["preprocessing"] = self.preprocessing.to_dict() if self.preprocessing else None
         return data
 
     def __str__(self) -> str:
@@ -136,6 +142,8 @@ class ExportInfo:
             f"onnxruntime parity: max |diff| {self.max_abs_error:.3g}, relative {self.max_rel_error:.3g} "
             f"(rtol {self.rtol:g})",
         ]
+        if self.preprocessing:
+            lines.append(f"preprocessing (in the file's metadata): {self.preprocessing.summary()}")
         if self.sidecar:
             lines.append(f"sidecar: {self.sidecar}")
         return "\n".join(lines)
@@ -154,6 +162,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     rtol: float = 1e-4,
     sidecar: bool = True,
+    preprocessing: Preprocessing | None = None,
 ) -> ExportInfo:
     """Export ``model`` to ONNX at ``path``, verified against PyTorch in onnxruntime.
 
@@ -162,7 +171,9 @@ def export_onnx(
     (a copy) when the model still holds ghosts or masks; otherwise such a model is
     refused. ``keep_ghosts``: export the ghosts as trained (ToST's released code keeps its
     jumps and PSwish for good; masks are baked into a copy); the sidecar's ``architecture`` then
-    says the file is not the original. Raises ``ExportError`` when the exporter, the checker or the parity
+    says the file is not the original. ``preprocessing``: how to feed the model (input size,
+    mean/std, resize rule, class names), written into the file's ``metadata_props`` and the
+    sidecar; ``surgery.train`` passes its dataset's. Raises ``ExportError`` when the exporter, the checker or the parity
     check (relative error above ``rtol``) fails.
     """
     _check_options(opset, sparse_threshold)
@@ -174,10 +185,13 @@ def export_onnx(
 
     proto = _to_onnx(model, inputs, opset, dynamic_batch)
     _check_opset_kept(proto, opset)
+    inputs_spec, outputs_spec = _value_specs(proto.graph.input), _value_specs(proto.graph.output)
+    if preprocessing is not None:
+        _check_preprocessing(preprocessing, inputs_spec, outputs_spec)
+        _set_metadata(proto, preprocessing.metadata())
     dense_bytes = message_bytes(proto)
     layers = _layer_rows(proto.graph, sparse_threshold if sparse else None)
     _sparsify(proto.graph, {row["name"] for row in layers if row["stored"] == "sparse"})
-    inputs_spec, outputs_spec = _value_specs(proto.graph.input), _value_specs(proto.graph.output)
     batch_is_dynamic = dynamic_batch and _has_dynamic_batch(inputs_spec)
 
     external = _save(proto, path)
@@ -200,6 +214,7 @@ def export_onnx(
         external_data=external,
         layers=layers,
         kept_ghosts=kept,
+        preprocessing=preprocessing,
     )
     if info.sidecar:
         info.sidecar.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
@@ -332,6 +347,37 @@ def _exporter_summary(error: Exception) -> str:
 def _first_lines(text: str, n: int = 6) -> str:
     lines = text.strip().splitlines()
     return "\n".join(lines[:n]) + ("\n..." if len(lines) > n else "")
+
+
+def _check_preprocessing(p: Preprocessing, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    """Where the file fixes them, its input's channels and size and its output's classes must match ``p``."""
+    image = next((spec["shape"] for spec in inputs if len(spec["shape"]) == 4), None)
+    if image is not None:
+        channels, size = image[1], tuple(image[2:])
+        if isinstance(channels, int) and channels != len(p.channel_order):
+            raise ExportError(
+                f"preprocessing channel_order '{p.channel_order}' has {len(p.channel_order)} channels but the "
+                f"model's input takes {channels}; give a channel_order (and mean/std) of {channels}."
+            )
+        if all(isinstance(v, int) for v in size) and size != p.input_size:
+            raise ExportError(
+                f"preprocessing input_size {p.input_size} differs from the exported input's (H, W) {size}; "
+                f"pass input_size={size} or export at {p.input_size}."
+            )
+    logits = outputs[0]["shape"] if len(outputs) == 1 else None
+    if p.class_names and logits and isinstance(logits[-1], int) and logits[-1] != len(p.class_names):
+        raise ExportError(
+            f"preprocessing names {len(p.class_names)} classes but the model's output has {logits[-1]}; "
+            "give one name per output index, or class_names=() when there are none."
+        )
+
+
+def _set_metadata(proto: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Add ``props`` to ``metadata_props``, replacing same-named keys and keeping the exporter's others."""
+    kept = [(entry.key, entry.value) for entry in proto.metadata_props if entry.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        proto.metadata_props.add(key=key, value=value)
 
 
 # ----------------------------------------------------------- sparse initializers

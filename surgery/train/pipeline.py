@@ -31,7 +31,7 @@ from torch import fx, nn
 
 import surgery
 from surgery.errors import ConfigError, SurgeryError
-from surgery.graph import deepcopy_module
+from surgery.graph import deepcopy_module, eval_mode
 from surgery.ghosts import ghosts
 from surgery.interrupt import Interrupted, signal_name
 from surgery.masks import (
@@ -42,6 +42,7 @@ from surgery.masks import (
     save_masks,
 )
 from surgery.models import build_model, load_weights
+from surgery.preprocessing import Preprocessing
 from surgery.train.checkpoint import CheckpointStore
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
@@ -241,7 +242,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
                   device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
     mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
     return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
-                  tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters)
+                  tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters,
+                  preprocessing=dataset.preprocessing())
 
 
 def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module | None = None) -> RunResult:
@@ -375,9 +377,11 @@ def teacher(config: RunConfig, dataset: ImageDataset) -> nn.Module | None:
 
 def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example: torch.Tensor, run_dir: Path,
            dist: Distributed, console: Console, mask_metadata: dict[str, str] | None = None, *,
-           record: RunRecord, tweaks: dict[str, Any], ghost_parameters: int = 0) -> RunResult:
+           record: RunRecord, tweaks: dict[str, Any], ghost_parameters: int = 0,
+           preprocessing: Preprocessing | None = None) -> RunResult:
     """Bake masks, verify against the original, save weights, export ONNX, record the outcome in
-    result.json and write the report from it (rank 0)."""
+    result.json and write the report from it (rank 0). ``preprocessing``: how the data fed the model,
+    recorded for deployment (result.json, the ONNX file's metadata, summary.md)."""
     files = RunFiles(run_dir)
     model = trained.model
     kept_ghosts = len(ghosts(model))
@@ -388,6 +392,9 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         bake_masks(model)
     model = model.cpu().eval()
     record.update(**outcome_sections(trained, model, tweaks, ghost_parameters, kept_ghosts))
+    if preprocessing is not None:
+        preprocessing = preprocessing.for_outputs(output_classes(model, example))
+    record.update(preprocessing=preprocessing.to_dict() if preprocessing else None)
     result = RunResult(run_dir, model, record.data, trained.history, events=trained.events)
     if not dist.is_main:
         return result
@@ -397,15 +404,25 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
                    dense=dense_weights(original, final_masks), **(mask_metadata or {}))
     _save_weights(model, files.weights)
     if kept_ghosts:
-        result.export = _export_as_trained(config, model, example, files, record, kept_ghosts)
+        result.export = _export_as_trained(config, model, example, files, record, kept_ghosts, preprocessing)
     else:
-        result.verify, result.export = _verify_and_export(config, original, model, example, files, record)
+        result.verify, result.export = _verify_and_export(config, original, model, example, files, record,
+                                                          preprocessing)
     record.write(COMPLETED)
     write_report(run_dir, title=f"{config.name}: {config.model.spec} on {config.data.dataset}",
                  layer_sparsity=_layer_sparsity(model), events=trained.events,
                  extra={"model": config.model.spec, "dataset": config.data.dataset,
                         "mask": _mask_text(config), "device": record.data["device"]})
     return result
+
+
+@torch.no_grad()
+def output_classes(model: nn.Module, example: torch.Tensor) -> int | None:
+    """The class count the trained model's logits have (a Python ``model=`` need not match the data's);
+    None when its output is not one ``N x classes`` tensor."""
+    with eval_mode(model):
+        output = model(example)
+    return int(output.shape[-1]) if torch.is_tensor(output) and output.dim() == 2 else None
 
 
 def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, Any], ghost_parameters: int,
@@ -454,7 +471,7 @@ def tweaks_of(config: RunConfig, manifest: Any, lrsi: dict[str, Any] | None = No
 
 
 def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,
-                       files: RunFiles, record: RunRecord):
+                       files: RunFiles, record: RunRecord, preprocessing: Preprocessing | None = None):
     """Verify (verify.txt is the people's copy; the record holds the report as data), then export ONNX."""
     report = info = None
     if config.export.verify:
@@ -467,7 +484,7 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
         record.update(verification=verification_passed(report))
         files.verify.write_text(str(report) + "\n")
     if config.export.onnx:
-        info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse)
+        info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse, preprocessing=preprocessing)
         record.update(export=export_section(info))
     return report, info
 
@@ -478,7 +495,7 @@ def architecture_text(kept_ghosts: int) -> str:
 
 
 def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tensor, files: RunFiles,
-                       record: RunRecord, kept_ghosts: int):
+                       record: RunRecord, kept_ghosts: int, preprocessing: Preprocessing | None = None):
     """A model that keeps its ghosts (ToST's released code: ``ghosts.remove_at: never``) is not the original:
     the checks against it are skipped, saying why, and the trained architecture is exported with its parity."""
     record.update(verification=verification_skipped(
@@ -487,7 +504,8 @@ def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tenso
     files.verify.write_text(f"SKIPPED\narchitecture {architecture_text(kept_ghosts)}: {record.data['verification']['message']}\n")
     if not config.export.onnx:
         return None
-    info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True)
+    info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,
+                               preprocessing=preprocessing)
     record.update(export=export_section(info))
     return info
 

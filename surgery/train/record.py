@@ -17,6 +17,8 @@ of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
 ``constrained_iterations`` (on the gradient-norm bound), ``seconds``, ``scales``, ``loss_before``,
 ``loss_after``; written as soon as it ends, carried on by a resume), ``ghosts`` (``parameters``, ``removed_at``:
 {step, epoch} or null, ``kept``), ``training`` (``epochs``, ``steps``, ``seconds``),
+``preprocessing`` (how the data fed the model, for deployment: ``surgery.Preprocessing.to_dict()``,
+input size, channel order, scaling, mean/std, resize rule, class names; also in the ONNX file's metadata),
 ``verification`` (``status``: passed / failed / skipped, ``checks``, ``report``:
 ``VerifyReport.to_dict()``, or ``message``), ``export`` (``path``, ``bytes``,
 ``dense_bytes``, ``sparse``, ...), ``timings`` (this invocation's start, end and seconds;

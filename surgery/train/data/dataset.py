@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.errors import DataError, did_you_mean
+from surgery.preprocessing import Preprocessing
+from surgery.train.data.images import EVAL_CROP_FRACTION
+
+# Where each dataset's class names come from, for the exported model's metadata.
+CLASS_NAMES_SOURCE = {
+    "digits": "the digit shown (scikit-learn's 8x8 digits: light strokes on a dark background)",
+    "synthetic": "synthetic data has no class names: 'class<i>' stands for index i",
+    "cifar10": "CIFAR-10's class names",
+    "cifar100": "CIFAR-100's class names",
+    "cifar10-jpeg": "the folder names under train/, sorted",
+    "imagefolder": "the folder names under train/, sorted",
+}
 
 
 @dataclass
@@ -56,6 +68,21 @@ class ImageDataset:
                 f"{did_you_mean(name, self.splits)}{hint}"
             )
         return self.splits[name]
+
+    def preprocessing(self, num_outputs: int | None = None) -> Preprocessing:
+        """What a model trained on this dataset expects, as evaluation fed it (for deployment).
+
+        Streamed splits are evaluated at the ImageNet crop (``EVAL_CROP_FRACTION``); in-memory
+        ones were decoded whole (shorter side to the size). A model with ``num_outputs`` other
+        than the class count gets no names: they would not say which output is which.
+        """
+        streamed = any(split.streamed for split in self.splits.values())
+        return Preprocessing(
+            input_size=(self.image_size, self.image_size), mean=self.mean, std=self.std,
+            class_names=tuple(self.classes),
+            class_names_source=CLASS_NAMES_SOURCE.get(self.name, "the dataset's class names"),
+            crop_fraction=EVAL_CROP_FRACTION if streamed else 1.0,
+        ).for_outputs(num_outputs)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -82,6 +82,7 @@ def write_report(
         *_training_rows(metrics, steps, record),
         *_sparsity_rows(fractions, weighted, extra, record),
         *_onnx_rows(record),
+        *_preprocessing_rows(record),
         *_verification_rows(record),
     ]
     lines = [f"# {_cell(title)}", "", *_key_value_table(rows), "", *_figure_section(images)]
@@ -197,6 +198,12 @@ def _onnx_rows(record: dict[str, Any] | None) -> Rows:
     if not export:
         return []
     return [("ONNX size", describe_onnx_size(export)), ("ONNX parity", describe_onnx_parity(export))]
+
+
+def _preprocessing_rows(record: dict[str, Any] | None) -> Rows:
+    """How to feed the model: what a deployment needs and would otherwise have to guess."""
+    preprocessing = (record or {}).get("preprocessing")
+    return [("preprocessing", preprocessing["summary"])] if preprocessing else []
 
 
 def _verification_rows(record: dict[str, Any] | None) -> Rows:
