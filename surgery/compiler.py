@@ -145,7 +145,7 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
 
 
 def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:
-    """Convs and activations hidden inside leaf modules, where no pass can see them."""
+    """Convs, Linears and activations hidden inside leaf modules, where no pass can see them."""
     found: list[Unreached] = []
     seen: set[str] = set()
     for node in gm.graph.nodes:
@@ -154,10 +154,18 @@ def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:
             continue
         seen.add(node.target)
         for name, sub in leaf.named_modules():
-            what = "conv" if isinstance(sub, FORWARD_CONV_TYPES) else "activation" if isinstance(sub, ACTIVATION_TYPES) else None
+            what = _unreached_kind(sub)
             if what and name:
                 found.append(Unreached(f"{node.target}.{name}", type(sub).__name__, node.target, what))
     return found
+
+
+def _unreached_kind(module: nn.Module) -> str | None:
+    if isinstance(module, FORWARD_CONV_TYPES):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "activation" if isinstance(module, ACTIVATION_TYPES) else None
 
 
 def leaf_modules_in(gm: fx.GraphModule) -> list[tuple[str, str]]:
