@@ -146,6 +146,11 @@ def _sites(gm: fx.GraphModule) -> list[_Site]:
     return sites
 
 
+def site_kinds(gm: fx.GraphModule) -> list[str]:
+    """The kind of every conv and Linear call site (shapes propagated: they tell a pooled conv)."""
+    return [site.kind for site in _sites(gm)]
+
+
 def _layer_site(gm: fx.GraphModule, node: fx.Node) -> _Site | None:
     module = module_of(gm, node)
     layer = layer_of(module)
