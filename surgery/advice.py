@@ -60,19 +60,27 @@ def leaf(path: str | None = None) -> str:
     return config
 
 
-def submodule(paths: Sequence[str]) -> str:
-    """How to compile only ``paths``, the rest of the model running unchanged."""
+def leaf_setting() -> str:
+    """Where the leaves are given: 'leaf_modules (CLI: --leaf)', the command's --leaf, or the config field."""
+    command = _COMMAND.get()
+    if command is None:
+        return "leaf_modules (CLI: --leaf)"
+    return f"surgery {command.command}'s --leaf" if command.has("--leaf") else "model.leaf_modules in the run config"
+
+
+def compile_parts(paths: Sequence[str]) -> str:
+    """A sentence saying how to compile only ``paths``, the rest of the model running unchanged."""
     value = f'"{paths[0]}"' if len(paths) == 1 else str(list(paths)).replace("'", '"')
     python = f"surgery.compile(model, example_inputs, recipe, submodule={value})"
     flags = " ".join(f"--submodule {p}" for p in paths)
     command = _COMMAND.get()
     if command is None:
-        return f"{python} (CLI: {flags})"
+        return f"Compile those only, the rest of the model running unchanged: {python} (CLI: {flags})."
     if command.has("--submodule"):
-        return f"surgery {command.command} ... {flags}"
-    # training compiles the whole model (surgery.train.pipeline); a part trains in the user's own loop
-    return (f"surgery {command.command} trains the whole model and has no --submodule: train that part in your own "
-            f"loop with {python} and surgery.ToST, or check it first with surgery inspect MODEL {flags}")
+        return f"Compile those only, the rest of the model running unchanged: surgery {command.command} ... {flags}."
+    # the training pipeline compiles the whole model; a part trains in the user's own loop
+    return (f"surgery {command.command} trains the whole model and has no --submodule: to train only those parts, "
+            f"use your own loop with {python} and surgery.ToST (check them first: surgery inspect MODEL {flags}).")
 
 
 def real_device() -> str:

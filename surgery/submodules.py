@@ -267,8 +267,7 @@ def traceable_parts(model: nn.Module, example_inputs: Any, leaf_modules: Sequenc
         return f"No part of it with {wanted} traces on its own either ({len(candidates)} modules looked at)."
     listed = ", ".join(f"'{part.path}' ({type(part.module).__name__}, {_parameters(part.module):,} parameters, "
                        f"{part.sites} {_SITES[bool(targets)][part.sites > 1]})" for part in found)
-    return (f"These parts trace on their own: {listed}. Compile those only, the rest of the model running "
-            f"unchanged: {advice.submodule([part.path for part in found])}.")
+    return f"These parts trace on their own: {listed}. {advice.compile_parts([part.path for part in found])}"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from surgery import advice
 from surgery.errors import NoTargetsError, SurgeryError
 from surgery.ghosts import (
     ConvProjection,
@@ -414,7 +415,7 @@ def _hidden_in_leaves(manifest) -> str:
     return (
         f" {amount} {'hides' if len(hidden) == 1 else 'hide'} inside {len(per_leaf)} leaf module{'s' if len(per_leaf) > 1 else ''} of {manifest.model}, "
         f"where no pass can see them: {', '.join(leaves)}{more}. To reach them, make such a module traceable and stop "
-        f"keeping it a leaf (drop '{first}' or its class from leaf_modules / --leaf / model.leaf_modules), or compile "
+        f"keeping it a leaf (drop '{first}' or its class from {advice.leaf_setting()}), or compile "
         "only the parts that trace with submodule=: without the leaf, the whole model's TraceError names them."
     )
 
