@@ -68,6 +68,16 @@ def leaf_setting() -> str:
     return f"surgery {command.command}'s --leaf" if command.has("--leaf") else "model.leaf_modules in the run config"
 
 
+def part_setting() -> str:
+    """Where a part is chosen: 'submodule= (CLI: --submodule)', the command's --submodule, or your own loop."""
+    command = _COMMAND.get()
+    if command is None:
+        return "submodule= (CLI: --submodule)"
+    if command.has("--submodule"):
+        return f"surgery {command.command}'s --submodule"
+    return f"surgery.compile(..., submodule=) in your own loop (surgery {command.command} trains the whole model)"
+
+
 def compile_parts(paths: Sequence[str]) -> str:
     """A sentence saying how to compile only ``paths``, the rest of the model running unchanged."""
     value = f'"{paths[0]}"' if len(paths) == 1 else str(list(paths)).replace("'", '"')

@@ -301,7 +301,7 @@ def test_following_trains_leaf_advice_names_the_convs_the_leaf_hides(capsys, net
     code, _, err = run(capsys, "train", f"{nets}:gated", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "run",
                        "--leaf", "gate")
     assert code == 2 and "1 conv hides inside 1 leaf module" in err and "'gate' (1 conv)" in err
-    assert "surgery train's --leaf" in err
+    assert "surgery train's --leaf" in err and "in your own loop (surgery train trains the whole model)" in err
 
 
 def test_trace_advice_from_inspect_names_its_submodule_flag(capsys, nets):

@@ -416,7 +416,7 @@ def _hidden_in_leaves(manifest) -> str:
         f" {amount} {'hides' if len(hidden) == 1 else 'hide'} inside {len(per_leaf)} leaf module{'s' if len(per_leaf) > 1 else ''} of {manifest.model}, "
         f"where no pass can see them: {', '.join(leaves)}{more}. To reach them, make such a module traceable and stop "
         f"keeping it a leaf (drop '{first}' or its class from {advice.leaf_setting()}), or compile "
-        "only the parts that trace with submodule=: without the leaf, the whole model's TraceError names them."
+        f"a part that traces with {advice.part_setting()} (without the leaf, the whole model's TraceError lists any)."
     )
 
 
