@@ -31,9 +31,9 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 import surgery
-from surgery import demo
+from surgery import advice, demo
 from surgery.compiler import leaf_modules_in
-from surgery.errors import ConfigError, ExportError, ShapePropagationError, SurgeryError
+from surgery.errors import ConfigError, ExportError, SurgeryError, TraceError
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import compiled_submodules, ghost_cost
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(highlight=False, soft_wrap=True)
         shown, warnings.showwarning = warnings.showwarning, _warning_printer(args.debug)
         try:
-            return args.run(args, console) or 0
+            with advice.for_command(args.command_options):
+                return args.run(args, console) or 0
         except SurgeryError as error:
             return _failed(args, f"error: {error}", EXIT_USER_ERROR)
         except Interrupted as stop:
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_sweep(commands)
     _add_demo(commands)
+    for name, command in commands.choices.items():  # what each command's error advice may name
+        command.set_defaults(command_options=advice.CommandOptions.of(name, command))
     return parser
 
 
@@ -133,6 +136,10 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=_positive_int, metavar="N", help="classifier outputs (default: the model's)")
     _add_input_size(p)
     _add_submodule(p)
+    _add_leaf(p)
+
+
+def _add_leaf(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--leaf", action="append", default=[], metavar="NAME",
         help="module path or class name to keep opaque when tracing (repeatable: --leaf a --leaf b)",
@@ -256,6 +263,7 @@ def _add_train(commands) -> None:
                         "by default it must cover them all")
     _add_finder_arguments(p, default_sparsity=0.9)
     _add_recipe_arguments(p)
+    _add_leaf(p)  # model.leaf_modules; no --submodule: the pipeline trains the whole model
     _add_training_arguments(p)
     _add_run_options(p)
     p.set_defaults(run=run_train)
@@ -320,6 +328,7 @@ def _add_run(commands) -> None:
         "surgery run examples/configs/tost-cifar10.yaml --download --set train.epochs=30 --set lr_schedule.milestones=[15,22]",
     )
     p.add_argument("config", metavar="CONFIG.yaml", help="a run config (see examples/configs/)")
+    _add_leaf(p)
     _add_run_options(p)
     p.set_defaults(run=run_config)
 
@@ -482,8 +491,8 @@ def compile_for_inspection(args: argparse.Namespace) -> tuple[nn.Module, torch.T
     try:
         with contextlib.redirect_stderr(held):
             result = _build_and_compile(args, "meta")
-    except ShapePropagationError:  # a leaf that branches on values cannot run on meta
-        return _build_and_compile(args, "cpu")
+    except TraceError:  # a leaf that branches on values cannot run on meta (ShapePropagationError), and a
+        return _build_and_compile(args, "cpu")  # failed trace's advice lists the parts that trace on CPU only
     except SurgeryError:
         sys.stderr.write(held.getvalue())
         raise
@@ -741,6 +750,7 @@ FLAG_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("model", "model.spec", str),
     ("num_classes", "model.num_classes", int),
     ("weights", "model.weights", str),
+    ("leaf", "model.leaf_modules", list),
     ("data", "data.dataset", str),
     ("data_root", "data.root", str),
     ("download", "data.download", bool),

@@ -31,7 +31,7 @@ from surgery.submodules import (
     replace_submodule,
     require_reached,
     submodule_paths,
-    traceable_children,
+    traceable_parts,
 )
 from surgery.modes import BRANCHES_KEY, ModeGraphModule, editing, trace_modes
 from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names
@@ -73,17 +73,20 @@ def compile(
     if submodule is not None:
         return compile_submodules(model, example_inputs, recipe, submodule, leaves, concrete_args)
     inputs = as_tuple(example_inputs)
-    return build(model, trace_whole(model, inputs, leaves, concrete_args), inputs, recipe)
+    return build(model, trace_whole(model, inputs, leaves, concrete_args, recipe), inputs, recipe)
 
 
-def trace_whole(model: nn.Module, inputs: tuple, leaves: Sequence[Any], concrete_args: dict[str, Any] | None) -> fx.GraphModule:
+def trace_whole(
+    model: nn.Module, inputs: tuple, leaves: Sequence[Any], concrete_args: dict[str, Any] | None, recipe: Recipe
+) -> fx.GraphModule:
     """``trace_modes`` the whole model (one graph, or one per mode where its Python code branches on
     ``self.training``); when fx cannot trace it, the error also names the children that trace."""
     check_leaf_names(model, leaves)
     try:
         return trace_modes(model, leaves, concrete_args, num_inputs=len(inputs))
     except TraceError as error:
-        suggestion = traceable_children(model, inputs, leaves)
+        skips = recipe.options("ghost_skip")
+        suggestion = traceable_parts(model, inputs, leaves, skips.targets if skips is not None else None)
         raise TraceError(f"{error}\n{suggestion}" if suggestion else str(error)) from error
 
 
@@ -145,7 +148,7 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple) -> None:
 
 
 def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:
-    """Convs and activations hidden inside leaf modules, where no pass can see them."""
+    """Convs, Linears and activations hidden inside leaf modules, where no pass can see them."""
     found: list[Unreached] = []
     seen: set[str] = set()
     for node in gm.graph.nodes:
@@ -154,10 +157,18 @@ def out_of_reach(gm: fx.GraphModule) -> list[Unreached]:
             continue
         seen.add(node.target)
         for name, sub in leaf.named_modules():
-            what = "conv" if isinstance(sub, FORWARD_CONV_TYPES) else "activation" if isinstance(sub, ACTIVATION_TYPES) else None
+            what = _unreached_kind(sub)
             if what and name:
                 found.append(Unreached(f"{node.target}.{name}", type(sub).__name__, node.target, what))
     return found
+
+
+def _unreached_kind(module: nn.Module) -> str | None:
+    if isinstance(module, FORWARD_CONV_TYPES):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "activation" if isinstance(module, ACTIVATION_TYPES) else None
 
 
 def leaf_modules_in(gm: fx.GraphModule) -> list[tuple[str, str]]:

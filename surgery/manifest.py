@@ -45,7 +45,7 @@ class Unreached:
     module: str  # qualified name of a conv / activation the graph cannot see
     cls: str
     inside: str  # the leaf module that hides it
-    what: str  # conv | activation
+    what: str  # conv | linear | activation
 
 
 @dataclass

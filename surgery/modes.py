@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from surgery import advice
 from surgery.errors import ModeError, SurgeryError, TraceError
 from surgery.graph import deepcopy_module
 from surgery.python_state import first_few
@@ -326,7 +327,7 @@ class ModeGraphModule(fx.GraphModule):
                     f"mode; its forward branches on self.training, and the compiled model holds one program per "
                     f"mode, so it cannot run `{path}`'s {mode_of(not self.training)}-mode branch inside the "
                     f"{mode}-mode program. Fix: switch the whole model (model.train() / model.eval()), or compile "
-                    f"with `{path}` kept opaque as a leaf (leaf_modules=[\"{path}\"], CLI: --leaf {path}), so it "
+                    f"with `{path}` kept opaque as a leaf ({advice.leaf(path)}), so it "
                     "follows its own flag."
                 )
         return mode

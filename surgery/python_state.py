@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from surgery import advice
 from surgery.errors import TraceError
 
 _REGISTERED = {"_parameters": "parameter", "_buffers": "buffer", "_modules": "submodule"}
@@ -154,8 +155,8 @@ def require_no_proxies_left(model: nn.Module) -> None:
     if not found:
         return
     path = found[0][0]
-    fix = (f"keep module `{path}` opaque as a leaf (leaf_modules=[\"{path}\"], CLI: --leaf {path})" if path
-           else "move that code into a submodule kept opaque as a leaf (leaf_modules=[...], CLI: --leaf)")
+    fix = (f"keep module `{path}` opaque as a leaf ({advice.leaf(path)})" if path
+           else f"move that code into a submodule kept opaque as a leaf ({advice.leaf()})")
     raise TraceError(
         f"tracing left torch.fx Proxies in {type(model).__name__}'s state, at {_listed(found)}: the forward stores "
         f"traced values in an object whose state surgery cannot put back. Fix: {fix}, or keep the value in a dict "

@@ -12,7 +12,9 @@ every wanted submodule has been called.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import inspect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +23,18 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
+from surgery import advice
 from surgery.errors import MaskError, ShapePropagationError, SubmoduleError, SurgeryError, did_you_mean
-from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on, root_cause
+from surgery.graph import as_tuple, deepcopy_module, device_of, inputs_on, propagate_shapes, root_cause
 from surgery.passes.attach_masks import SOURCES_FROM_MODEL, resolve_source
 from surgery.recipe import Recipe
-from surgery.tracing import STRUCTURAL_LEAVES, trace
+from surgery.modes import editing, trace_modes
+from surgery.passes.ghost_skip import site_kinds
+from surgery.tracing import STRUCTURAL_LEAVES
 
-SUGGESTED_CHILDREN = 3  # a failed whole-model trace names at most this many traceable children
+SUGGESTED_CHILDREN = 3  # a failed whole-model trace names at most this many parts that trace
+_SITES = {True: ("site ghost_skip wraps", "sites ghost_skip wraps"), False: ("conv or Linear", "convs and Linears")}
+MAX_TRIED = 64  # parts traced in search of those (bounds the time a failed compile spends suggesting)
 
 
 @dataclass(frozen=True)
@@ -234,41 +241,95 @@ def recipes_by_submodule(model: nn.Module, recipe: Recipe, paths: Sequence[str])
 # ----------------------------------------------------- what to suggest instead
 
 
-def traceable_children(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any]) -> str:
-    """A sentence naming the largest direct children of ``model`` that trace on their own (up to
-    ``SUGGESTED_CHILDREN``), suggesting ``submodule=``; '' when the model has no children.
+def traceable_parts(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any], targets: Sequence[str] | None) -> str:
+    """A sentence naming the largest parts of ``model``, at any depth, that trace on their own and that
+    ``compile(submodule=...)`` accepts, with how to compile them; '' when no module could be one.
 
-    Inputs are captured in eval mode, which needs no targets, and only traced (no passes run).
+    ``targets``: the recipe's ghost_skip site kinds (None: no ghost_skip), so a part is suggested only
+    where the recipe finds something to wrap. Inputs are captured in one eval-mode forward (no targets
+    needed); parts are traced and shaped (no passes run), largest first, and one that does not trace
+    is searched in turn.
     """
-    children = sorted(model.named_children(), key=lambda c: -sum(p.numel() for p in c[1].parameters()))
-    if not children:
+    candidates = [path for path, module in _named_tree(model) if _could_be_compiled(module)]
+    if not candidates:
         return ""
     try:
-        calls = capture_calls(model, example_inputs, [name for name, _ in children], stop_early=False, training=False)
+        calls = capture_calls(model, example_inputs, candidates, stop_early=False, training=False)
     except SurgeryError as error:
         if device_of(model).type == "meta":
-            return "To have the submodules that trace on their own listed, compile on a real device (not meta)."
+            return f"To have the parts that trace on their own listed, compile on a real device: {advice.real_device()}."
         cause = root_cause(error)
         return (f"No submodule could be tried instead: the model's forward fails on the example inputs in eval mode "
                 f"({type(cause).__name__}: {cause}).")
-    found: list[tuple[str, nn.Module]] = []
-    for name, child in children:
-        if name in calls and _traces(child, calls[name], name, leaves_within(leaf_modules, name, model)):
-            found.append((name, child))
-            if len(found) == SUGGESTED_CHILDREN:
-                break
+    found = _largest_traceable(model, calls, leaf_modules, targets)
     if not found:
-        return f"None of its direct children ({[name for name, _ in children]}) traces on its own either."
-    listed = ", ".join(f"'{name}' ({type(c).__name__}, {sum(p.numel() for p in c.parameters()):,} parameters)"
-                       for name, c in found)
-    return (f"These submodules trace on their own: {listed}. Compile that part only, the rest of the model "
-            f"running unchanged: surgery.compile(model, example_inputs, recipe, submodule=\"{found[0][0]}\").")
+        wanted = "a site of ghost_skip's targets " + str(list(targets)) if targets else "a conv or Linear"
+        return f"No part of it with {wanted} traces on its own either ({len(candidates)} modules looked at)."
+    listed = ", ".join(f"'{part.path}' ({type(part.module).__name__}, {_parameters(part.module):,} parameters, "
+                       f"{part.sites} {_SITES[bool(targets)][part.sites > 1]})" for part in found)
+    return f"These parts trace on their own: {listed}. {advice.compile_parts([part.path for part in found])}"
 
 
-def _traces(child: nn.Module, call: Call, path: str, leaf_modules: Sequence[Any]) -> bool:
+@dataclass(frozen=True)
+class _Part:
+    path: str
+    module: nn.Module
+    sites: int  # call sites the recipe reaches: of ghost_skip's targets, else every conv and Linear
+
+
+def _largest_traceable(
+    model: nn.Module, calls: dict[str, Call], leaf_modules: Sequence[Any], targets: Sequence[str] | None
+) -> list[_Part]:
+    """The largest disjoint parts that trace and hold a site the recipe reaches, largest first: a heap by
+    parameter count, where a part that does not trace (or is never called itself, as a ModuleList) gives
+    way to its children."""
+    order = itertools.count()  # ties by size go in tree order, and modules are never compared
+    queue = [(-_parameters(m), next(order), path, m) for path, m in model.named_children()]
+    heapq.heapify(queue)
+    found: list[_Part] = []
+    tried = 0
+    while queue and tried < MAX_TRIED and len(found) < SUGGESTED_CHILDREN:
+        _, _, path, module = heapq.heappop(queue)
+        if not _could_be_compiled(module):
+            continue
+        part = None
+        if path in calls:
+            tried += 1
+            part = _traced_part(module, calls[path], path, leaves_within(leaf_modules, path, model), targets)
+        if part is not None:
+            found.append(part)
+            continue
+        for name, child in module.named_children():
+            heapq.heappush(queue, (-_parameters(child), next(order), f"{path}.{name}", child))
+    return found
+
+
+def _traced_part(
+    module: nn.Module, call: Call, path: str, leaf_modules: Sequence[Any], targets: Sequence[str] | None
+) -> _Part | None:
+    """The part ``path`` traced and shaped as compile would; None if that fails or the recipe would find
+    nothing to wrap in it (its layers all sit in leaves, or are of kinds ghost_skip does not target)."""
     try:
-        inputs, fixed = call_inputs(child, call, path)
-        trace(child, leaf_modules, fixed or None, num_inputs=len(inputs))
+        inputs, fixed = call_inputs(module, call, path)
+        gm = trace_modes(module, leaf_modules, fixed or None, num_inputs=len(inputs))
+        with editing(gm):
+            propagate_shapes(gm, inputs)  # eval mode, no grad: the module's statistics are untouched
+            kinds = site_kinds(gm)
     except SurgeryError:
-        return False
-    return True
+        return None
+    sites = sum(1 for kind in kinds if targets is None or kind in targets)
+    return _Part(path, module, sites) if sites else None
+
+
+def _could_be_compiled(module: nn.Module) -> bool:
+    """compile refuses a single conv / Linear (the passes wrap it from outside); a module without one has
+    nothing for a recipe to reach."""
+    return not isinstance(module, STRUCTURAL_LEAVES) and any(isinstance(m, STRUCTURAL_LEAVES) for m in module.modules())
+
+
+def _named_tree(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(path, m) for path, m in model.named_modules(remove_duplicate=False) if path]
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from surgery import advice
 from surgery.errors import TraceError, did_you_mean
 from surgery.layers import LAYER_TYPES
 from surgery.python_state import PythonState, first_few, refuse_stale_proxies, require_no_proxies_left
@@ -323,8 +324,8 @@ def _registered_state_changed(changes: list[tuple[str, str]], model: nn.Module, 
     if path:
         cls = type(model.get_submodule(path))
         where = f"inside module `{path}` ({cls.__module__}.{cls.__qualname__})"
-        fix = ("Fix: keep the module whose forward makes that change opaque as a leaf, e.g. "
-               f"surgery.trace(model, leaf_modules=[\"{path}\"]) (CLI: --leaf {path}), or make the change in __init__.")
+        fix = ("Fix: keep the module whose forward makes that change opaque as a leaf "
+               f"({advice.leaf(path)}), or make the change in __init__.")
     else:
         cls = type(model)
         where = f"in the model's own forward ({cls.__module__}.{cls.__qualname__})"
@@ -351,17 +352,16 @@ def _explain(error: Exception, qualname: str, module: nn.Module) -> TraceError:
     if qualname:
         subject = f"module `{qualname}` ({cls.__module__}.{cls.__qualname__})"
         fix = (
-            f"Fix: keep it opaque as a leaf: surgery.trace(model, leaf_modules=[\"{qualname}\"]) "
-            f"or leaf_modules=[{cls.__qualname__}] (CLI: --leaf {qualname}); skips and soft "
-            "activations then cannot reach inside it. If the branch depends on a forward "
-            "argument, fix that argument with concrete_args={...}."
+            f"Fix: keep it opaque as a leaf ({advice.leaf(qualname)}; its class name {cls.__qualname__} "
+            "works too); skips and soft activations then cannot reach inside it. If the branch depends "
+            "on a forward argument, fix that argument with concrete_args={...}."
         )
     else:
         subject = f"the model's own forward ({cls.__module__}.{cls.__qualname__})"
         fix = (
             "Fix: the top-level forward cannot be a leaf; fix the forward argument that drives "
             "the branch with concrete_args={...}, or move the untraceable code into a submodule "
-            "and mark that submodule a leaf (leaf_modules=[...], CLI: --leaf)."
+            f"and mark that submodule a leaf ({advice.leaf()})."
         )
     message = f"torch.fx could not trace {subject}"
     if where:

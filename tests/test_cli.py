@@ -69,6 +69,30 @@ NETS = textwrap.dedent(
 
     def aux(num_classes=10):
         return AuxNet(num_classes)
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(self.conv1(x).relu()).relu()
+
+    class Deep(nn.Module):
+        def __init__(self, num_classes=10):
+            super().__init__()
+            self.backbone = Backbone()
+            self.head = nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            x = self.backbone(x)
+            if x.sum() > 1e30:
+                return x
+            return self.head(x.mean((2, 3)))
+
+    def deep(num_classes=10):
+        return Deep(num_classes)
     """
 )
 
@@ -253,6 +277,44 @@ def test_untraceable_model_names_module_and_line(capsys, nets):
     assert code == 2 and out == ""
     assert "module `gate`" in err and "if x.sum() > 0:" in err and "--leaf gate" in err
     assert "Traceback" not in err
+
+
+def test_train_and_run_take_leaf_into_model_leaf_modules():
+    args = build_parser().parse_args(["train", "cifar:resnet20", "--leaf", "gate", "--leaf", "Block"])
+    assert configured(RunConfig.from_dict({}), args).model.leaf_modules == ["gate", "Block"]
+    args = build_parser().parse_args(["run", "x.yaml", "--leaf", "gate"])
+    assert configured(RunConfig.from_dict({}), args).model.leaf_modules == ["gate"]
+
+
+def test_trace_advice_from_train_names_train_flags_and_says_it_has_no_submodule(capsys, nets, tmp_path):
+    code, _, err = run(capsys, "train", f"{nets}:deep", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 2 and "Traceback" not in err
+    assert "(surgery train: --leaf PATH)" in err and "CLI:" not in err
+    assert "'backbone' (Backbone, " in err and "surgery train trains the whole model and has no --submodule" in err
+    assert 'surgery.compile(model, example_inputs, recipe, submodule="backbone")' in err
+    assert "surgery inspect MODEL --submodule backbone" in err
+
+
+def test_following_trains_leaf_advice_names_the_convs_the_leaf_hides(capsys, nets, tmp_path):
+    code, _, err = run(capsys, "train", f"{nets}:gated", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 2 and "surgery train: --leaf gate" in err
+    code, _, err = run(capsys, "train", f"{nets}:gated", *TINY_RUN, "--epochs", "1", "--out", tmp_path / "run",
+                       "--leaf", "gate")
+    assert code == 2 and "1 conv hides inside 1 leaf module" in err and "'gate' (1 conv)" in err
+    assert "surgery train's --leaf" in err and "in your own loop (surgery train trains the whole model)" in err
+
+
+def test_trace_advice_from_inspect_names_its_submodule_flag(capsys, nets):
+    code, _, err = run(capsys, "inspect", f"{nets}:deep", "--input-size", "8")
+    assert code == 2 and "surgery inspect ... --submodule backbone" in err
+    assert "real device" not in err  # inspect retries on the CPU, where the parts are listed
+    code, out, _ = run(capsys, "inspect", f"{nets}:deep", "--input-size", "8", "--submodule", "backbone", "--json")
+    assert code == 0 and json.loads(out)["convs_covered"] == 1
+
+
+def test_trace_advice_on_the_meta_device_names_the_flag_that_selects_a_real_one(capsys, nets):
+    code, _, err = run(capsys, "verify", f"{nets}:deep", "--device", "meta", "--input-size", "8")
+    assert code == 2 and "compile on a real device: surgery verify ... --device cpu" in err
 
 
 def test_unknown_pass_in_recipe(capsys, tmp_path):

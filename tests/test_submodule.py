@@ -136,9 +136,95 @@ def test_an_untraceable_model_names_the_children_that_trace():
         surgery.compile(detector(), X, TOST)
     message = str(error.value)
     assert message.startswith("torch.fx could not trace the model's own forward")
-    assert "'backbone' (Backbone" in message and 'submodule="backbone"' in message
-    assert message.index("'backbone'") < message.index("'head'")  # largest first
+    assert "'backbone' (Backbone, 1,440 parameters, 1 site ghost_skip wraps)" in message and 'submodule="backbone"' in message
+    assert "'head'" not in message  # Linears only: the default recipe's ghost_skip would find nothing there
     assert "'spare'" not in message  # never called
+
+
+class Untraceable(nn.Module):
+    """Runs its blocks, but branches on a value in Python: fx cannot trace it."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x) if float(x.detach().abs().sum()) >= 0 else x
+        return x
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)  # a stem of the part: not wrapped by default
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x)))
+
+
+class Deep(nn.Module):
+    """Neither the root nor its body traces; the blocks two levels down do; the classifier is a single Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = Untraceable(Block(8), Block(8))
+        self.classifier = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        if float(x.detach().sum()) > 1e30:
+            return x
+        return self.classifier(x.mean((2, 3)))
+
+
+def test_parts_that_trace_are_searched_below_the_children_and_following_the_advice_compiles():
+    torch.manual_seed(0)
+    model = Deep()
+    with pytest.raises(surgery.TraceError) as error:
+        surgery.compile(model, X, TOST)
+    message = str(error.value)
+    assert "'body.blocks.0' (Block, 1,168 parameters, 1 site ghost_skip wraps)" in message
+    assert "'body.blocks.1' (Block, " in message
+    assert 'submodule=["body.blocks.0", "body.blocks.1"]' in message
+    assert "'classifier'" not in message and "'stem'" not in message  # single layers: compile refuses them
+    ghosted = surgery.compile(model, X, TOST, submodule=["body.blocks.0", "body.blocks.1"])
+    assert set(surgery.compiled_submodules(ghosted)) == {"body.blocks.0", "body.blocks.1"}
+    assert ghosts(ghosted)
+
+
+def test_a_single_layer_that_traces_is_never_suggested():
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) if float(x.detach().sum()) > -1e30 else x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.classifier = Features(), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    with pytest.raises(surgery.TraceError) as error:
+        surgery.compile(Net(), X, TOST)
+    message = str(error.value)
+    assert "submodule=" not in message and "'classifier'" not in message
+    assert "No part of it with a site of ghost_skip's targets ['conv'] traces on its own either" in message
+
+
+def test_on_the_meta_device_the_advice_says_how_to_use_a_real_one():
+    with torch.device("meta"):
+        model = Deep()
+    with pytest.raises(surgery.TraceError) as error:
+        surgery.compile(model, X.to("meta"), TOST)
+    assert 'model.to("cpu")' in str(error.value) and "--device cpu" in str(error.value)
 
 
 def test_an_unknown_submodule_path_suggests_the_close_ones():

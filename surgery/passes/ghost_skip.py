@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from surgery import advice
 from surgery.errors import NoTargetsError, SurgeryError
 from surgery.ghosts import (
     ConvProjection,
@@ -144,6 +145,11 @@ def _sites(gm: fx.GraphModule) -> list[_Site]:
         if fed or site is not None:
             downstream.add(node)
     return sites
+
+
+def site_kinds(gm: fx.GraphModule) -> list[str]:
+    """The kind of every conv and Linear call site (shapes propagated: they tell a pooled conv)."""
+    return [site.kind for site in _sites(gm)]
 
 
 def _layer_site(gm: fx.GraphModule, node: fx.Node) -> _Site | None:
@@ -373,7 +379,9 @@ def _factory(gm: fx.GraphModule, site: _Site) -> dict[str, Any]:
 
 
 def _nothing_targeted(sites: list[_Site], options: GhostSkipOptions, manifest) -> str:
-    """Why no site was targeted: which kinds the model has, and the option that re-includes each."""
+    """Why no site was targeted: which kinds the model has, the option that re-includes each, and the
+    layers leaf modules hide (a leafed model can show only its head's Linear while its convs sit in leaves)."""
+    hidden = _hidden_in_leaves(manifest)
     if sites:
         counts = {kind: sum(1 for s in sites if s.kind == kind) for kind in SITE_KINDS}
         found = "; ".join(
@@ -383,11 +391,40 @@ def _nothing_targeted(sites: list[_Site], options: GhostSkipOptions, manifest) -
         )
         return (
             f"ghost_skip's targets {list(options.targets)} leave nothing to wrap in {manifest.model}: it has no "
-            f"{' or '.join(options.targets)} call site. It has {found}. Or drop ghost_skip from the recipe."
+            f"{' or '.join(options.targets)} call site. It has {found}.{hidden} Or drop ghost_skip from the recipe."
         )
     message = f"ghost_skip found no Conv1d/2d/3d or Linear in {manifest.model}: there is nothing to add skips around."
-    hidden = [u for u in manifest.unreached if u.what == "conv"]
-    if hidden:
-        leaves = sorted({u.inside for u in hidden})
-        message += f" {len(hidden)} convs hide inside leaf modules ({', '.join(leaves[:5])}); trace through them."
-    return message + " Drop ghost_skip from the recipe."
+    return message + hidden + " Drop ghost_skip from the recipe."
+
+
+HIDDEN_LEAVES_NAMED = 5  # leaf modules named in a NoTargetsError
+
+
+def _hidden_in_leaves(manifest) -> str:
+    """' N convs and M Linear layers hide inside leaf modules: which, and how to reach them', or ''."""
+    hidden = [u for u in manifest.unreached if u.what in ("conv", "linear")]
+    if not hidden:
+        return ""
+    per_leaf: dict[str, list] = {}
+    for u in hidden:
+        per_leaf.setdefault(u.inside, []).append(u)
+    amount = _layers(hidden, " and ", "Linear layer")
+    leaves = [f"'{leaf}' ({_layers(units, ', ', 'Linear')})" for leaf, units in list(per_leaf.items())[:HIDDEN_LEAVES_NAMED]]
+    more = f" and {len(per_leaf) - HIDDEN_LEAVES_NAMED} more" if len(per_leaf) > HIDDEN_LEAVES_NAMED else ""
+    first = next(iter(per_leaf))
+    return (
+        f" {amount} {'hides' if len(hidden) == 1 else 'hide'} inside {len(per_leaf)} leaf module{'s' if len(per_leaf) > 1 else ''} of {manifest.model}, "
+        f"where no pass can see them: {', '.join(leaves)}{more}. To reach them, make such a module traceable and stop "
+        f"keeping it a leaf (drop '{first}' or its class from {advice.leaf_setting()}), or compile "
+        f"a part that traces with {advice.part_setting()} (without the leaf, the whole model's TraceError lists any)."
+    )
+
+
+def _count(n: int, what: str) -> str:
+    return "" if not n else f"{n} {what}{'s' if n > 1 else ''}"
+
+
+def _layers(units: list, joint: str, linear: str) -> str:
+    """'3 convs and 1 Linear layer' for a list of Unreached."""
+    convs = sum(1 for u in units if u.what == "conv")
+    return joint.join(part for part in (_count(convs, "conv"), _count(len(units) - convs, linear)) if part)

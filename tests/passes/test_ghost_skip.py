@@ -476,8 +476,29 @@ def test_convs_hidden_in_a_leaf_are_named_when_none_is_reachable():
             return self.conv(x)
 
     model = nn.Sequential(Block(), nn.Flatten())
-    with pytest.raises(surgery.NoTargetsError, match=r"1 convs hide inside leaf modules \(0\)"):
+    with pytest.raises(surgery.NoTargetsError, match=r"1 conv hides inside 1 leaf module of .*: '0' \(1 conv\)"):
         surgery.compile(model, torch.randn(1, 3, 2, 2), {"ghost_skip": {}}, leaf_modules=[Block])
+
+
+def test_convs_hidden_in_leaves_are_named_beside_the_linear_head_with_how_to_reach_them():
+    # a leafed model whose convs all sit in leaves shows only its head's Linear to the pass
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+            self.gate = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.conv2(self.conv1(x)) * self.gate(x.mean((2, 3)))[:, :, None, None]
+
+    model = nn.Sequential(Block(), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with pytest.raises(surgery.NoTargetsError) as caught:
+        surgery.compile(model, torch.randn(1, 3, 4, 4), {"ghost_skip": {}}, leaf_modules=[Block])
+    message = str(caught.value)
+    assert "1 linear (a Linear layer): add 'linear'" in message
+    assert "4 convs and 2 Linear layers hide inside 2 leaf modules" in message
+    assert "'0' (2 convs, 1 Linear), '1' (2 convs, 1 Linear)" in message
+    assert "drop '0' or its class from leaf_modules" in message and "submodule=" in message
 
 
 def test_the_pass_without_shapes_explains_how_to_get_them():
