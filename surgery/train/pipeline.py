@@ -17,6 +17,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import shutil
@@ -41,7 +42,7 @@ from surgery.masks import (
     prunable_weights,
     save_masks,
 )
-from surgery.models import build_model, load_weights
+from surgery.models import build_model, load_weights, python_spec
 from surgery.train.checkpoint import CheckpointStore
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
@@ -55,13 +56,14 @@ from surgery.train.record import (
     completed_record,
     export_section,
     lrsi_section,
+    model_section,
     read_record,
     verification_failed,
     verification_passed,
     verification_skipped,
 )
 from surgery.train.report import write_report
-from surgery.train.report.story import describe_ghost_cost, describe_tweaks
+from surgery.train.report.story import describe_ghost_cost, describe_model, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
@@ -165,8 +167,11 @@ def run(
     """Run the whole pipeline; ``model`` / ``masks`` given in Python replace the config's.
 
     ``resume=True`` of a run that completed with this config returns its recorded result
-    (nothing is redone) unless ``force``, which re-runs verification and export.
+    (nothing is redone) unless ``force``, which re-runs verification and export. A ``model`` given here is
+    what the run records (``model.spec: python:module.Class``), not the config's spec, which did not train.
     """
+    if model is not None:
+        config = as_given(config, model)
     if resume is True and not force:
         record = completed_record(config)
         if record is not None:
@@ -186,6 +191,12 @@ def run(
     return result
 
 
+def as_given(config: RunConfig, model: nn.Module) -> RunConfig:
+    """``config`` naming ``model``'s class as its spec: its saved config.yaml, hash and record say what trained,
+    and a resume must give the same class again (``build_model`` refuses the spec with that fix)."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, spec=python_spec(model)))
+
+
 def _end_early(files: RunFiles, record: RunRecord, error: BaseException, *, created: bool) -> None:
     """A run that stops before training leaves nothing it created behind (unless a checkpoint is there to
     resume from); any other stop is recorded in result.json: interrupted or failed, and why."""
@@ -203,6 +214,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     torch.manual_seed(config.train.seed)
     dataset = load_data(config)
     original = model if model is not None else build(config, dataset)
+    record.update(model=model_section(config.model.spec, original))
     example = example_batch(dataset)
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
@@ -401,9 +413,10 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     else:
         result.verify, result.export = _verify_and_export(config, original, model, example, files, record)
     record.write(COMPLETED)
-    write_report(run_dir, title=f"{config.name}: {config.model.spec} on {config.data.dataset}",
+    described = describe_model(record.data["model"])
+    write_report(run_dir, title=f"{config.name}: {described} on {config.data.dataset}",
                  layer_sparsity=_layer_sparsity(model), events=trained.events,
-                 extra={"model": config.model.spec, "dataset": config.data.dataset,
+                 extra={"model": described, "dataset": config.data.dataset,
                         "mask": _mask_text(config), "device": record.data["device"]})
     return result
 
