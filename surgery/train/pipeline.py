@@ -31,7 +31,7 @@ from rich.console import Console
 from torch import fx, nn
 
 import surgery
-from surgery.errors import ConfigError, SurgeryError
+from surgery.errors import CheckpointError, ConfigError, SurgeryError
 from surgery.graph import deepcopy_module
 from surgery.ghosts import ghosts
 from surgery.interrupt import Interrupted, signal_name
@@ -43,7 +43,7 @@ from surgery.masks import (
     save_masks,
 )
 from surgery.models import build_model, load_weights, python_spec
-from surgery.train.checkpoint import CheckpointStore
+from surgery.train.checkpoint import CheckpointStore, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
@@ -170,6 +170,7 @@ def run(
     (nothing is redone) unless ``force``, which re-runs verification and export. A ``model`` given here is
     what the run records (``model.spec: python:module.Class``), not the config's spec, which did not train.
     """
+    config = config.absolute()  # so the saved config.yaml, the record and every printed path work from anywhere
     if model is not None:
         config = as_given(config, model)
     if resume is True and not force:
@@ -219,6 +220,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
         check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
+    checkpoint = resumed_from(config, files, resume)  # a resume that cannot start fails before anything is written
     if resume:  # LRsI ran before the checkpoint: its record is the earlier run's
         record.update(lrsi=(read_record(files) or {}).get("lrsi"))
     if dist.is_main:
@@ -247,13 +249,28 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
                       teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     record.stage = "training"
-    trained = trainer.fit(resume=resume)
+    trained = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.stage = "finish"
     record.update(num_classes=config.model.num_classes or dataset.num_classes,
                   device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
     mask_metadata = {k: v for hook in plan.hooks for k, v in hook.mask_metadata().items()}
     return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
                   tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters)
+
+
+def resumed_from(config: RunConfig, files: RunFiles, resume: bool | str | Path) -> tuple[dict, Path] | None:
+    """The checkpoint file ``resume`` names, loaded and checked against ``config``; refuses ``resume=True`` of a
+    directory with no checkpoint at all (a mask method's rounds count: they resume inside). None otherwise."""
+    if resume is True and not files.holds_checkpoint():
+        what = "holds no checkpoint" if files.root.is_dir() else "does not exist"
+        raise CheckpointError(f"cannot resume: {files.root} {what}, so there is nothing to continue; check the "
+                              "config's output (a run's own config.yaml acts on its directory), or start without --resume.")
+    if resume is True or not resume:
+        return None
+    path = Path(resume)
+    state = load_checkpoint(path)
+    check_resumable(state.get("config", {}), config, path)
+    return state, path
 
 
 def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module | None = None) -> RunResult:

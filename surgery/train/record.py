@@ -104,7 +104,7 @@ def first_line(error: BaseException) -> str:
 def config_hash(config: RunConfig) -> str:
     """sha256 of the resolved config's fields that change what is computed (not its name, directory,
     device or progress bars: the fields a resume may change, ``IGNORED_ON_RESUME``)."""
-    data = _without(config.to_dict(), IGNORED_ON_RESUME)
+    data = _without(config.absolute().to_dict(), IGNORED_ON_RESUME)  # a relative path hashes as what it names
     text = json.dumps(data, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
