@@ -200,6 +200,7 @@ def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
     assert record["mask_file"] == str(tmp_path / "imp.safetensors")
     assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
     assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0
+    assert record["model"]["class"] == "surgery.cifar.CifarResNet" and record["model"]["spec"] == "cifar:resnet20"
 
 
 def test_masks_given_in_python_are_checked_and_an_allowed_empty_layer_is_recorded(tmp_path):
