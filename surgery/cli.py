@@ -974,6 +974,7 @@ def print_run_summary(console: Console, config, result) -> None:
         describe_accuracy,
         describe_ghost_cost,
         describe_ghosts,
+        describe_model,
         describe_onnx_size,
         describe_tweaks,
         describe_verification,
@@ -984,7 +985,7 @@ def print_run_summary(console: Console, config, result) -> None:
     table = Table(title=f"surgery: {escape(config.name)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", escape(f"{config.model.spec} on {config.data.dataset}"))
+    table.add_row("model", escape(f"{describe_model(record['model'])} on {config.data.dataset}"))
     table.add_row("recipe", escape(config.preset or "passes given as such (recipe mapping or file)"))
     if record.get("ghosts", {}).get("kept"):
         table.add_row("architecture", f"[bold red]{escape(record['architecture'])}[/]")

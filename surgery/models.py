@@ -28,6 +28,7 @@ from surgery.layers import FORWARD_CONV_TYPES
 from surgery.tasks import TASKS, builder_kwargs, builders, task_of
 
 FORMS = "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"
+GIVEN_IN_PYTHON = "python"  # ``python:module.Class``: what a run records of a model given in Python; it builds nothing
 DEFAULT_INPUT_SIZE = 224
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
 
@@ -42,6 +43,11 @@ def build_model(spec: str, num_classes: int | None = None, *, input_size: int | 
     model for fast inspection.
     """
     source, _, name = spec.partition(":")
+    if source == GIVEN_IN_PYTHON:
+        raise UnknownModelError(
+            f"model '{spec}' was given in Python (surgery.train.run(config, model=...)), so no spec builds it: "
+            f"give the network again, e.g. surgery.train.run(RunConfig.from_yaml('RUN_DIR/config.yaml'), "
+            f"model={name.rsplit('.', 1)[-1]}(...), resume=True), or set model.spec to a spec that builds it.")
     if source in SOURCES and name:
         if input_size is not None and source in SIZE_ARGUMENTS:
             side = input_size if isinstance(input_size, int) else input_size[-1]
@@ -52,6 +58,15 @@ def build_model(spec: str, num_classes: int | None = None, *, input_size: int | 
         path, factory = file_spec
         return build_from_file(Path(path), factory, num_classes, **kwargs)
     raise UnknownModelError(_bad_form_message(spec))
+
+
+def python_spec(model: nn.Module) -> str:
+    """The spec a run records of a model given in Python: its class, which no spec can rebuild."""
+    return f"{GIVEN_IN_PYTHON}:{qualified_name(model)}"
+
+
+def qualified_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 def build_torchvision(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:

@@ -82,7 +82,7 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
     from surgery.train import pipeline
     from surgery.train.distributed import Distributed
     from surgery.train.masking import plan_masks, save_start_weights
-    from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord
+    from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord, model_section
     from surgery.train.run_files import RunFiles
 
     console = console or Console(stderr=True)
@@ -93,6 +93,7 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
         torch.manual_seed(config.train.seed)
         dataset = pipeline.load_data(config)
         model = pipeline.initialized(config, pipeline.build(config, dataset))
+        record.update(model=model_section(config.model.spec, model))
         train_loader, eval_loaders = pipeline.loaders(config, dataset, dist)
         record.stage = "training"
         plan = plan_masks(config, model, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist,

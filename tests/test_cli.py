@@ -526,7 +526,7 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
         "masks.safetensors", "model.onnx", "model.onnx.json", "summary.md", "curves.png", "verify.txt"}
     masks, metadata = load_masks(tmp_path / "masks.safetensors")
     assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
-    assert "cifar:resnet20 on digits" in out and "epoch 2/2" in out and "learned in 3 iterations" in out
+    assert "cifar:resnet20 (surgery.cifar.CifarResNet" in out and "epoch 2/2" in out and "learned in 3 iterations" in out
     assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out
     code, out, _ = run(capsys, "demo", "--out", tmp_path, "--epochs", "2", "--set", "lrsi.iterations=3", "--resume")
     assert code == 0 and f"demo is already complete: its results are in {tmp_path}" in out and "epoch" not in out

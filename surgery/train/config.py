@@ -37,6 +37,7 @@ from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_m
 from surgery.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
 from surgery.recipe import RECIPE_PRESETS, Recipe, names_a_file
 from surgery.train.losses import SPREADS
+from surgery.train.run_files import RunFiles
 from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -258,11 +259,29 @@ class RunConfig:
             )
         config = cls.from_dict(data, base=path.parent)
         config.resolve_paths(path.parent)
+        own = run_directory_of(path)
+        if own is not None:  # a run's saved config acts on the directory it sits in, copied or not, from anywhere
+            config.output = _literal(own)
+        return config
+
+    def absolute(self) -> RunConfig:
+        """A copy whose paths (output, data, mask files, weights) are absolute, read from the working
+        directory: what the pipeline runs, hashes and saves, so the run's config.yaml means the same anywhere."""
+        from surgery.train.data.specs import DATASETS_WITH_PATHS  # lazily: the data package imports torch
+
+        config = copy.deepcopy(self)
+        cwd = Path.cwd()
+        config.resolve_paths(cwd)
+        config.output = config.output if Path(config.output).is_absolute() else str(Path(_literal(cwd)) / config.output)
+        config.data.root = _absolute(config.data.root, cwd)
+        kind, sep, path = config.data.dataset.partition(":")
+        if sep and kind in DATASETS_WITH_PATHS and path:
+            config.data.dataset = f"{kind}:{_absolute(path, cwd)}"
         return config
 
     def resolve_paths(self, base: Path) -> None:
         def resolved(value: str | None) -> str | None:
-            return value if value is None or Path(value).is_absolute() else str(base / value)
+            return _absolute(value, base)
 
         self.mask.file = resolved(self.mask.file)
         self.init.rewind = resolved(self.init.rewind)
@@ -422,6 +441,26 @@ class RunConfig:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("accuracy"), (int, float)):
                 raise ConfigError(f"reference.results entry {entry!r} needs the cell's fields and an accuracy in %, "
                                   "e.g. {mask.sparsity: 0.98, recipe: tost, accuracy: 88.20, std: 0.89}.")
+
+
+def run_directory_of(path: Path) -> Path | None:
+    """The run directory whose saved config ``path`` is (its config.yaml, beside the run's record or sweep cell),
+    absolute; None for any other config file."""
+    files = RunFiles(Path(path).parent.absolute())
+    return files.root if files.config.name == Path(path).name and files.holds_run() else None
+
+
+def _absolute(value: str | None, base: Path) -> str | None:
+    """``value`` (a path; ``~`` expanded) relative to ``base`` unless it is absolute."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _literal(path: Path) -> str:
+    """``path`` as an ``output`` value: braces doubled, since ``output`` is a template (``runs/{name}``)."""
+    return str(path).replace("{", "{{").replace("}", "}}")
 
 
 def _check_choice(field_name: str, value: str, known: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import shutil
@@ -30,7 +31,7 @@ from rich.console import Console
 from torch import fx, nn
 
 import surgery
-from surgery.errors import ConfigError, SurgeryError
+from surgery.errors import CheckpointError, ConfigError, SurgeryError
 from surgery.graph import deepcopy_module, eval_mode
 from surgery.ghosts import ghosts
 from surgery.interrupt import Interrupted, signal_name
@@ -41,9 +42,9 @@ from surgery.masks import (
     prunable_weights,
     save_masks,
 )
-from surgery.models import build_model, load_weights
+from surgery.models import build_model, load_weights, python_spec
 from surgery.preprocessing import Preprocessing
-from surgery.train.checkpoint import CheckpointStore
+from surgery.train.checkpoint import CheckpointStore, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
@@ -56,13 +57,14 @@ from surgery.train.record import (
     completed_record,
     export_section,
     lrsi_section,
+    model_section,
     read_record,
     verification_failed,
     verification_passed,
     verification_skipped,
 )
 from surgery.train.report import write_report
-from surgery.train.report.story import describe_ghost_cost, describe_tweaks
+from surgery.train.report.story import describe_ghost_cost, describe_model, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
@@ -166,8 +168,12 @@ def run(
     """Run the whole pipeline; ``model`` / ``masks`` given in Python replace the config's.
 
     ``resume=True`` of a run that completed with this config returns its recorded result
-    (nothing is redone) unless ``force``, which re-runs verification and export.
+    (nothing is redone) unless ``force``, which re-runs verification and export. A ``model`` given here is
+    what the run records (``model.spec: python:module.Class``), not the config's spec, which did not train.
     """
+    config = config.absolute()  # so the saved config.yaml, the record and every printed path work from anywhere
+    if model is not None:
+        config = as_given(config, model)
     if resume is True and not force:
         record = completed_record(config)
         if record is not None:
@@ -187,6 +193,12 @@ def run(
     return result
 
 
+def as_given(config: RunConfig, model: nn.Module) -> RunConfig:
+    """``config`` naming ``model``'s class as its spec: its saved config.yaml, hash and record say what trained,
+    and a resume must give the same class again (``build_model`` refuses the spec with that fix)."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, spec=python_spec(model)))
+
+
 def _end_early(files: RunFiles, record: RunRecord, error: BaseException, *, created: bool) -> None:
     """A run that stops before training leaves nothing it created behind (unless a checkpoint is there to
     resume from); any other stop is recorded in result.json: interrupted or failed, and why."""
@@ -204,10 +216,12 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     torch.manual_seed(config.train.seed)
     dataset = load_data(config)
     original = model if model is not None else build(config, dataset)
+    record.update(model=model_section(config.model.spec, original))
     example = example_batch(dataset)
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
         check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
+    checkpoint = resumed_from(config, files, resume)  # a resume that cannot start fails before anything is written
     if resume:  # LRsI ran before the checkpoint: its record is the earlier run's
         record.update(lrsi=(read_record(files) or {}).get("lrsi"))
     if dist.is_main:
@@ -236,7 +250,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
                       teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     record.stage = "training"
-    trained = trainer.fit(resume=resume)
+    trained = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.stage = "finish"
     record.update(num_classes=config.model.num_classes or dataset.num_classes,
                   device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
@@ -244,6 +258,21 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
                   tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters,
                   preprocessing=dataset.preprocessing())
+
+
+def resumed_from(config: RunConfig, files: RunFiles, resume: bool | str | Path) -> tuple[dict, Path] | None:
+    """The checkpoint file ``resume`` names, loaded and checked against ``config``; refuses ``resume=True`` of a
+    directory with no checkpoint at all (a mask method's rounds count: they resume inside). None otherwise."""
+    if resume is True and not files.holds_checkpoint():
+        what = "holds no checkpoint" if files.root.is_dir() else "does not exist"
+        raise CheckpointError(f"cannot resume: {files.root} {what}, so there is nothing to continue; check the "
+                              "config's output (a run's own config.yaml acts on its directory), or start without --resume.")
+    if resume is True or not resume:
+        return None
+    path = Path(resume)
+    state = load_checkpoint(path)
+    check_resumable(state.get("config", {}), config, path)
+    return state, path
 
 
 def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module | None = None) -> RunResult:
@@ -409,9 +438,10 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         result.verify, result.export = _verify_and_export(config, original, model, example, files, record,
                                                           preprocessing)
     record.write(COMPLETED)
-    write_report(run_dir, title=f"{config.name}: {config.model.spec} on {config.data.dataset}",
+    described = describe_model(record.data["model"])
+    write_report(run_dir, title=f"{config.name}: {described} on {config.data.dataset}",
                  layer_sparsity=_layer_sparsity(model), events=trained.events,
-                 extra={"model": config.model.spec, "dataset": config.data.dataset,
+                 extra={"model": described, "dataset": config.data.dataset,
                         "mask": _mask_text(config), "device": record.data["device"]})
     return result
 

@@ -9,7 +9,9 @@ class, first line and the stage it reached). The report, the CLI summary and
 Its keys: ``format``, ``kind`` (``run``: a training run; ``mask rounds``: ``surgery prune``
 running a ``before`` mask method's rounds alone), ``status`` (running / completed / interrupted / failed),
 ``reason`` (null, or ``{error | signal, message, stage}``), ``config`` (``name`` and
-``hash``), ``model``, ``dataset``, ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
+``hash``), ``model`` (the network that trained: ``class``, its qualified name; ``source``: spec | python,
+given to ``run(config, model=...)``; ``spec`` or null; ``parameters``; class and parameters null until it is
+built), ``dataset``, ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
 (a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
 of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
 ``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
@@ -37,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from surgery.models import GIVEN_IN_PYTHON, qualified_name
 from surgery.train.atomic import write_json_atomic
 from surgery.train.config import IGNORED_ON_RESUME, RunConfig
 from surgery.train.run_files import RunFiles
@@ -61,7 +64,7 @@ class RunRecord:
             "format": RESULT_FORMAT,
             "kind": kind,
             "config": {"name": config.name, "hash": config_hash(config)},
-            "model": config.model.spec,
+            "model": model_section(config.model.spec),
             "dataset": config.data.dataset,
             "mask": {"method": config.mask.method, "sparsity": config.mask.sparsity, "file": config.mask.file},
             "versions": software_versions(),
@@ -103,7 +106,7 @@ def first_line(error: BaseException) -> str:
 def config_hash(config: RunConfig) -> str:
     """sha256 of the resolved config's fields that change what is computed (not its name, directory,
     device or progress bars: the fields a resume may change, ``IGNORED_ON_RESUME``)."""
-    data = _without(config.to_dict(), IGNORED_ON_RESUME)
+    data = _without(config.absolute().to_dict(), IGNORED_ON_RESUME)  # a relative path hashes as what it names
     text = json.dumps(data, sort_keys=True, default=str)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -148,6 +151,19 @@ def completed_record(config: RunConfig) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------ sections
+
+
+def model_section(spec: str, model: Any = None) -> dict[str, Any]:
+    """What trained: the class and parameter count of ``model`` (None: not built yet), and where it came from,
+    the spec or Python (``models.python_spec``: the config of a run given its model records its class so)."""
+    source, _, name = spec.partition(":")
+    given = source == GIVEN_IN_PYTHON
+    return {
+        "class": qualified_name(model) if model is not None else name if given else None,
+        "source": "python" if given else "spec",
+        "spec": None if given else spec,
+        "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
+    }
 
 
 def verification_passed(report: Any) -> dict[str, Any]:

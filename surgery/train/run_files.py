@@ -101,6 +101,11 @@ class RunFiles:
     def log(self) -> Path:  # everything the run printed (stdout and stderr), every launch appended
         return self.root / "output.log"
 
+    def holds_run(self) -> bool:
+        """Whether this is a run's directory: the pipeline's record or a sweep's cell is there (both are written
+        before the run's config.yaml, so a saved config.yaml always sits beside one)."""
+        return self.result.is_file() or self.sweep_cell.is_file()
+
     def holds_checkpoint(self) -> bool:
         """Whether any training in this directory (the run's own, or a mask method's rounds) saved a checkpoint."""
         folders = (folder for folder in self.root.rglob(self.checkpoints.name) if folder.is_dir())

@@ -176,10 +176,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool | str | Path = False) -> TrainResult:
-        """Train to the last epoch; ``resume``: True (this run's latest good checkpoint) or a file."""
+    def fit(self, resume: bool | str | Path = False, checkpoint: tuple[dict, Path] | None = None) -> TrainResult:
+        """Train to the last epoch; ``resume``: True (this run's latest good checkpoint) or a file;
+        ``checkpoint``: that file's (state, path), already loaded."""
         if resume:
-            self.restore(resume)
+            self.restore(resume, checkpoint)
         self.log = MetricsLog(self.run_dir, tensorboard=self.settings.tensorboard, resume_step=self.step if resume else None,
                               resume_epoch=self.epoch) if self.dist.is_main else None
         start = time.perf_counter() - self.seconds_before
@@ -397,9 +398,11 @@ class Trainer:
         self.dist.barrier()
         return path
 
-    def restore(self, resume: bool | str | Path) -> None:
+    def restore(self, resume: bool | str | Path, checkpoint: tuple[dict, Path] | None = None) -> None:
         """Load a checkpoint: model (de-ghosting first when it was saved de-ghosted), optimizer, clocks, RNG."""
-        if resume is True:
+        if checkpoint is not None:
+            state, path = checkpoint
+        elif resume is True:
             state, path = self.store.load_latest()
         else:
             from surgery.train.checkpoint import load_checkpoint
@@ -468,7 +471,7 @@ def resume_hint(run_dir: Path) -> str:
     """How to continue a stopped run: the resolved config the pipeline wrote runs it again from its checkpoint,
     whichever command started it (train, run, demo, prune)."""
     config = RunFiles(run_dir).config
-    return f"continue with: surgery run {config} --resume" if config.is_file() else "continue with --resume"
+    return f"continue with: surgery run {config.absolute()} --resume" if config.is_file() else "continue with --resume"
 
 
 class _Sums:

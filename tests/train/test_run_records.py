@@ -200,6 +200,7 @@ def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
     assert record["mask_file"] == str(tmp_path / "imp.safetensors")
     assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
     assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0
+    assert record["model"]["class"] == "surgery.cifar.CifarResNet" and record["model"]["spec"] == "cifar:resnet20"
 
 
 def test_masks_given_in_python_are_checked_and_an_allowed_empty_layer_is_recorded(tmp_path):
@@ -213,3 +214,35 @@ def test_masks_given_in_python_are_checked_and_an_allowed_empty_layer_is_recorde
     assert record_of(allowed)["weights"]["empty_layers"] == ["layer3.2.conv2.weight"]
     assert "| empty layers | **1** keep no weight (mask.allow_empty_layers): `layer3.2.conv2.weight` |" in \
         RunFiles(allowed.run_dir).summary.read_text()
+
+
+def test_a_model_given_in_python_is_recorded_as_it_is_and_its_resume_needs_it_again(capsys, tmp_path):
+    from conftest import SmallCNN
+    from surgery.errors import UnknownModelError
+
+    config = tiny_config(tmp_path, train={"epochs": 1}, lr_schedule={"milestones": []}, recipe="none")
+    pipeline.run(config, model=SmallCNN(num_classes=10))
+    files = RunFiles(config.run_dir)
+    record = record_of(config)
+    parameters = sum(p.numel() for p in SmallCNN(num_classes=10).parameters())
+
+    assert record["model"] == {"class": "conftest.SmallCNN", "source": "python", "spec": None,
+                               "parameters": parameters}
+    assert "given in Python (conftest.SmallCNN" in files.summary.read_text() and "resnet20" not in files.summary.read_text()
+    saved = RunConfig.from_yaml(files.config)
+    assert saved.model.spec == "python:conftest.SmallCNN"  # not the config's cifar:resnet20, which did not train
+    with pytest.raises(UnknownModelError, match="given in Python .* model=SmallCNN"):
+        pipeline.run(saved, resume=True)  # nothing builds it: refused, naming how to give it again
+    assert pipeline.run(saved, model=SmallCNN(num_classes=10), resume=True).record == record
+
+    built = tiny_config(tmp_path, name="built", train={"epochs": 1}, lr_schedule={"milestones": []}, recipe="none")
+    assert main(["run", str(_saved(built)), "--no-progress"]) == 0
+    assert record_of(built)["model"]["source"] == "spec" and record_of(built)["model"]["spec"] == "cifar:resnet20"
+    assert record_of(built)["model"]["class"] == "surgery.cifar.CifarResNet" and record_of(built)["model"]["parameters"] > 0
+    assert "cifar:resnet20 (surgery.cifar.CifarResNet, " in capsys.readouterr().out
+
+
+def _saved(config: RunConfig):
+    path = config.run_dir.parent / f"{config.name}.yaml"
+    path.write_text(config.to_yaml())
+    return path

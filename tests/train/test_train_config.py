@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from surgery.errors import ConfigError
@@ -123,3 +125,27 @@ def test_resume_differences_list_what_matters():
     a = RunConfig().to_dict()
     b = RunConfig().with_overrides(["optimizer.lr=0.05", "train.log_every=3", "output=elsewhere"]).to_dict()
     assert config_differences(a, b) == ["optimizer.lr: 0.1 in the checkpoint, 0.05 now"]
+
+
+def test_a_config_made_absolute_names_the_same_files_from_anywhere(tmp_path, monkeypatch):
+    from surgery.train.record import config_hash
+
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig.from_dict({"output": "runs/{name}", "data": {"dataset": "imagefolder:data/pets", "root": "cache"},
+                                  "mask": {"file": "m.safetensors"}, "model": {"weights": "~/w.pt"}})
+    absolute = config.absolute()
+    assert absolute.run_dir == tmp_path / "runs" / "run"
+    assert absolute.data.dataset == f"imagefolder:{tmp_path / 'data/pets'}" and absolute.data.root == str(tmp_path / "cache")
+    assert absolute.mask.file == str(tmp_path / "m.safetensors") and not absolute.model.weights.startswith("~")
+    assert config_hash(absolute) == config_hash(config)  # a relative path hashes as the file it names
+
+
+def test_a_runs_own_config_yaml_acts_on_its_directory_and_no_other_file_does(tmp_path):
+    run_dir = tmp_path / "copied"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(RunConfig.from_dict({"output": "/elsewhere/{name}"}).to_yaml())
+    (run_dir / "other.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert RunConfig.from_yaml(run_dir / "config.yaml").run_dir == Path("/elsewhere/run")  # no record: not a run yet
+    (run_dir / "result.json").write_text("{}")
+    assert RunConfig.from_yaml(run_dir / "config.yaml").run_dir == run_dir
+    assert RunConfig.from_yaml(run_dir / "other.yaml").run_dir == Path("/elsewhere/run")

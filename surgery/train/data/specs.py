@@ -22,6 +22,7 @@ SPEC_FORMS: tuple[str, ...] = (
     "cifar10", "cifar100", "cifar10-jpeg:PATH", "imagefolder:PATH", "digits", "synthetic",
 )
 _NEEDS_PATH = ("cifar10-jpeg", "imagefolder")
+DATASETS_WITH_PATHS = _NEEDS_PATH  # kinds whose spec holds a path (KIND:PATH)
 
 
 def load_dataset(

@@ -22,6 +22,15 @@ def megabytes(count: float) -> str:
     return f"{count:.0f} B"
 
 
+def describe_model(model: dict[str, Any] | str) -> str:
+    """The network that trained (the record's ``model`` section): its spec or 'given in Python', class, parameters."""
+    if isinstance(model, str):  # a record written before the section existed
+        return model
+    origin = model["spec"] if model["source"] == "spec" else "given in Python"
+    parameters = "" if model["parameters"] is None else f", {model['parameters']:,} parameters"
+    return f"{origin} ({model['class'] or 'not built'}{parameters})"
+
+
 def describe_tweaks(tweaks: dict[str, Any]) -> str:
     """e.g. 'ghost skips: 16 (13 identity, 3 conv1x1), soft activations: 17 pswish, LRsI (390 iterations),
     label smoothing 0.1'; 'none' when the plain network trained with hard labels."""
