@@ -91,7 +91,7 @@ SCRIPTS = {  # extra arguments; lines the output must hold (methods and the spar
 
 def test_there_is_a_script_per_paper_workflow():
     scripts = {key.split()[0] for key in SCRIPTS}
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {*scripts, "round_trip.py", "workflow.py", "detection_backbone.py", *OWN_LOOPS}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {*scripts, "round_trip.py", "workflow.py", "detection_backbone.py", "onnx_inference.py", *OWN_LOOPS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
