@@ -108,6 +108,13 @@ class SurgeryTracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # fx makes placeholders from the signature a decorator's ``functools.wraps`` exposes, then
+        # calls the wrapper, whose ``*args, **kwargs`` receive them positionally: trace the wrapped
+        # forward itself (the decorator's own code, e.g. transformers' return_dict handling, is left out)
+        real = inspect.unwrap(root_fn) if is_module else root_fn
+        return super().create_args_for_root(real, is_module, concrete_args)
+
     def call_module(self, m: nn.Module, forward, args, kwargs):
         try:
             return super().call_module(m, forward, args, kwargs)
