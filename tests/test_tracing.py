@@ -353,7 +353,10 @@ class DecoratedForward(nn.Module):
 
     @_returns_tuple_on_request
     def forward(self, pixel_values=None, labels=None, **kwargs):
-        return {"logits": self.fc(torch.relu(self.conv(pixel_values)).mean((2, 3)))}
+        return self.head(pixel_values, **kwargs)
+
+    def head(self, x, **kwargs):
+        return {"logits": self.fc(torch.relu(self.conv(x)).mean((2, 3)))}
 
 
 def test_decorated_forward_is_traced_through_the_wrapped_signature():
