@@ -39,7 +39,7 @@ SMALL_CONFIGS: dict[str, dict[str, Any]] = {
     "ViTForImageClassification": _VIT,
     "DeiTForImageClassification": _VIT,
     "BeitForImageClassification": _VIT,
-    "Dinov2ForImageClassification": _VIT,
+    "Dinov2ForImageClassification": {**{k: v for k, v in _VIT.items() if k != "intermediate_size"}, "mlp_ratio": 2},
     "SwinForImageClassification": {"image_size": INPUT_SIZE, "patch_size": 4, "embed_dim": 16, "depths": [1, 1],
                                    "num_heads": [1, 2], "window_size": 4},
     "SegformerForSemanticSegmentation": {"num_encoder_blocks": 2, "depths": [1, 1], "sr_ratios": [2, 1],

@@ -1,5 +1,6 @@
-"""The model zoo conformance runs over: every torchvision classifier, one model per timm family, and
-every builder of torchvision's segmentation, detection, video and optical-flow families.
+"""The model zoo conformance runs over: every torchvision classifier, one model per timm family, every
+builder of torchvision's segmentation, detection, video and optical-flow families, and the Hugging Face
+transformers classes ``surgery.hf`` has small configs for.
 
 Structural checks build weightless models on the meta device (detectors, which cannot run
 there, on the CPU at a small size: ``STRUCTURAL_ON_CPU``); numeric and ONNX parity run on
@@ -10,6 +11,7 @@ the part ``surgery.tasks`` names where torch.fx cannot trace them whole.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
 
 import torch
@@ -61,6 +63,34 @@ def torchvision_models() -> list[str]:
     import torchvision
 
     return [f"torchvision:{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+
+
+def hf_models() -> list[str]:
+    """``hf:<ModelClass>`` for every class ``surgery.hf`` has a small config for (none without transformers)."""
+    from surgery.hf import SMALL_CONFIGS
+
+    return [f"hf:{name}" for name in SMALL_CONFIGS] if importlib.util.find_spec("transformers") else []
+
+
+# hf: models torch.fx cannot trace whole (transformers 5.25): Python code that reads the input's shape or dtype.
+_CHANNEL_CHECK = "its embeddings check `if num_channels != self.num_channels` on the input's shape"
+HF_UNTRACEABLE: dict[str, str] = {
+    "hf:ResNetForImageClassification": _CHANNEL_CHECK,
+    "hf:ConvNextForImageClassification": _CHANNEL_CHECK,
+    "hf:ConvNextV2ForImageClassification": _CHANNEL_CHECK,
+    "hf:RegNetForImageClassification": _CHANNEL_CHECK,
+    "hf:BeitForImageClassification": _CHANNEL_CHECK,
+    "hf:Dinov2ForImageClassification": _CHANNEL_CHECK,
+    "hf:LevitForImageClassification": _CHANNEL_CHECK,
+    "hf:UperNetForSemanticSegmentation": _CHANNEL_CHECK + " (its ConvNext backbone)",
+    "hf:MobileNetV2ForImageClassification": "its TF-style padding computes `int(features.shape[-2])`",
+    "hf:MobileViTForImageClassification": "its patch unfolding computes `int(math.ceil(orig_height / patch_height))`",
+    "hf:ViTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
+    "hf:DeiTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
+    "hf:SwinForImageClassification": "its patch embedding pads on `if width % self.patch_size[1] != 0`",
+    "hf:SegformerForSemanticSegmentation": "its attention unpacks the input's shape: `(*input_shape, -1, self.head_dim)`",
+    "hf:DPTForSemanticSegmentation": "its embeddings compute `torch_int(...)` (int() of a shape) for the position grid",
+}
 
 
 def task_models(families: tuple[str, ...] = TASK_FAMILIES) -> dict[str, list[str]]:
