@@ -24,6 +24,7 @@ import inspect
 import os
 import sys
 import traceback
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,7 @@ class SurgeryTracer(fx.Tracer):
         # calls the wrapper, whose ``*args, **kwargs`` receive them positionally: trace the wrapped
         # forward itself (the decorator's own code, e.g. transformers' return_dict handling, is left out)
         real = inspect.unwrap(root_fn) if is_module else root_fn
+        real = real if isinstance(real, types.FunctionType) else root_fn  # wraps a callable object: fx's way
         fn, args = super().create_args_for_root(real, is_module, concrete_args)
         extra = args[-1] if args and real.__code__.co_flags & inspect.CO_VARKEYWORDS else None
         if isinstance(extra, fx.Proxy) and extra.node.op == "placeholder":
