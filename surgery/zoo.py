@@ -73,8 +73,9 @@ def hf_models() -> list[str]:
 
 
 # hf: models whose embeddings check `if num_channels != self.num_channels` on the input's shape, which
-# torch.fx cannot trace: compiled whole with the leaf the trace error suggests (the embeddings: the stem
-# and that check stay one opaque node; every body conv, or LeViT's Linear layers, still gets its ghost).
+# torch.fx cannot trace: compiled whole with the leaves the trace errors suggest, one after the other (the
+# embeddings: the stem and that check stay one opaque node; every body conv, or LeViT's Linear layers,
+# still gets its ghost).
 HF_LEAVES: dict[str, tuple[str, ...]] = {
     "hf:ResNetForImageClassification": ("ResNetEmbeddings",),
     "hf:ConvNextForImageClassification": ("ConvNextEmbeddings",),
@@ -82,15 +83,14 @@ HF_LEAVES: dict[str, tuple[str, ...]] = {
     "hf:RegNetForImageClassification": ("RegNetEmbeddings",),
     "hf:UperNetForSemanticSegmentation": ("ConvNextEmbeddings",),  # its ConvNext backbone's
     "hf:LevitForImageClassification": ("LevitPatchEmbeddings",),
+    # then their attention unpacks `(*input_shape, -1, self.head_dim)`: as a leaf too, its q/k/v/output Linear
+    # layers are out of reach; the MLPs' Linear layers get the ghosts
+    "hf:BeitForImageClassification": ("BeitPatchEmbeddings", "BeitAttention"),
+    "hf:Dinov2ForImageClassification": ("Dinov2PatchEmbeddings", "Dinov2Embeddings", "Dinov2Attention"),
 }
 
 # hf: models torch.fx cannot trace (transformers 5.25), leaf or not: Python code reads the input's shape or dtype.
-_CHANNEL_CHECK = "its embeddings check `if num_channels != self.num_channels` on the input's shape"
 HF_UNTRACEABLE: dict[str, str] = {
-    "hf:BeitForImageClassification": _CHANNEL_CHECK + "; with them a leaf, its attention unpacks "
-                                     "`(*input_shape, -1, self.head_dim)`",
-    "hf:Dinov2ForImageClassification": _CHANNEL_CHECK + "; with them a leaf, its embeddings interpolate on "
-                                       "`if ... num_patches == num_positions and height == width`",
     "hf:MobileNetV2ForImageClassification": "its TF-style padding computes `int(features.shape[-2])` in every "
                                             "conv layer (as leaves, no conv is left to ghost)",
     "hf:MobileViTForImageClassification": "its patch unfolding computes `int(math.ceil(orig_height / patch_height))`",
@@ -98,7 +98,8 @@ HF_UNTRACEABLE: dict[str, str] = {
     "hf:DeiTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
     "hf:SwinForImageClassification": "its patch embedding pads on `if width % self.patch_size[1] != 0`; "
                                      "its layers branch on `if min(input_resolution) <= self.window_size`",
-    "hf:SegformerForSemanticSegmentation": "its attention unpacks the input's shape: `(*input_shape, -1, self.head_dim)`",
+    "hf:SegformerForSemanticSegmentation": "its attention unpacks the input's shape: `(*input_shape, -1, self.head_dim)`; "
+                                           "with it a leaf, its decode head gets no encoder hidden states (None)",
     "hf:DPTForSemanticSegmentation": "its embeddings compute `torch_int(...)` (int() of a shape) for the position grid",
 }
 

@@ -92,8 +92,10 @@ def test_hf_model_round_trip_outputs_and_onnx_match(spec):
 
 
 @pytest.mark.parametrize("spec", sorted(zoo.HF_LEAVES) if zoo.hf_models() else [])
-def test_hf_model_trace_error_suggests_the_leaf_that_makes_it_compile(spec):
+def test_hf_model_trace_errors_suggest_the_leaves_that_make_it_compile(spec):
     model, x = zoo.build(spec, "cpu")
-    with pytest.raises(TraceError) as error:
-        surgery.compile(model, x)
-    assert f"leaf_modules=[{zoo.HF_LEAVES[spec][0]}]" in str(error.value)
+    leaves = zoo.HF_LEAVES[spec]
+    for i, leaf in enumerate(leaves):  # each suggestion, followed, leads to the next
+        with pytest.raises(TraceError) as error:
+            surgery.compile(model, x, leaf_modules=leaves[:i])
+        assert f"leaf_modules=[{leaf}]" in str(error.value)
