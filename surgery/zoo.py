@@ -93,14 +93,17 @@ HF_LEAVES: dict[str, tuple[str, ...]] = {
 HF_UNTRACEABLE: dict[str, str] = {
     "hf:MobileNetV2ForImageClassification": "its TF-style padding computes `int(features.shape[-2])` in every "
                                             "conv layer (as leaves, no conv is left to ghost)",
-    "hf:MobileViTForImageClassification": "its patch unfolding computes `int(math.ceil(orig_height / patch_height))`",
+    "hf:MobileViTForImageClassification": "its patch unfolding computes `int(math.ceil(orig_height / patch_height))`; "
+                                          "with MobileViTLayer a leaf it compiles, no conv targeted",
     "hf:ViTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
     "hf:DeiTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
     "hf:SwinForImageClassification": "its patch embedding pads on `if width % self.patch_size[1] != 0`; "
-                                     "its layers branch on `if min(input_resolution) <= self.window_size`",
+                                     "its layers branch on `if min(input_resolution) <= self.window_size`; with "
+                                     "the leaves suggested it compiles, no Linear layer left to ghost",
     "hf:SegformerForSemanticSegmentation": "its attention unpacks the input's shape: `(*input_shape, -1, self.head_dim)`; "
                                            "with it a leaf, its decode head gets no encoder hidden states (None)",
-    "hf:DPTForSemanticSegmentation": "its embeddings compute `torch_int(...)` (int() of a shape) for the position grid",
+    "hf:DPTForSemanticSegmentation": "its embeddings compute `torch_int(...)` (int() of a shape) for the position grid; "
+                                     "with the suggested leaf, its own forward iterates the encoder's hidden states",
 }
 
 
