@@ -174,6 +174,7 @@ def test_load_weights_missing_file(tmp_path):
 
 
 def test_hf_model_is_built_from_its_small_config_with_num_classes_as_num_labels():
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
     model = build_model("hf:ResNetForImageClassification", 7)
     assert type(model).__name__ == "ResNetForImageClassification" and model.config.num_labels == 7
     assert model.config.hidden_sizes == [16, 32]
@@ -182,6 +183,7 @@ def test_hf_model_is_built_from_its_small_config_with_num_classes_as_num_labels(
 
 
 def test_hf_config_fields_come_from_a_file_then_the_builder(tmp_path):
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
     file = tmp_path / "vit.json"
     file.write_text('{"hidden_size": 48, "num_hidden_layers": 1}')
     model = build_model(f"hf:ViTForImageClassification:{file}", input_size=16, num_attention_heads=3)
@@ -201,6 +203,7 @@ def test_hf_config_fields_come_from_a_file_then_the_builder(tmp_path):
     ("hf:ViTForImageClassification:missing.json", {}, r"config file 'missing.json' does not exist"),
 ])
 def test_bad_hf_specs_and_configs_explain_themselves(spec, fields, expected):
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
     with pytest.raises(SurgeryError, match=expected):
         build_model(spec, **fields)
 
