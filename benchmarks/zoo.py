@@ -1,17 +1,18 @@
 """Whole-zoo conformance -> docs/zoo.md (``make zoo``).
 
-Every torchvision classifier, one model per timm family and every builder of torchvision's
-segmentation, detection, video and optical-flow families: the full round trip on a real
+Every torchvision classifier, one model per timm family, every builder of torchvision's
+segmentation, detection, video and optical-flow families and the Hugging Face transformers classes
+``surgery.hf`` has small configs for (``HF transformers``, at 32 x 32): the full round trip on a real
 model at its default input size (trace, compile with conv1x1 skips + PSwish + 90% random
 masks, forward + backward, de-ghost, verify (a)-(d), ONNX parity). A model torch.fx cannot
 trace whole is compiled in its task's part (``surgery.tasks``: a detector's backbone, RAFT's
 encoders), trained a step in train mode with synthetic targets, and verified as a whole.
 Models above ``--max-params`` run structurally on the meta device instead. Each model runs
 in its own process with a time limit; rows are cached in ``.zoo-cache/`` so an interrupted
-run resumes (``--fresh`` starts over). ``--families`` runs only those task families and
-merges their sections into the existing docs/zoo.md, leaving the other sections as they are.
+run resumes (``--fresh`` starts over). ``--families`` and ``--only`` run only those groups and
+merge their sections into the existing docs/zoo.md, leaving the other sections as they are.
 
-    python benchmarks/zoo.py [--only torchvision|timm] [--max-params 350e6] [--timeout 1200] [--fresh]
+    python benchmarks/zoo.py [--only torchvision|timm|hf] [--max-params 350e6] [--timeout 1200] [--fresh]
     python benchmarks/zoo.py --families detection,segmentation,video,optical_flow
 """
 
@@ -33,6 +34,7 @@ DOC = ROOT / "docs" / "zoo.md"
 CELLS = ("trace", "compile", "deghost", "isomorphic", "strict_load", "outputs_equal", "onnx_parity")
 # Each torchvision task family's section of docs/zoo.md.
 TASK_GROUPS = {family: f"torchvision {family.replace('_', ' ')}" for family in TASK_FAMILIES}
+HF_GROUP = "HF transformers"
 
 
 def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
@@ -50,8 +52,11 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     params = sum(p.numel() for p in meta_model.parameters())
     on_cpu = params <= max_params and not meta_only
     model, x = zoo.build(spec, "cpu") if on_cpu else (meta_model, meta_x)
+    leaves = zoo.HF_LEAVES.get(spec, ())
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True, submodule=default_submodule(spec),
-                                  dynamic_batch=task_of(spec).dynamic_batch).to_dict()
+                                  dynamic_batch=task_of(spec).dynamic_batch, leaf_modules=leaves).to_dict()
+    if leaves:  # the leaf its trace error suggests
+        row["note"] = f"leaf: {', '.join(leaves)}" + ("; " + row["note"] if row["note"] else "")
     if params > max_params:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"meta only: {params / 1e6:.0f}M parameters"
     row["params"] = params
@@ -104,6 +109,8 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
               "| convs covered / targeted / found | s | note |")
     if compiled_column:
         header = header.replace("| model |", "| model | compiled |")
+    from surgery import zoo
+
     lines = [header, "|" + "---|" * (13 if compiled_column else 12)]
     for r in rows:
         convs = (f"{r.get('convs_covered')} / {r.get('convs_targeted')} / {r.get('convs_total')}"
@@ -111,6 +118,8 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
         note = (r.get("note") or "").replace("|", "\\|").replace("\n", " ")[:160]
         if r.get("timm_cannot_trace"):
             note = f"xfail, timm itself cannot FX-trace it: {r['timm_cannot_trace'][:100]}"
+        if r["model"] in zoo.HF_UNTRACEABLE and not r.get("trace"):
+            note = f"xfail, torch.fx cannot trace it: {zoo.HF_UNTRACEABLE[r['model']]}"
         cells = " | ".join(mark(r.get(c)) for c in CELLS)
         part = f" {r.get('compiled', 'whole')} |" if compiled_column else ""
         modes = {1: "one graph", 2: "two graphs"}.get(r.get("modes"), "-")
@@ -121,12 +130,17 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
 def summary(name: str, rows: list[dict]) -> str:
     n = len(rows)
     ok = sum(structural(r) for r in rows)
+    from surgery import zoo
+
     xfail = sum(1 for r in rows if not structural(r) and r.get("timm_cannot_trace"))
+    untraceable = sum(1 for r in rows if not r.get("trace") and r["model"] in zoo.HF_UNTRACEABLE)
     numeric = [r for r in rows if r.get("outputs_equal") is not None]
     onnx = [r for r in rows if r.get("onnx_parity") is not None]
     return (
         f"- {name}: **{ok}/{n} ({100 * ok / n:.1f}%) pass structurally**"
         + (f" (xfail: timm itself cannot FX-trace {xfail} of the rest)" if xfail else "")
+        + (f" (xfail: torch.fx cannot trace {untraceable} of the rest: their Python code reads the input's "
+           "shape or dtype)" if untraceable else "")
         + f"; outputs equal on {sum(bool(r['outputs_equal']) for r in numeric)}/{len(numeric)} run numerically; "
         f"ONNX parity on {sum(bool(r['onnx_parity']) for r in onnx)}/{len(onnx)} exported."
     )
@@ -194,14 +208,17 @@ def _intro(max_params: float) -> list[str]:
         "per compiled part, (b)-(d) on the whole model, nested outputs included. "
         f"Real models at their default input size; models over {max_params / 1e6:.0f}M parameters run "
         "structurally on the meta device (numeric cells '-'). CI runs the structural part for every model "
-        f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`).\n",
+        f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`). "
+        "HF transformers: each class `surgery.hf` has a small config for (`hf:<ModelClass>`, 32 x 32 images), "
+        "compiled whole (where the embeddings' input check stops fx, with them a leaf, as the trace error "
+        "suggests: note 'leaf'); CI runs every one numerically with ONNX.\n",
         f"Machine: {machine()}\n",
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("torchvision", "timm"))
+    parser.add_argument("--only", choices=("torchvision", "timm", "hf"))
     parser.add_argument("--families", type=lambda text: text.split(","), metavar="F,F",
                         help=f"only these task families ({', '.join(TASK_GROUPS)}), merged into docs/zoo.md")
     parser.add_argument("--max-params", type=float, default=350e6)
@@ -227,9 +244,10 @@ def main() -> None:
             "torchvision": zoo.torchvision_models(),
             "timm (one model per family)": [spec for _, spec in sorted(zoo.timm_families().items())],
             **{TASK_GROUPS[family]: specs for family, specs in zoo.task_models().items()},
+            HF_GROUP: zoo.hf_models(),
         }
     if args.only:
-        groups = {k: v for k, v in groups.items() if k.startswith(args.only)}
+        groups = {k: v for k, v in groups.items() if k.lower().startswith(args.only)}
     results: dict[str, list[dict]] = {}
     for name, specs in groups.items():
         results[name] = []
@@ -238,7 +256,7 @@ def main() -> None:
             results[name].append(row)
             status = "ok" if structural(row) and row.get("outputs_equal") is not False and row.get("onnx_parity") is not False else "FAIL"
             print(f"[{name} {i}/{len(specs)}] {status:4s} {spec} ({row.get('seconds')} s) {row.get('note', '')[:120]}", flush=True)
-    if args.families:
+    if args.families or args.only:
         merge_doc(results, args.max_params)
     else:
         write_doc(results, args.max_params)

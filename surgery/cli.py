@@ -53,7 +53,8 @@ from surgery.tasks import (
 )
 
 EXIT_USER_ERROR = 2
-MODEL_HELP = "torchvision:NAME, timm:NAME or path/to/file.py:factory (random weights, nothing downloads)"
+MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transformers) or path/to/file.py:factory "
+              "(random weights, nothing downloads)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,9 +89,11 @@ def check_model(
     seed: int = 0,
     submodule: Sequence[str] | None = None,
     dynamic_batch: bool = True,
+    leaf_modules: Sequence[Any] = (),
 ) -> Row:
     """Run the round trip on ``model`` (only its ``submodule`` parts compiled, if given); every stage
     that fails is recorded, never raised. ``dynamic_batch``: export ONNX with a dynamic batch.
+    ``leaf_modules``: kept opaque when tracing (the leaves a trace error suggests).
 
     The model is compiled in train mode, as training starts, and verified in both modes: (a) each
     mode's graph against the original traced in that mode, (c) outputs in eval mode on
@@ -103,7 +105,7 @@ def check_model(
     try:
         with in_mode(TRAIN, model):  # the model's own flags come back afterwards
             masks = _masks(model, sparsity, seed, meta, submodule or ())
-            ghosted = _compile(row, model, training, masks, submodule)
+            ghosted = _compile(row, model, training, masks, submodule, leaf_modules)
         if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, training)):
             clean = _stage(row, "deghost", lambda: surgery.deghost(ghosted))
             if clean is not None:
@@ -123,8 +125,9 @@ def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequ
     return {n: m for n, m in masks.items() if within(n, parts)}
 
 
-def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None) -> nn.Module | None:
-    recipe = {**TOST_RECIPE, "masks": masks}
+def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None,
+             leaf_modules: Sequence[Any] = ()) -> nn.Module | None:
+    recipe = {**TOST_RECIPE, "masks": masks, **({"trace": {"leaf_modules": list(leaf_modules)}} if leaf_modules else {})}
     try:
         ghosted = surgery.compile(model, inputs, recipe, submodule=submodule)
     except NoTargetsError:  # no spatial body conv (a ViT's only conv is its stem): skips around Linear layers

@@ -47,7 +47,7 @@ class GhostsRemainError(SurgeryError):
 
 
 class UnknownModelError(SurgeryError):
-    """A `torchvision:NAME`, `timm:NAME` or `file.py:factory` model spec that resolves to nothing."""
+    """A `torchvision:NAME`, `timm:NAME`, `hf:ModelClass` or `file.py:factory` model spec that resolves to nothing."""
 
 
 class InputSizeError(SurgeryError):

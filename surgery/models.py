@@ -1,9 +1,11 @@
-"""Model specs: "torchvision:resnet18", "timm:convnext_tiny", "cifar:resnet20", "path/to/file.py:factory".
+"""Model specs: "torchvision:resnet18", "timm:convnext_tiny", "cifar:resnet20", "hf:ViTForImageClassification",
+"path/to/file.py:factory".
 
 Every model is built with random weights: nothing downloads. ``cifar:NAME`` builds
 one of the papers' CIFAR networks (``surgery.cifar``: ResNet-18/34/50 with a 3x3 stem,
 He et al.'s ResNet-20..110, VGG-11..19 with BatchNorm), 10 classes and 32x32 inputs
-by default. A spec that resolves to nothing is an ``UnknownModelError`` naming it,
+by default. ``hf:ModelClass`` builds a Hugging Face transformers model from a small config
+(``surgery.hf``). A spec that resolves to nothing is an ``UnknownModelError`` naming it,
 suggesting close matches and listing the accepted forms. A new family of models is
 one builder function plus one entry in ``SOURCES``. Also here: the input size a
 model expects, and strict loading of a state_dict file into a built model.
@@ -27,7 +29,7 @@ from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
 from surgery.layers import FORWARD_CONV_TYPES
 from surgery.tasks import TASKS, builder_kwargs, builders, task_of
 
-FORMS = "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"
+FORMS = "torchvision:NAME, timm:NAME, cifar:NAME, hf:ModelClass[:config.json] or path/to/file.py:factory"
 GIVEN_IN_PYTHON = "python"  # ``python:module.Class``: what a run records of a model given in Python; it builds nothing
 DEFAULT_INPUT_SIZE = 224
 TORCHVISION_INPUT_SIZES = {"inception_v3": 299}
@@ -145,10 +147,24 @@ def build_from_file(path: Path, factory: str, num_classes: int | None = None, **
     return model
 
 
+def build_hf(name: str, num_classes: int | None = None, **fields: Any) -> nn.Module:
+    """A Hugging Face transformers model (``surgery.hf``); ``fields`` are its config's."""
+    from surgery import hf
+
+    return hf.build_hf(name, num_classes, **fields)
+
+
+def hf_size_arguments(name: str, input_size: int) -> dict[str, Any]:
+    from surgery import hf
+
+    return hf.hf_size_arguments(name, input_size)
+
+
 SOURCES: dict[str, Callable[..., nn.Module]] = {
     "torchvision": build_torchvision,
     "timm": build_timm,
     "cifar": build_cifar,
+    "hf": build_hf,
 }
 
 
@@ -180,6 +196,7 @@ def torchvision_size_arguments(name: str, input_size: int) -> dict[str, Any]:
 SIZE_ARGUMENTS: dict[str, Callable[[str, int], dict[str, Any]]] = {
     "timm": timm_size_arguments,
     "torchvision": torchvision_size_arguments,
+    "hf": hf_size_arguments,
 }
 
 
@@ -251,17 +268,20 @@ def _bad_form_message(spec: str) -> str:
 
 
 def _bare_name_hint(name: str) -> str:
-    """Suggest the prefixed spec when a bare name is a torchvision, timm or CIFAR model."""
+    """Suggest the prefixed spec when a bare name is a torchvision, timm, CIFAR or supported hf: model."""
     import timm
     import torchvision
 
     from surgery.cifar import CIFAR_MODELS
+    from surgery.hf import SMALL_CONFIGS
 
     hits = [f"torchvision:{name}"] if name in torchvision_models() else []
     if timm.is_model(name):
         hits.append(f"timm:{name}")
     if name in CIFAR_MODELS:
         hits.append(f"cifar:{name}")
+    if name in SMALL_CONFIGS:
+        hits.append(f"hf:{name}")
     return (" Did you mean " + " or ".join(f"'{h}'" for h in hits) + "?") if hits else ""
 
 
@@ -282,7 +302,7 @@ def _unknown_torchvision_message(name: str, known: list[str], everything: list[s
 
 def default_input_size(model: nn.Module, spec: str = "") -> int:
     """The side of the square image the model expects: timm's pretrained_cfg, else 32 for
-    ``cifar:`` specs, else torchvision's, else 224."""
+    ``cifar:`` specs, else torchvision's, else an ``hf:`` model's config's, else 224."""
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         return int(cfg["input_size"][-1])
@@ -293,6 +313,10 @@ def default_input_size(model: nn.Module, spec: str = "") -> int:
         return CIFAR_INPUT_SIZE
     if source == "torchvision":
         return TORCHVISION_INPUT_SIZES.get(name, DEFAULT_INPUT_SIZE)
+    if source == "hf":
+        from surgery.hf import hf_input_size
+
+        return hf_input_size(model)
     return DEFAULT_INPUT_SIZE
 
 

@@ -24,6 +24,7 @@ import inspect
 import os
 import sys
 import traceback
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,21 @@ class SurgeryTracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        # fx makes placeholders from the signature a decorator's ``functools.wraps`` exposes, then
+        # calls the wrapper, whose ``*args, **kwargs`` receive them positionally: trace the wrapped
+        # forward itself (the decorator's own code, e.g. transformers' return_dict handling, is left out)
+        real = inspect.unwrap(root_fn) if is_module else root_fn
+        real = real if isinstance(real, types.FunctionType) else root_fn  # wraps a callable object: fx's way
+        fn, args = super().create_args_for_root(real, is_module, concrete_args)
+        extra = args[-1] if args and real.__code__.co_flags & inspect.CO_VARKEYWORDS else None
+        if isinstance(extra, fx.Proxy) and extra.node.op == "placeholder":
+            # the graph is the model called without extra keywords: ``**kwargs`` is {}, not a Proxy
+            # that ``self.body(x, **kwargs)`` (transformers' forwards) cannot unpack
+            self.graph.erase_node(extra.node)
+            args = [*args[:-1], {}]
+        return fn, args
+
     def call_module(self, m: nn.Module, forward, args, kwargs):
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -138,9 +154,10 @@ def trace(
     opaque; ``concrete_args`` fixes forward arguments that drive Python control flow.
     The graph is the model as called with ``num_inputs`` positional tensors: forward
     parameters after those that have defaults (``mask=None`` ...) are fixed to them
-    (default: every parameter with a default). Works for models on any device, the
-    meta device included (tracing runs no kernels). Raises ``TraceError`` naming the
-    module and source line where tracing broke.
+    (default: every parameter with a default), and ``**kwargs`` is empty. A forward
+    wrapped by a ``functools.wraps`` decorator is traced as the function it wraps. Works
+    for models on any device, the meta device included (tracing runs no kernels). Raises
+    ``TraceError`` naming the module and source line where tracing broke.
 
     The model is left as it was: what its forward did to Python state while traced
     (caches, counters, hooks, flags, new attributes, on every module) is undone. A forward

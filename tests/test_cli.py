@@ -330,7 +330,9 @@ def test_unknown_pass_in_recipe(capsys, tmp_path):
     [
         ("torchvision:resnet81", "Did you mean 'resnet18'"),
         ("timm:resnt18", "Did you mean 'resnet18'"),
-        ("resnet18", "torchvision:NAME, timm:NAME, cifar:NAME or path/to/file.py:factory"),
+        ("resnet18", "torchvision:NAME, timm:NAME, cifar:NAME, hf:ModelClass[:config.json] or path/to/file.py:factory"),
+        ("hf:VitForImageClassification", "Did you mean 'ViTForImageClassification'"),
+        ("ViTForImageClassification", "Did you mean 'hf:ViTForImageClassification'"),
         ("no/such/file.py:net", "model file 'no/such/file.py' does not exist"),
     ],
 )

@@ -1,12 +1,13 @@
 """Model specs: torchvision / timm / file factories, their errors, input sizes, weight files."""
 
+import sys
 import textwrap
 
 import pytest
 import torch
 from torch import nn
 
-from surgery.errors import SurgeryError, UnknownModelError
+from surgery.errors import MissingExtraError, SurgeryError, UnknownModelError
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 
 MODEL_FILE = textwrap.dedent(
@@ -167,3 +168,47 @@ def test_load_weights_that_do_not_fit(model_file, tmp_path):
 def test_load_weights_missing_file(tmp_path):
     with pytest.raises(SurgeryError, match="does not exist"):
         load_weights(nn.Linear(2, 2), tmp_path / "nope.safetensors")
+
+
+# ------------------------------------------------------------- hf: transformers models
+
+
+def test_hf_model_is_built_from_its_small_config_with_num_classes_as_num_labels():
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
+    model = build_model("hf:ResNetForImageClassification", 7)
+    assert type(model).__name__ == "ResNetForImageClassification" and model.config.num_labels == 7
+    assert model.config.hidden_sizes == [16, 32]
+    assert model(torch.randn(2, 3, 32, 32)).logits.shape == (2, 7)
+    assert default_input_size(model, "hf:ResNetForImageClassification") == 32
+
+
+def test_hf_config_fields_come_from_a_file_then_the_builder(tmp_path):
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
+    file = tmp_path / "vit.json"
+    file.write_text('{"hidden_size": 48, "num_hidden_layers": 1}')
+    model = build_model(f"hf:ViTForImageClassification:{file}", input_size=16, num_attention_heads=3)
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.image_size) == (48, 1, 3, 16)
+    assert default_input_size(model, "hf:ViTForImageClassification") == 16
+
+
+@pytest.mark.parametrize(("spec", "fields", "expected"), [
+    ("hf:VitForImageClassification", {}, r"transformers has no model class 'VitForImageClassification'\. "
+                                         r"Did you mean 'ViTForImageClassification'"),
+    ("hf:ViTForImageClassification", {"hiden_size": 32}, r"ViTConfig has no field 'hiden_size'\. Did you mean 'hidden_size'"),
+    ("hf:ViTForImageClassification", {"hidden_size": "big"}, r"transformers refuses the config of ViTForImageClassification "
+                                                             r"\(ViTConfig\): (.|\n)*expected int"),
+    ("hf:SwinForImageClassification", {"num_heads": [1]},  # one stage's heads for two stages
+     r"transformers could not build SwinForImageClassification from that config: IndexError"),
+    ("hf:ViTForImageClassification:missing.json", {}, r"config file 'missing.json' does not exist"),
+])
+def test_bad_hf_specs_and_configs_explain_themselves(spec, fields, expected):
+    pytest.importorskip("transformers")  # the [hf] extra (in dev)
+    with pytest.raises(SurgeryError, match=expected):
+        build_model(spec, **fields)
+
+
+def test_hf_without_transformers_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers then raises ImportError
+    with pytest.raises(MissingExtraError, match=r'pip install "tost-surgery\[hf\]"'):
+        build_model("hf:ResNetForImageClassification")

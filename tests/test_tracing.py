@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 import os
@@ -327,3 +328,50 @@ def test_a_leaf_name_that_matches_nothing_is_an_error_with_a_suggestion():
         surgery.trace(seeded(SmallCNN), leaf_modules=["layer9"])
     with pytest.raises(surgery.TraceError, match=r"Did you mean 'conv1'"):
         surgery.trace(seeded(SmallCNN), leaf_modules=["conv_1"])
+
+
+# ------------------------------------------------------------- decorated forwards
+
+
+def _returns_tuple_on_request(forward):
+    """Like transformers' ``can_return_tuple``: a ``functools.wraps`` wrapper taking ``*args, **kwargs``."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return_dict = kwargs.pop("return_dict", True)
+        output = forward(self, *args, **kwargs)
+        return output if return_dict else tuple(output.values())
+
+    return wrapper
+
+
+class DecoratedForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    @_returns_tuple_on_request
+    def forward(self, pixel_values=None, labels=None, **kwargs):
+        return self.head(pixel_values, **kwargs)
+
+    def head(self, x, **kwargs):
+        return {"logits": self.fc(torch.relu(self.conv(x)).mean((2, 3)))}
+
+
+def test_decorated_forward_is_traced_through_the_wrapped_signature():
+    model, x = DecoratedForward().eval(), torch.randn(2, 3, 8, 8)
+    forward_before = type(model).forward
+    gm = surgery.trace(model, num_inputs=1)
+    placeholders = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    assert placeholders[0] == "pixel_values"
+    assert torch.equal(gm(x)["logits"], model(x)["logits"])
+    assert type(model).forward is forward_before and model(x, return_dict=False)[0].shape == (2, 2)
+
+
+def test_decorated_forward_compiles_and_verifies():
+    model, x = DecoratedForward(), torch.randn(2, 3, 8, 8)
+    ghosted = surgery.compile(model, x)
+    ghosted(x)["logits"].sum().backward()
+    clean = surgery.deghost(ghosted)
+    surgery.verify(model, clean, x)  # raises VerificationError on any difference

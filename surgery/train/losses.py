@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,22 +36,36 @@ def check_label_smoothing(label_smoothing: float) -> float:
 
 
 def main_and_auxiliary(output: Any) -> tuple[Tensor, list[Tensor]]:
-    """The logits and any auxiliary logits of a model's output: a tensor, or (GoogLeNet and Inception v3
+    """The logits and any auxiliary logits of a model's output: a tensor, an output's ``logits`` entry (Hugging
+    Face's ModelOutput, a dict subclass with attribute access), or (GoogLeNet and Inception v3
     in train mode) a tuple whose first element is the logits and whose others are logits of the same
     shape from auxiliary classifiers (``None`` where a head is switched off)."""
     if torch.is_tensor(output):
         return output, []
+    logits = _logits_field(output)
+    if torch.is_tensor(logits):
+        return logits, []
     parts = list(output) if isinstance(output, (tuple, list)) else []
     if parts and torch.is_tensor(parts[0]):
         aux = [t for t in parts[1:] if t is not None]
         if all(torch.is_tensor(t) and t.shape == parts[0].shape for t in aux):
             return parts[0], aux
     described = type(output).__name__ + (f" of {[type(p).__name__ for p in parts]}" if parts else "")
+    if isinstance(output, Mapping):
+        described += f" with {', '.join(map(str, output)) or 'no entries'}"
     raise ConfigError(
-        f"the model returned a {described}; training needs logits of shape (batch, classes), or a tuple of the "
-        "logits and auxiliary logits of that shape (GoogLeNet, Inception v3 in train mode). Wrap the model so its "
-        "forward returns the logits."
+        f"the model returned a {described}; training needs logits of shape (batch, classes), an output with a "
+        "'logits' entry (Hugging Face's ModelOutput), or a tuple of the logits and auxiliary logits of that shape "
+        "(GoogLeNet, Inception v3 in train mode). Wrap the model so its forward returns the logits."
     )
+
+
+def _logits_field(output: Any) -> Any:
+    """``output["logits"]`` of a mapping (a Hugging Face ModelOutput), ``output.logits`` of another object that
+    is no tuple (a tuple's logits come first, with its auxiliary logits after them), else None."""
+    if isinstance(output, Mapping):
+        return output.get("logits")
+    return None if isinstance(output, (tuple, list)) else getattr(output, "logits", None)
 
 
 def with_auxiliary(aux_weight: float):

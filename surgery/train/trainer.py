@@ -357,7 +357,7 @@ class Trainer:
         loader.set_epoch(0)
         for x, y in loader.batches(0):
             with _autocast(self.device, self.amp_dtype):
-                logits = self.module(x)
+                logits = main_and_auxiliary(self.module(x))[0]
             loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             total += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(y.numel(), device=self.device, dtype=torch.float64)])
         self.dist.all_sum(total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -172,3 +173,24 @@ def test_the_auxiliary_loss_adds_each_head_weighted():
     expected = F.cross_entropy(logits, y) + 0.3 * F.cross_entropy(aux, y)
     assert torch.allclose(with_auxiliary(0.3)((logits, aux), y), expected)
     assert torch.allclose(with_auxiliary(0.3)(logits, y), F.cross_entropy(logits, y))
+
+
+class ModelOutputLike(OrderedDict):
+    """Like Hugging Face's ModelOutput: a dict whose entries are also attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(name) from error
+
+
+def test_the_logits_of_a_model_output_are_its_logits_entry():
+    logits = torch.randn(4, 3)
+    assert main_and_auxiliary(ModelOutputLike(loss=None, logits=logits)) == (logits, [])
+
+
+def test_a_model_output_without_logits_names_the_entries_it_has():
+    output = ModelOutputLike(last_hidden_state=torch.randn(4, 5, 8), pooler_output=torch.randn(4, 8))
+    with pytest.raises(ConfigError, match="ModelOutputLike with last_hidden_state, pooler_output; training needs logits"):
+        main_and_auxiliary(output)
