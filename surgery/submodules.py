@@ -315,7 +315,7 @@ def _traced_part(
         with editing(gm):
             propagate_shapes(gm, inputs)  # eval mode, no grad: the module's statistics are untouched
             kinds = site_kinds(gm)
-    except SurgeryError:
+    except Exception:  # a probe: any failure (fx's codegen can write invalid Python for fixed defaults) means "not this part"
         return None
     sites = sum(1 for kind in kinds if targets is None or kind in targets)
     return _Part(path, module, sites) if sites else None
