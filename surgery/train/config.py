@@ -380,7 +380,8 @@ class RunConfig:
         if self.preset is None:
             return
         preset(self.preset)
-        found = contradictions(self.preset, lambda dotted: _get_dotted(self.to_dict(), dotted))
+        data = self.to_dict()
+        found = contradictions(self.preset, lambda dotted: _get_dotted(data, dotted))
         if found:
             raise ConfigError(listed(found))
 

@@ -164,7 +164,7 @@ def _field_problems(base: RunConfig, known: list[str], field: str, values: Any, 
             problems.append(f"--grid recipe={value}: not a recipe; give one of {list(RECIPES)}" + did_you_mean(value, RECIPES)
                             + ", a recipe YAML file or a mapping of passes.")
             continue
-        error = _refused_everywhere(base, field, value, grid)
+        error = _refused_everywhere(base, field, value, grid, known)
         if error is not None:
             problems.append(f"--grid {field}={_text(value)}: {error}")
     labels = [label(field, v) for v in values]
@@ -173,11 +173,12 @@ def _field_problems(base: RunConfig, known: list[str], field: str, values: Any, 
     return problems
 
 
-def _refused_everywhere(base: RunConfig, field: str, value: Any, grid: Mapping[str, Any]) -> ConfigError | None:
+def _refused_everywhere(base: RunConfig, field: str, value: Any, grid: Mapping[str, Any],
+                        known: Sequence[str]) -> ConfigError | None:
     """The config's refusal of ``field=value`` when no cell of ``grid`` accepts it (a value may need its cell's
     other fields: ``mask.allow_empty_layers`` beside a method that can empty a layer), else None."""
     others = {f: [v for v in values if _accepted(base, fields_of(f, v))] for f, values in grid.items()
-              if f != field and f in _fields(base) and isinstance(values, (list, tuple))}
+              if f != field and f in known and isinstance(values, (list, tuple))}
     others = {f: values for f, values in others.items() if values}  # a value refused alone is reported for itself
     first = None
     for combination in itertools.product(*others.values()):
@@ -198,10 +199,6 @@ def _accepted(base: RunConfig, fields: dict[str, Any]) -> bool:
     except ConfigError:
         return False
     return True
-
-
-def _fields(base: RunConfig) -> set[str]:
-    return set(config_fields(base))
 
 
 def plan(base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]]], seeds: Sequence[int], out: Path
