@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: help demo test test-fast zoo bench study install clean-venv
+.PHONY: help demo test test-fast zoo bench study study-cifar install clean-venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,19 @@ bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
 
 study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 60 runs (~30 min)
 	$(BIN)/surgery sweep examples/configs/sweep-digits.yaml --jobs 2
+
+# The CIFAR-10 study runs from a fixed commit in its own git worktree, so editing this tree while it runs
+# changes nothing; run it again to resume (the same commit: STUDY_COMMIT, default this tree's HEAD).
+CIFAR ?= ../shared/data/cifar10-jpeg.tar.gz
+STUDY_COMMIT ?= $(shell git rev-parse --short HEAD)
+STUDY_TREE ?= ../tost-surgery-study-$(STUDY_COMMIT)
+STUDY_OUT ?= sweeps/study-cifar
+
+study-cifar: $(RUNTIME)  ## the CIFAR-10 study of docs/results.md: 48 paired runs (~2.5 h on 2 cores; resumes)
+	@test -f $(CIFAR) || { echo "the study reads CIFAR-10 from $(CIFAR) (all of it as JPEGs); give its path: make study-cifar CIFAR=PATH" >&2; exit 1; }
+	@test -d $(STUDY_TREE) || git worktree add --detach $(STUDY_TREE) $(STUDY_COMMIT)
+	cd $(STUDY_TREE) && PYTHONPATH=$$PWD $(abspath $(BIN))/python -m surgery.cli sweep examples/configs/study-cifar.yaml \
+		--jobs 2 --out $(abspath $(STUDY_OUT)) --set data.dataset=cifar10-jpeg:$(abspath $(CIFAR))
 
 install: $(DEV)  ## .venv with the package (editable) and its test tools
 

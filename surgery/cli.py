@@ -841,8 +841,9 @@ def _model_slug(spec: str) -> str:
 def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
     """Score the model once (on ``mask.batches`` batches of ``--data`` when the method needs data)."""
     from surgery.prune import prune_oneshot
-    from surgery.train.data import load_dataset, make_loader
+    from surgery.train.data import make_loader
     from surgery.train.masking import training_batches
+    from surgery.train.pipeline import load_data
 
     m, d, seed = config.mask, config.data, config.train.seed
     batches, num_classes, size = None, config.model.num_classes, args.input_size
@@ -852,7 +853,7 @@ def _prune_oneshot(config, args: argparse.Namespace, found, out: Path):
                           f"which {', '.join(parts)} of {config.model.spec} does not compute: use random, magnitude "
                           "or synflow (data-free) to prune a model compiled in parts.")
     if args.data:
-        dataset = load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size, seed=seed)
+        dataset = load_data(config, hold_out=False)
         num_classes = num_classes or dataset.num_classes
         size = size or (dataset.image_size,)
         if found.data:

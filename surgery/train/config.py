@@ -60,6 +60,8 @@ class DataConfig:
     download: bool = False
     image_size: int | None = None
     val_split: float = 0.0
+    subset: int | None = None  # keep this many class-balanced training images (before val_split holds out its part)
+    subset_seed: int = 0  # the subset's draw: fixed, so every run seed and every arm sees the same images
     batch_size: int = 128
     eval_batch_size: int | None = None
     augment: bool = True
@@ -397,6 +399,9 @@ class RunConfig:
     def _check_numbers(self) -> None:
         if self.optimizer.lr <= 0:
             raise ConfigError(f"optimizer.lr is {self.optimizer.lr}; it must be > 0 (ToST uses 0.1).")
+        from surgery.train.data.specs import check_subset  # lazily: the data package imports torch
+
+        check_subset(self.data.subset)
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
         if self.train.checkpoint_every < 0 or self.train.log_every < 1 or self.train.eval_every < 1:

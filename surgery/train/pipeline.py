@@ -49,12 +49,14 @@ from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, given_masks, plan_masks, save_start_weights
+from surgery.train.pairing import pairing_section
 from surgery.train.progress import TaskProgress
 from surgery.train.record import (
     COMPLETED,
     RUNNING,
     RunRecord,
     completed_record,
+    data_section,
     export_section,
     lrsi_section,
     model_section,
@@ -216,7 +218,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     torch.manual_seed(config.train.seed)
     dataset = load_data(config)
     original = model if model is not None else build(config, dataset)
-    record.update(model=model_section(config.model.spec, original))
+    record.update(model=model_section(config.model.spec, original), data=data_section(config, dataset))
     example = example_batch(dataset)
     train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
@@ -234,6 +236,7 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
         start = with_weights(start, plan.weights)
     if plan.rounds:
         record.update(rounds=plan.rounds)
+    record.update(pairing=pairing_section(start, plan.masks, dataset, config.train.seed))
     ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
     manifest = surgery.manifest_of(ghosted)
     dist.broadcast_masks(ghosted)
@@ -289,10 +292,12 @@ def recorded_result(config: RunConfig, record: dict[str, Any], model: nn.Module 
 # ------------------------------------------------------------------ stages
 
 
-def load_data(config: RunConfig) -> ImageDataset:
+def load_data(config: RunConfig, *, hold_out: bool = True) -> ImageDataset:
+    """The dataset ``config.data`` names: its subset, and (``hold_out``) its validation split."""
     d = config.data
     return load_dataset(d.dataset, root=d.root, download=d.download, image_size=d.image_size,
-                        val_split=d.val_split, seed=config.train.seed)
+                        val_split=d.val_split if hold_out else 0.0, seed=config.train.seed, subset=d.subset,
+                        subset_seed=d.subset_seed)
 
 
 def build(config: RunConfig, dataset: ImageDataset) -> nn.Module:

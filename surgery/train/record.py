@@ -11,7 +11,9 @@ running a ``before`` mask method's rounds alone), ``status`` (running / complete
 ``reason`` (null, or ``{error | signal, message, stage}``), ``config`` (``name`` and
 ``hash``), ``model`` (the network that trained: ``class``, its qualified name; ``source``: spec | python,
 given to ``run(config, model=...)``; ``spec`` or null; ``parameters``; class and parameters null until it is
-built), ``dataset``, ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
+built), ``dataset`` (the spec), ``data`` (``splits``: images per split; ``subset``: null or {images, seed}),
+``pairing`` (digests of what the arms of one seed share: ``init``, ``mask``, ``data``; ``surgery.train.pairing``),
+``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
 (a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
 of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
 ``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
@@ -164,6 +166,13 @@ def model_section(spec: str, model: Any = None) -> dict[str, Any]:
         "spec": None if given else spec,
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
     }
+
+
+def data_section(config: RunConfig, dataset: Any) -> dict[str, Any]:
+    """The images a run saw: each split's size, and the training subset (its size and fixed draw) if any."""
+    d = config.data
+    return {"splits": {name: len(split) for name, split in dataset.splits.items()},
+            "subset": None if d.subset is None else {"images": d.subset, "seed": d.subset_seed}}
 
 
 def verification_passed(report: Any) -> dict[str, Any]:

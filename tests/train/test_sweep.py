@@ -184,7 +184,8 @@ def test_report_rebuilds_csv_markdown_and_plot_from_the_runs(finished_sweep):
     assert "| 0.98 | tost | 3 | **90.00 ± 1.00** | **91.00 ± 1.00** |" in text
     assert "| 0.98 | none | 3 (2 failed) |" in text
     assert "88.20 ± 0.89" in text and "paper (ToST Table 2)" in text
-    assert "| 0.98 | tost | 91.00 ± 1.00 | 81.00 ± 1.00 | +10.00 | 1.00 | better |" in text
+    assert "| 0.98 | tost | 3 | +10.00 | [+10.00, +10.00] | better |" in text  # seed by seed against none
+    assert "3 pairs come from runs that recorded no pairing digests" in text
     assert "| none3 | loss diverged |" in text and "| none4 | surgery run: error: dataset 'x' not found |" in text
     csv_lines = (finished_sweep / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("mask.sparsity,recipe,seed,status,test_acc,test_acc_last,test_acc_best_val")

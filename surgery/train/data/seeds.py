@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# Salts keep the (seed, epoch), (seed, val split) and (seed, worker) streams apart.
+# Salts keep the (seed, epoch), (seed, val split), (seed, worker) and (seed, subset) streams apart.
 EPOCH_SALT = 1
 VAL_SALT = 2
 STREAM_SALT = 3
+SUBSET_SALT = 4
 
 
 def mix_seed(*parts: int) -> int:

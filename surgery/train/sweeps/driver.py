@@ -21,9 +21,11 @@ from surgery.train.report.story import percent
 from surgery.train.run_files import RunFiles
 from surgery.train.sweeps import grid as grids_
 from surgery.train.sweeps import launch, state, table
-from surgery.train.sweeps.plot import plot_accuracy
+from surgery.train.sweeps import paired as paired_
+from surgery.train.sweeps.plot import plot_accuracy, plot_differences
 
 RESULTS_CSV, RESULTS_MD, PLOT = "results.csv", "results.md", "accuracy-vs-sparsity.png"
+DIFFERENCES_PLOT = "paired-differences.png"
 GridSpec = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
 
 
@@ -38,6 +40,7 @@ def sweep(
     nproc_per_run: int = 1,
     launcher: str = "local",
     slurm: Mapping[str, Any] | None = None,
+    paired: bool | None = None,
     dry_run: bool = False,
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
@@ -48,7 +51,9 @@ def sweep(
     used where ``grid`` / ``seeds`` are not given. Runs that completed are skipped, interrupted ones
     resume from their checkpoints. ``out`` defaults to ``sweeps/<config name>``. ``launcher="slurm"``
     submits each run through submitit; ``slurm`` holds its options (partition, gpus_per_run, time_min,
-    cpus_per_run, cluster). ``dry_run``: plan and return the rows without running anything.
+    cpus_per_run, cluster). ``paired`` (default: the section's ``paired``, else False): the report refuses
+    arms that do not pair seed by seed with a ``recipe: none`` cell. ``dry_run``: plan and return the rows
+    without running anything.
     """
     console = console or Console(stderr=True, highlight=False)
     base, source, section = load_base(config, overrides)
@@ -60,7 +65,8 @@ def sweep(
     launch.check_jobs(jobs, nproc_per_run, launcher)
     if dry_run:
         return [planned_row(run) for run in runs]
-    state.claim(out, base, grid_list, seed_list, source)
+    paired = bool(section.get("paired", False)) if paired is None else paired
+    state.claim(out, base, grid_list, seed_list, source, paired=paired)
     todo = [prepare(run) for run in runs]
     todo = [job for job in todo if job is not None]
     done = len(runs) - len(todo)
@@ -68,7 +74,7 @@ def sweep(
                   f"{jobs} at a time)")
     if todo:
         run_jobs(todo, make_launcher(launcher, out, jobs, nproc_per_run, base, slurm), console, done, len(runs), out)
-    report(out, console=console)
+    report(out, paired=paired, console=console)
     return table.collect(out, [run.name for run in runs])
 
 
@@ -83,10 +89,13 @@ def load_base(config: RunConfig | str | Path, overrides: Sequence[str]) -> tuple
     if not isinstance(section, Mapping):
         raise ConfigError(f"{path}: the '{SWEEP_SECTION}' section must be a mapping like "
                           "{seeds: 3, grids: [{mask.sparsity: [0.95, 0.98], recipe: [tost, none]}]}.")
-    unknown = set(section) - {"grid", "grids", "seeds"}
+    unknown = set(section) - {"grid", "grids", "seeds", "paired"}
     if unknown:
         raise ConfigError(f"{path}: the '{SWEEP_SECTION}' section has no field(s) {sorted(unknown)}; "
-                          "it takes grids (or grid) and seeds.")
+                          "it takes grids (or grid), seeds and paired.")
+    if not isinstance(section.get("paired", False), bool):
+        raise ConfigError(f"{path}: {SWEEP_SECTION}.paired is {section['paired']!r}; give true (the report must pair "
+                          "every arm with a `recipe: none` cell seed by seed) or false.")
     return base, str(path), dict(section)
 
 
@@ -166,9 +175,12 @@ def run_line(row: Mapping[str, Any], code: int) -> str:
     return f"{row['status']} (exit code {code}): {error}"
 
 
-def report(out: str | Path, *, console: Console | None = None) -> list[dict[str, Any]]:
-    """Write ``results.csv``, ``results.md`` and ``accuracy-vs-sparsity.png`` of the sweep in ``out`` from
-    its run directories alone; returns the rows."""
+def report(out: str | Path, *, paired: bool | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+    """Write ``results.csv``, ``results.md``, ``accuracy-vs-sparsity.png`` and (with ``recipe: none`` cells)
+    ``paired-differences.png`` of the sweep in ``out`` from its run directories alone; returns the rows.
+
+    ``paired`` (default: what the sweep recorded, ``sweep.paired``) refuses, before writing anything, an arm
+    whose runs do not pair with a ``none`` cell's seed by seed (``paired.require_pairs``)."""
     out = Path(out)
     rows = table.collect(out)
     if not rows:
@@ -181,12 +193,17 @@ def report(out: str | Path, *, console: Console | None = None) -> list[dict[str,
     base = saved.get("base") or {}
     title = f"{base.get('name', out.name)}: {base.get('model', {}).get('spec', '')} on {base.get('data', {}).get('dataset', '')}"
     cells = table.summarize(rows, fields)
+    comparisons = paired_.compare(rows, fields, table.headline(cells))
+    if saved.get("paired", False) if paired is None else paired:
+        paired_.require_pairs(comparisons)
     table.write_csv(rows, fields, out / RESULTS_CSV)
-    text = table.markdown(cells, fields, title=title, reference=base.get("reference"), base=base, rows=rows)
+    text = table.markdown(cells, fields, title=title, reference=base.get("reference"), base=base, rows=rows,
+                          comparisons=comparisons)
     write_text_atomic(text, out / RESULTS_MD)
-    plot = plot_accuracy(cells, fields, table.headline(cells), out / PLOT, title)
+    plots = (plot_accuracy(cells, fields, table.headline(cells), out / PLOT, title),
+             plot_differences(comparisons, fields, table.headline(cells), out / DIFFERENCES_PLOT, title))
     if console is not None:
-        written = ", ".join(str(p) for p in (out / RESULTS_CSV, out / RESULTS_MD, plot) if p is not None)
+        written = ", ".join(str(p) for p in (out / RESULTS_CSV, out / RESULTS_MD, *plots) if p is not None)
         finished = sum(1 for r in rows if r["status"] == COMPLETED)
         console.print(f"{finished} of {len(rows)} runs completed; wrote {escape(written)}")
     return rows

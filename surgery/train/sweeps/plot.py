@@ -1,5 +1,6 @@
 """``accuracy-vs-sparsity.png``: one line per combination of the grid's other fields (method x recipe),
-mean test accuracy over seeds with a std error bar at each sparsity.
+mean test accuracy over seeds with a std error bar at each sparsity; ``paired-differences.png``: each arm's
+per-seed differences from plain sparse training, their mean and its 95% interval.
 
 A recipe keeps one colour and a method one line style across the figure, so "ToST vs none" reads
 the same in every method; lines are nudged apart along x so their error bars do not hide each other.
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from surgery.train.report.plots import paper_figure, save_figure
+from surgery.train.sweeps.paired import Comparison
 from surgery.train.sweeps.table import Cell
 
 SPARSITY, RECIPE = "mask.sparsity", "recipe"
@@ -81,3 +83,29 @@ def _rest(key: tuple, fields: Sequence[str]) -> tuple:
 def _label(key: tuple, fields: Sequence[str]) -> str:
     text = ", ".join(f"{f.rsplit('.', 1)[-1]}={v}" for f, v in zip(fields, key)) or "runs"
     return text if len(text) <= LABEL_CHARACTERS else text[:LABEL_CHARACTERS - 1] + "…"
+
+
+def plot_differences(comparisons: Sequence[Comparison], fields: Sequence[str], metric: str, out_png: Path,
+                     title: str) -> Path | None:
+    """One row per arm: each seed's paired difference (a dot), their mean and its 95% interval (a bar);
+    the line at 0 is plain sparse training. None when no arm has a pair."""
+    shown = [c for c in comparisons if c.n]
+    if not shown:
+        return None
+    labels = [_label(tuple(str(c.values[f]) for f in fields if f in c.values), [f for f in fields if f in c.values])
+              for c in shown]
+    with paper_figure(8.0, 0.9 + 0.45 * len(shown)) as figure:
+        ax = figure.add_subplot()
+        for row, comparison in enumerate(shown):
+            y = len(shown) - 1 - row
+            ax.scatter(list(comparison.differences.values()), [y] * comparison.n, s=14, color="0.55", zorder=2)
+            interval = comparison.interval
+            if interval is not None:
+                ax.plot(interval, [y, y], color="black", linewidth=2.0, zorder=3)
+            ax.plot([comparison.mean], [y], marker="D", color="black", markersize=5, zorder=4)
+        ax.axvline(0.0, color="tab:red", linewidth=1.0, linestyle="--")
+        ax.set_yticks(range(len(shown)), list(reversed(labels)), fontsize=7)
+        what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
+        ax.set_xlabel(f"test accuracy minus plain sparse training, same seed ({what}, points)")
+        ax.set_title(title)
+        return save_figure(figure, out_png)

@@ -43,8 +43,9 @@ def read_state(out: Path) -> dict[str, Any] | None:
 
 
 def claim(out: Path, base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]]], seeds: Sequence[int],
-          source: str | None) -> None:
-    """Record this sweep in ``out``; refuse a directory that holds a sweep of another base config."""
+          source: str | None, *, paired: bool = False) -> None:
+    """Record this sweep in ``out``; refuse a directory that holds a sweep of another base config. ``paired``:
+    whether its report must pair every arm with plain training (the latest sweep into ``out`` says)."""
     state = read_state(out)
     if state is not None:
         differences = config_differences(state["base"], base.to_dict(), where=f"in {sweep_file(out)}")
@@ -57,7 +58,7 @@ def claim(out: Path, base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]
     known = [dict(g) for g in (state or {}).get("grids", [])]
     new = [dict(g) for g in grids if dict(g) not in known]
     record = {"format": FORMAT, "config": source, "base": base.to_dict(), "grids": known + new,
-              "seeds": sorted(set((state or {}).get("seeds", [])) | set(seeds))}
+              "seeds": sorted(set((state or {}).get("seeds", [])) | set(seeds)), "paired": paired}
     Path(out).mkdir(parents=True, exist_ok=True)
     write_text_atomic(yaml.safe_dump(record, sort_keys=False), sweep_file(out))
 

@@ -3,7 +3,8 @@
 ``collect(out)`` reads every ``DIR/runs/*/`` a sweep made (its ``cell.json`` and the run's
 ``result.json``) into rows; ``write_csv`` writes them; ``summarize`` groups them by cell
 (mean ± std over seeds, n); ``markdown`` renders the cells with the best per column in bold,
-the paper's number where the config names one, and every recipe against plain sparse training.
+the paper's number where the config names one, and every recipe against plain sparse training, pair by pair
+(``paired``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from surgery.train.pairing import PARTS
 from surgery.train.record import COMPLETED, FAILED, read_record
 from surgery.train.run_files import RunFiles
-from surgery.presets import BASELINE
+from surgery.train.sweeps import paired
 from surgery.train.sweeps.grid import RUNS_DIR
+from surgery.train.sweeps.paired import PAIRING_COLUMNS
 
 PENDING = "pending"  # planned, never launched
 METRICS = ("test_acc", "test_acc_last", "test_acc_best_val", "sparsity", "seconds")
-COLUMNS = ("seed", "status", *METRICS, "error", "run_dir")
+COLUMNS = ("seed", "status", *METRICS, *PAIRING_COLUMNS, "error", "run_dir")
 
 
 def read_cell(files: RunFiles) -> dict[str, Any] | None:
@@ -69,6 +72,7 @@ def row_of(files: RunFiles, cell: Mapping[str, Any]) -> dict[str, Any]:
     row.update(test_acc=accuracy.get("test"), test_acc_last=accuracy.get("test_last"),
                test_acc_best_val=best.get("test_acc"), sparsity=record.get("sparsity"),
                seconds=(record.get("training") or {}).get("seconds"))
+    row.update(zip(PAIRING_COLUMNS, ((record.get("pairing") or {}).get(part) for part in PARTS)))
     return row
 
 
@@ -155,9 +159,10 @@ def _key(value: Any) -> Any:
 
 
 def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, reference: Mapping[str, Any] | None = None,
-             base: Mapping[str, Any] | None = None, rows: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The cells as a table (best per accuracy column in bold), then each recipe against ``none``, then the
-    failed runs of ``rows`` with the first line of their errors."""
+             base: Mapping[str, Any] | None = None, rows: Sequence[Mapping[str, Any]] = (),
+             comparisons: Sequence[paired.Comparison] = ()) -> str:
+    """The cells as a table (best per accuracy column in bold), then each recipe against ``none`` seed by seed
+    (``comparisons``, ``paired.compare``), then the failed runs of ``rows`` with the first line of their errors."""
     reference, base = reference or {}, base or {}
     accuracy_columns = [m for m in ("test_acc_last", "test_acc_best_val") if any(c.stats[m].n for c in cells)]
     names = {"test_acc_last": "test acc, last epoch (%)", "test_acc_best_val": "test acc, best-val epoch (%)"}
@@ -180,7 +185,7 @@ def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, refere
             row.append(paper or "")
         lines.append(_row(row))
     lines += ["", "mean ± sample std over seeds; n: completed runs of the cell; seconds: training time per run."]
-    comparison = against_baseline(cells, fields, headline(cells))
+    comparison = paired.markdown(comparisons, fields, headline(cells))
     if comparison:
         lines += ["", *comparison]
     failed = [row for row in rows if row["status"] == FAILED]
@@ -188,45 +193,6 @@ def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, refere
         lines += ["", "## Failed runs", "", _row(["run", "error"]), _row(["---", "---"]),
                   *(_row([_show(Path(row["run_dir"]).name), _show(row["error"])]) for row in failed)]
     return "\n".join(lines) + "\n"
-
-
-def against_baseline(cells: Sequence[Cell], fields: Sequence[str], metric: str) -> list[str]:
-    """Each recipe's cell against the ``none`` cell with the same other values: does its mean exceed
-    plain sparse training's by more than the larger std (the claim, as a test of noise)?"""
-    if "recipe" not in fields:
-        return []
-    others = [f for f in fields if f != "recipe"]
-    baselines = {_others_key(c, others): c for c in cells if c.values["recipe"] == BASELINE and c.n}
-    header = [*others, "recipe", "ours (%)", f"{BASELINE} (%)", "difference", "larger std", "verdict"]
-    lines = []
-    for cell in cells:
-        plain = baselines.get(_others_key(cell, others))
-        if cell.values["recipe"] == BASELINE or plain is None or not cell.n:
-            continue
-        ours, theirs = cell.stats[metric], plain.stats[metric]
-        if ours.mean is None or theirs.mean is None:
-            continue
-        difference = (ours.mean - theirs.mean) * 100
-        seeded = ours.std is not None and theirs.std is not None
-        spread = max(ours.std or 0.0, theirs.std or 0.0) * 100
-        lines.append(_row([*(_show(cell.values[f]) for f in others), _show(cell.values["recipe"]),
-                           mean_std(ours, percent=True), mean_std(theirs, percent=True), f"{difference:+.2f}",
-                           f"{spread:.2f}" if seeded else "—",
-                           verdict(difference, spread) if seeded else "needs 2+ seeds each"]))
-    if not lines:
-        return []
-    what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
-    return [f"## Against plain sparse training (`recipe: {BASELINE}`), test accuracy of the {what}", "",
-            _row(header), _row(["---"] * len(header)), *lines, "",
-            "better / worse: the difference of the means exceeds the larger of the two stds; else within noise."]
-
-
-def verdict(difference: float, spread: float) -> str:
-    if difference > spread:
-        return "better"
-    if difference < -spread:
-        return "worse"
-    return "within noise"
 
 
 def paper_number(results: Sequence[Mapping[str, Any]], values: Mapping[str, Any], base: Mapping[str, Any]) -> str | None:
@@ -252,10 +218,6 @@ def _dotted(data: Mapping[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _others_key(cell: Cell, others: Sequence[str]) -> tuple:
-    return tuple(_key(cell.values[f]) for f in others)
 
 
 def mean_std(stat: Stat, *, percent: bool = False, std: bool = True, digits: int = 2) -> str:
