@@ -4,15 +4,18 @@
   (b) ``benchmarks/overhead.py --device cuda``: eager and compiled (bf16 + channels_last), the GPU
       rows of docs/benchmarks.md;
   (c) ToST Table 2's protocol shrunk to fit: ``cifar:grasp_resnet32`` (the table's ResNet-32) on the
-      CIFAR-10 JPEG copy, 45k / 5k split, random and SNIP masks at 98% (then 95% if time remains),
-      ToST vs none, 3 seeds. A 1-epoch probe times one run alone and ``--jobs`` runs at once; the
+      CIFAR-10 JPEG copy, 45k / 5k split, random (global) and SynFlow masks at 98% (then 95% if time
+      remains), the CPU study's four arms (``none``, ``tost``, ``tost-official``, and ``tost-official``
+      with its jumps removed at the first decay), 3 paired seeds: one seed gives every arm the same
+      weights, mask and data order, and the table has each arm minus ``none`` seed by seed with its 95%
+      interval. A 1-epoch probe times one run alone and ``--jobs`` runs at once; the
       jobs with the better throughput and the epochs that fit the time left follow from it (the LR
       decays at 50% / 75% of them, the ghosts leave before the first). At the deadline the sweep is
       sent SIGINT: its runs checkpoint, and the table holds what finished.
 
 Everything measured goes under ``--out`` (flat, at most 8 files: what the device tool brings back):
 tests.log, overhead.log, benchmarks.md (with the GPU rows), probe.json, study.log, results.csv,
-accuracy-vs-sparsity.png, and docs/results.md's GPU section written from them (results-gpu.md).
+paired-differences.png, and docs/results.md's GPU section written from them (results-gpu.md).
 
     bash benchmarks/gpu_study.sh                 # OUT=..., BUDGET=570 (seconds) by default
     python benchmarks/gpu_study.py --smoke --out /tmp/study   # the logic on CPU: digits, tiny
@@ -36,7 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE2 = ROOT / "examples" / "configs" / "tost-table2.yaml"
 DIGITS = ROOT / "examples" / "configs" / "sweep-digits.yaml"
 CIFAR = (ROOT / ".data" / "cifar10-jpeg.tar.gz", ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
-CELLS = 4  # random, snip x tost, none at one sparsity
+MASKS = ("random", "synflow")
+ARMS = (("recipe=none,tost,tost-official",), ("recipe=tost-official", "ghosts.remove_at=first_decay"))
+CELLS = 8  # the masks x the four arms at one sparsity
 SEEDS = (3, 2, 1)  # the paper's 3 seeds; fewer only when even MIN_EPOCHS would not fit
 MIN_EPOCHS, MAX_EPOCHS = 4, 30
 JOB_CHOICES = (1, 6)  # the probe times one run alone and this many at once
@@ -103,13 +108,13 @@ def study_settings(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 def sweep_args(config: Path, fixed: list[str], out_dir: Path, sparsities: str, jobs: int, epochs: int,
                seeds: int) -> list[list[str]]:
-    """Two sweeps into one directory: random masks, and SNIP's, whose global ranking may empty a layer at
-    these sparsities as SNIP's and ToST's code allow (mask.allow_empty_layers; random masks cannot)."""
-    sets = [*fixed, f"train.epochs={epochs}"]
-    common = ["--grid", f"mask.sparsity={sparsities}", "--grid", "recipe=tost,none", "--seeds", str(seeds),
-              "--jobs", str(jobs), "--out", str(out_dir), *(a for s in sets for a in ("--set", s))]
-    return [surgery("sweep", str(config), "--grid", "mask.method=random", *common),
-            surgery("sweep", str(config), "--grid", "mask.method=snip", "--grid", "mask.allow_empty_layers=true", *common)]
+    """One sweep directory, filled mask by mask: the three presets, then tost-official with its jumps removed
+    (a grid of its own: the field belongs to that arm alone); global scope for both masks (Table 2's)."""
+    sets = [*fixed, f"train.epochs={epochs}", "mask.scope=global"]
+    common = ["--grid", f"mask.sparsity={sparsities}", "--seeds", str(seeds), "--jobs", str(jobs),
+              "--out", str(out_dir), *(a for s in sets for a in ("--set", s))]
+    return [surgery("sweep", str(config), "--grid", f"mask.method={mask}", *(a for g in arm for a in ("--grid", g)),
+                    *common) for mask in MASKS for arm in ARMS]
 
 
 def probe(config: Path, fixed: list[str], work: Path, out: Path, clock: Clock) -> dict:
@@ -173,7 +178,7 @@ def study(args: argparse.Namespace, out: Path, clock: Clock) -> None:
     if clock.left() - 20 > took:  # then 95%, into the same sweep
         for command in sweep_args(config, fixed, sweep_dir, "0.95", *grid):
             run_logged(command, out / "study.log", clock.left() - 20)
-    for name in ("results.csv", "accuracy-vs-sparsity.png"):
+    for name in ("results.csv", "paired-differences.png"):
         if (sweep_dir / name).is_file():
             shutil.copy(sweep_dir / name, out / name)
     write_results_section(out, sweep_dir, plan, took, "a smoke run: cifar:resnet20 on digits, CPU" if args.smoke
@@ -192,8 +197,9 @@ def write_results_section(out: Path, sweep_dir: Path, plan: dict, took: float, w
     body = (
         f"## GPU: ToST Table 2 shrunk ({torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'})\n\n"
         f"Machine: {machine()}\n\n"
-        f"`bash benchmarks/gpu_study.sh`: {what}, {plan['epochs']} epochs (LR x0.1 at 50% and 75%, ghosts out "
-        f"before the first decay), {plan['seeds']} seeds, {plan['jobs']} runs at once on one GPU; the 98% grid took "
+        f"`bash benchmarks/gpu_study.sh`: {what}, {plan['epochs']} epochs (LR x0.1 at 50% and 75%, the ghosts of "
+        f"`tost` out before the first decay), {plan['seeds']} paired seeds, {plan['jobs']} runs at once on one GPU; "
+        f"the 98% grid took "
         f"{took:.0f} s. 12 runs at --jobs {plan['jobs']} against one after another, from the 1-epoch probe's "
         f"start-up and epoch times at each concurrency: {plan['speedup_12_runs']:.1f}x faster (target: 4x).\n\n{table}"
     )

@@ -338,7 +338,8 @@ def _add_sweep(commands) -> None:
     p = _command(
         commands, "sweep",
         "Run a grid of a config's runs (fields x values x seeds), J at once, resumable; write results.csv, "
-        "results.md (mean ± std over seeds) and accuracy-vs-sparsity.png.",
+        "results.md (mean ± std over seeds, and each recipe minus `none` seed by seed with a 95% interval), "
+        "accuracy-vs-sparsity.png and paired-differences.png.",
         "surgery sweep examples/configs/sweep-digits.yaml --grid mask.method=random,snip "
         "--grid mask.sparsity=0.95,0.98 --grid recipe=tost,none --seeds 3 --jobs 2\n"
         "  surgery sweep examples/configs/sweep-digits.yaml --jobs 2\n"
@@ -364,6 +365,9 @@ def _add_sweep(commands) -> None:
     p.add_argument("--slurm-cpus-per-run", type=int, metavar="C", help="CPUs per Slurm job")
     p.add_argument("--dry-run", action="store_true", help="list the runs and what each would do; run nothing")
     p.add_argument("--report", metavar="DIR", help="only rebuild DIR's results table and plot from its runs")
+    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=None,
+                   help="refuse a report whose arms do not pair seed by seed with a `recipe: none` cell (same initial "
+                        "weights, mask and data order); default: the config's sweep.paired")
     p.set_defaults(run=run_sweep)
 
 
@@ -1019,7 +1023,7 @@ def run_sweep(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         if args.config or args.grid:
             raise SweepError("--report DIR rebuilds an existing sweep's table; give it without CONFIG and --grid.")
-        sweeps.report(args.report, console=console)
+        sweeps.report(args.report, paired=args.paired, console=console)
         return 0
     if not args.config:
         raise SweepError("give the base config: surgery sweep CONFIG.yaml --grid FIELD=V1,V2 (or --report DIR).")
@@ -1028,7 +1032,7 @@ def run_sweep(args: argparse.Namespace, console: Console) -> int:
     rows = sweeps.sweep(args.config, grid_from_options(args.grid) if args.grid else None, args.seeds, args.jobs,
                         overrides=args.overrides, out=args.out, nproc_per_run=args.nproc_per_run,
                         launcher=args.launcher, slurm=slurm if args.launcher == "slurm" else None,
-                        dry_run=args.dry_run, console=console)
+                        paired=args.paired, dry_run=args.dry_run, console=console)
     if args.dry_run:
         for row in rows:
             console.print(f"{row['status']:>9}  {escape(row['run_dir'])}")

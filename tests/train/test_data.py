@@ -25,6 +25,7 @@ from surgery.train.data import (
     make_loader,
     pad_crop_flip,
 )
+from surgery.train.data.specs import class_shares
 
 REAL_TAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["cat", "ant", "bee"]  # deliberately unsorted: classes must come out sorted
@@ -372,6 +373,36 @@ def test_bad_specs(spec, message):
 def test_bad_load_options(kwargs, message):
     with pytest.raises(DataError, match=message):
         load_dataset("synthetic", **kwargs)
+
+
+def test_a_subset_is_class_balanced_and_the_same_for_every_run_seed():
+    full = load_dataset("digits")
+    one = load_dataset("digits", subset=95, seed=1)
+    other = load_dataset("digits", subset=95, seed=2, val_split=0.2)
+    assert torch.bincount(one.splits["train"].labels).tolist() == [10] * 5 + [9] * 5
+    assert len(other.splits["train"]) == 76 and len(other.splits["val"]) == 19  # val comes out of the subset
+    joined = torch.cat([other.splits["train"].images, other.splits["val"].images])
+    assert sorted(map(bytes, joined.flatten(1).numpy())) == sorted(map(bytes, one.splits["train"].images.flatten(1).numpy()))
+    assert torch.equal(one.splits["test"].images, full.splits["test"].images)  # the test split stays whole
+    moved = load_dataset("digits", subset=95, subset_seed=1)
+    assert not torch.equal(moved.splits["train"].images, one.splits["train"].images)
+
+
+def test_class_shares_give_a_small_class_all_it_has_and_the_rest_to_the_others():
+    assert class_shares(10, [1, 5, 5]) == [1, 5, 4]
+    assert class_shares(7, [3, 3, 3]) == [3, 2, 2]
+
+
+@pytest.mark.parametrize(("subset", "message"), [
+    (0, r"subset=0 is not a positive integer"),
+    (2.5, r"subset=2.5 is not a positive integer"),
+    (True, r"subset=True is not a positive integer"),
+    (10**6, r"subset=1000000 asks for more images than the 1437 of the training split of 'digits'; give at most 1437"),
+    (9, r"subset=9 is smaller than the 10 classes of 'digits'.*give at least 10"),
+])
+def test_bad_subsets(subset, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset("digits", subset=subset)
 
 
 def test_missing_cifar_says_where_it_looked_and_how_to_get_it(tmp_path):

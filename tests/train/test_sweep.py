@@ -12,12 +12,12 @@ import yaml
 from conftest import tiny_run_config
 
 from surgery.cli import main
-from surgery.errors import SweepError
+from surgery.errors import ConfigError, SweepError
 from surgery.interrupt import Interrupted
 from surgery.train import sweep
 from surgery.train.record import COMPLETED, FAILED, RUNNING
 from surgery.train.run_files import RunFiles
-from surgery.train.sweeps import launch, report, state, table
+from surgery.train.sweeps import launch, paired, report, state, table
 from surgery.train.sweeps.grid import (
     RECIPES,
     check_grids,
@@ -143,7 +143,7 @@ def test_a_changed_device_or_name_is_the_same_sweep(base, tmp_path):
 
 
 def fake_run(out: Path, name: str, cell: dict, seed: int, *, status=COMPLETED, last=None, best=None,
-             message="", log=None) -> None:
+             message="", log=None, pairing=None) -> None:
     files = RunFiles(out / "runs" / name)
     files.root.mkdir(parents=True)
     files.sweep_cell.write_text(json.dumps({"cell": cell, "seed": seed}))
@@ -154,7 +154,7 @@ def fake_run(out: Path, name: str, cell: dict, seed: int, *, status=COMPLETED, l
     record = {"status": status, "reason": {"message": message} if message else None,
               "accuracy": {"test": best if best is not None else last, "test_last": last,
                            "best_val": None if best is None else {"epoch": 3, "val_acc": 0.5, "test_acc": best}},
-              "sparsity": 0.98, "training": {"seconds": 12.0}}
+              "sparsity": 0.98, "training": {"seconds": 12.0}, "pairing": pairing}
     files.result.write_text(json.dumps(record))
 
 
@@ -184,7 +184,9 @@ def test_report_rebuilds_csv_markdown_and_plot_from_the_runs(finished_sweep):
     assert "| 0.98 | tost | 3 | **90.00 ± 1.00** | **91.00 ± 1.00** |" in text
     assert "| 0.98 | none | 3 (2 failed) |" in text
     assert "88.20 ± 0.89" in text and "paper (ToST Table 2)" in text
-    assert "| 0.98 | tost | 3 | +10.00 | [+10.00, +10.00] | better |" in text  # seed by seed against none
+    # seed by seed against none; seeds 3 and 4 ran for none alone
+    assert ("| 0.98 | tost | 3 | +10.00 | [+10.00, +10.00] | better (seeds 3, 4 run in only one of the two cells) |"
+            in text)
     assert "3 pairs come from runs that recorded no pairing digests" in text
     assert "| none3 | loss diverged |" in text and "| none4 | surgery run: error: dataset 'x' not found |" in text
     csv_lines = (finished_sweep / "results.csv").read_text().splitlines()
@@ -193,13 +195,88 @@ def test_report_rebuilds_csv_markdown_and_plot_from_the_runs(finished_sweep):
     assert (finished_sweep / "accuracy-vs-sparsity.png").stat().st_size > 5_000
 
 
-def test_differences_within_the_std_are_within_noise():
-    cells = table.summarize([
-        {"recipe": r, "status": COMPLETED, "test_acc": a, "test_acc_last": a, "test_acc_best_val": None,
-         "sparsity": 0.9, "seconds": 1.0, "seed": s}
-        for r, values in (("tost", (0.80, 0.90)), ("none", (0.84, 0.85))) for s, a in enumerate(values)], ["recipe"])
-    lines = table.against_baseline(cells, ["recipe"], "test_acc_last")
-    assert any("| tost | 85.00 ± 7.07 | 84.50 ± 0.71 | +0.50 | 7.07 | within noise |" in line for line in lines)
+def paired_rows(arm: dict, ours: list[float], theirs: list[float], baseline: dict | None = None) -> list[dict]:
+    baseline = baseline or {"recipe": "none"}
+    return [{**cell, "seed": seed, "status": COMPLETED, "test_acc_last": a}
+            for cell, values in ((arm, ours), (baseline, theirs)) for seed, a in enumerate(values)]
+
+
+def test_pairs_cancel_what_a_seed_does_to_both_arms():
+    # The seeds spread both arms by 10 points, yet ToST is one point better on every seed.
+    rows = paired_rows({"recipe": "tost"}, [0.81, 0.91, 0.71], [0.80, 0.90, 0.70])
+    [tost] = paired.compare(rows, ["recipe"], "test_acc_last")
+    assert tost.baseline == {"recipe": "none"} and tost.n == 3
+    assert tost.mean == pytest.approx(1.0) and tost.interval == pytest.approx((1.0, 1.0)) and tost.verdict == "better"
+
+
+def test_the_interval_is_students_t_over_the_pairs():
+    rows = paired_rows({"recipe": "tost"}, [0.51, 0.52, 0.53, 0.54], [0.5] * 4)
+    [tost] = paired.compare(rows, ["recipe"], "test_acc_last")
+    half = 3.182446 * 1.290994 / 2  # t(0.975, 3) x sample std of 1, 2, 3, 4 / sqrt(4)
+    assert tost.interval == pytest.approx((2.5 - half, 2.5 + half), abs=1e-4) and tost.verdict == "better"
+    rows = paired_rows({"recipe": "tost"}, [0.52, 0.48, 0.51], [0.5] * 3)
+    [tost] = paired.compare(rows, ["recipe"], "test_acc_last")
+    assert tost.verdict == "inconclusive"
+    [worse] = paired.compare(paired_rows({"recipe": "ls"}, [0.4, 0.41], [0.5, 0.5]), ["recipe"], "test_acc_last")
+    assert worse.verdict == "worse"
+    [alone] = paired.compare(paired_rows({"recipe": "ls"}, [0.4], [0.5]), ["recipe"], "test_acc_last")
+    assert alone.verdict == "needs 2+ pairs" and alone.interval is None
+
+
+def test_an_arm_is_paired_with_the_none_cell_it_agrees_with():
+    fields = ["mask.method", "recipe", "ghosts.remove_at"]
+    rows = [*paired_rows({"mask.method": "synflow", "recipe": "tost-official", "ghosts.remove_at": "first_decay"},
+                         [0.6, 0.6], [0.5, 0.5], {"mask.method": "synflow", "recipe": "none"}),
+            *paired_rows({"mask.method": "random", "recipe": "tost"}, [0.3, 0.3], [0.4, 0.4],
+                         {"mask.method": "random", "recipe": "none"})]
+    official, random_tost = paired.compare(rows, fields, "test_acc_last")
+    assert official.baseline == {"mask.method": "synflow", "recipe": "none"}  # remove_at is the arm's own field
+    assert official.mean == pytest.approx(10.0) and random_tost.mean == pytest.approx(-10.0)
+    [orphan] = paired.compare(paired_rows({"mask.method": "snip", "recipe": "tost"}, [0.5], [0.5],
+                                          {"mask.method": "random", "recipe": "none"})[:1] + rows[2:4], fields,
+                              "test_acc_last")
+    assert orphan.baseline is None and "no `recipe: none` cell" in orphan.problem
+
+
+def digests(init="i", mask="m", data="d"):
+    return {"init": init, "mask": mask, "data": data}
+
+
+@pytest.fixture
+def unpaired_sweep(tmp_path, base):
+    out = tmp_path / "u"
+    state.claim(out, base, [{"mask.method": ["random", "snip"], "recipe": ["tost", "none"]}], [0, 1, 2], None)
+    for seed in (0, 1, 2):
+        fake_run(out, f"r-tost{seed}", {"mask.method": "random", "recipe": "tost"}, seed, last=0.6,
+                 pairing=digests(mask="other" if seed == 1 else "m"))
+        fake_run(out, f"r-none{seed}", {"mask.method": "random", "recipe": "none"}, seed, last=0.5, pairing=digests())
+        fake_run(out, f"s-none{seed}", {"mask.method": "snip", "recipe": "none"}, seed, last=0.5, pairing=digests())
+    fake_run(out, "s-tost0", {"mask.method": "snip", "recipe": "tost"}, 0, last=0.6, pairing=digests())
+    fake_run(out, "s-tost7", {"mask.method": "snip", "recipe": "tost"}, 7, last=0.6, pairing=digests())
+    return out
+
+
+def test_a_paired_report_refuses_arms_that_do_not_share_seeds(unpaired_sweep, capsys):
+    with pytest.raises(SweepError) as error:
+        report(unpaired_sweep, paired=True)
+    message = str(error.value)
+    assert "mask.method=random, recipe=tost: seed 1: mask differ" in message
+    assert "mask.method=snip, recipe=tost: seeds 1, 2, 7 run in only one of the two cells" in message
+    assert not (unpaired_sweep / "results.md").exists()  # refused before anything is written
+    assert main(["sweep", "--report", str(unpaired_sweep), "--paired"]) == 2
+    assert "seed 1: mask differ" in capsys.readouterr().err
+    report(unpaired_sweep)  # not asked for: the table says which pairs it left out
+    text = (unpaired_sweep / "results.md").read_text()
+    assert "| random | tost | 2 | +10.00 | [+10.00, +10.00] | better (seed 1: mask differ) |" in text
+    assert "| snip | tost | 1 | +10.00 | — | needs 2+ pairs (seeds 1, 2, 7 run in only one of the two cells) |" in text
+    assert (unpaired_sweep / "paired-differences.png").stat().st_size > 5_000
+
+
+def test_sweep_paired_must_be_a_boolean(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"recipe": "none", "sweep": {"paired": "yes", "grid": {"recipe": ["none"]}}}))
+    with pytest.raises(ConfigError, match=r"sweep.paired is 'yes'; give true"):
+        sweep(config, dry_run=True)
 
 
 def test_report_of_a_directory_without_runs_is_refused(tmp_path):

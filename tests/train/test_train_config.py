@@ -73,6 +73,7 @@ def test_recipe_by_name_or_file(tmp_path):
         ({"mask": {"sparsity": 1.0}}, "outside \\[0, 1\\)"),
         ({"label_smoothing": {"start": 1.2}}, "outside \\[0, 1\\)"),
         ({"data": []}, "must be a mapping"),
+        ({"data": {"subset": -5}}, r"subset=-5 is not a positive integer"),
     ],
 )
 def test_bad_configs_name_the_field(data, message):
