@@ -39,6 +39,7 @@ from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import compiled_submodules, ghost_cost
 from surgery.masks import SPARSE_THRESHOLD, load_masks, prunable_weights, weight_sparsity
 from surgery.models import build_model, default_input_size, input_channels, load_weights
+from surgery.preprocessing import Preprocessing
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe
 from surgery.submodules import within
@@ -51,6 +52,7 @@ from surgery.tasks import (
     task_of,
     train_inputs,
 )
+from surgery.train.run_files import RunFiles
 
 EXIT_USER_ERROR = 2
 MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transformers) or path/to/file.py:factory "
@@ -221,6 +223,10 @@ def _add_export(commands) -> None:
     )
     sparse.add_argument("--dense", dest="sparse", action="store_false", help="store every weight dense")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--preprocessing", metavar="FILE",
+                   help="how to feed the model (input size, mean/std, class names), written into the file's metadata: "
+                        "a run's result.json, an export's model.onnx.json or a JSON of the fields (default: the "
+                        "result.json beside --weights, when there is one)")
     p.set_defaults(run=run_export)
 
 
@@ -707,11 +713,28 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     sparse = args.sparse is not False  # sparse unless --dense: export_onnx stores only mostly-zero weights sparse
     try:
         info = surgery.export_onnx(target, inputs, args.output, sparse=sparse, opset=args.opset,
-                                   dynamic_batch=task_of(args.model).dynamic_batch)
+                                   dynamic_batch=task_of(args.model).dynamic_batch,
+                                   preprocessing=export_preprocessing(args, console))
     except ExportError as error:
         raise ExportError(f"{error}{_unexportable_part(args, model)}") from error
     console.print(str(info), markup=False)
     return 0
+
+
+def export_preprocessing(args: argparse.Namespace, console: Console) -> Preprocessing | None:
+    """``--preprocessing FILE``, else the run record beside ``--weights`` (a run's model.safetensors) when it has
+    one: the exported file then says how to feed it, as the run's own export does."""
+    if args.preprocessing:
+        return Preprocessing.from_file(args.preprocessing)
+    beside = RunFiles(Path(args.weights).parent).result if args.weights else None
+    if beside is None or not beside.is_file():
+        return None
+    try:
+        found = Preprocessing.from_file(beside)
+    except ExportError:  # a record without preprocessing (an older run): export as before
+        return None
+    console.print(f"preprocessing from {escape(str(beside))}: {escape(found.summary())}")
+    return found
 
 
 def _unexportable_part(args: argparse.Namespace, model: nn.Module) -> str:
@@ -919,7 +942,6 @@ def print_methods(console: Console, methods) -> None:
 
 def print_mask_table(console: Console, result, out: Path) -> None:
     from surgery.prune import layer_rows, metadata_summary
-    from surgery.train.run_files import RunFiles
 
     table = Table(title=f"{out}: {metadata_summary(result.metadata)}", title_justify="left")
     for column, justify in (("layer", "left"), ("shape", "left"), ("kept", "right"), ("of", "right"), ("sparsity", "right")):
@@ -961,7 +983,6 @@ def _run_pipeline(config, args: argparse.Namespace, console: Console) -> int:
 def _already_complete(config, args: argparse.Namespace, console: Console) -> bool:
     """``--resume`` of a run whose record says it completed with this config: say where its results are."""
     from surgery.train.record import completed_record
-    from surgery.train.run_files import RunFiles
 
     if args.force and not args.resume:
         raise ConfigError("--force re-runs the verification and export of a completed run: give it with --resume "
@@ -985,7 +1006,6 @@ def print_run_summary(console: Console, config, result) -> None:
         describe_tweaks,
         describe_verification,
     )
-    from surgery.train.run_files import RunFiles
 
     record, files = result.record, RunFiles(result.run_dir)
     table = Table(title=f"surgery: {escape(config.name)}", show_header=False, title_justify="left")

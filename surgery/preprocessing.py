@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from surgery.errors import ExportError
@@ -94,6 +95,21 @@ class Preprocessing:
                 "(export_onnx(..., preprocessing=Preprocessing(...)) records it)."
             )
         return cls.from_dict({f.name: json.loads(props[f.name]) for f in fields(cls) if f.name in props})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Preprocessing:
+        """The preprocessing a JSON file records: a run's ``result.json``, an export sidecar
+        (``model.onnx.json``) or a bare ``to_dict()``."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ExportError(f"cannot read preprocessing from {path} ({error}); give a run's result.json, an "
+                              "export's model.onnx.json or a JSON file of the fields (input_size, mean, std, ...).") from error
+        found = data.get("preprocessing", data) if isinstance(data, dict) else None
+        if not isinstance(found, dict) or "input_size" not in found:
+            raise ExportError(f"{path} records no preprocessing (no input_size, mean, std); give a run's result.json, "
+                              "an export's model.onnx.json or a JSON file of those fields.")
+        return cls.from_dict(found)
 
     def summary(self) -> str:
         """The steps in one line, e.g. for summary.md's ``preprocessing`` row."""

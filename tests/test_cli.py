@@ -17,6 +17,7 @@ import surgery
 from surgery.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
 from surgery.masks import load_masks, save_masks
 from surgery.models import build_model
+from surgery.preprocessing import Preprocessing
 from surgery.pruning import random_masks
 from surgery.train.config import RunConfig
 
@@ -412,6 +413,36 @@ def test_export_loads_weights_strictly(capsys, nets, tmp_path):
     code, _, err = run(capsys, "export", f"{nets}:plain", "--weights", weights, "-o", tmp_path / "x.onnx")
     assert code == 2 and "do not fit TinyNet: 2 shapes differ, file vs model (head.weight (3, 8) vs (10, 8), " in err
     assert len(err.strip().splitlines()) == 1  # one line, not the hundreds of keys torch lists
+
+
+def test_export_records_the_preprocessing_of_the_run_the_weights_come_from(capsys, nets, tmp_path):
+    from safetensors.torch import save_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_file(build_model(f"{nets}:plain", num_classes=3).state_dict(), str(run_dir / "model.safetensors"))
+    feed = Preprocessing(input_size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), class_names=("a", "b", "c"))
+    (run_dir / "result.json").write_text(json.dumps({"status": "completed", "preprocessing": feed.to_dict()}))
+    argv = ["export", f"{nets}:plain", "--num-classes", 3, "--weights", run_dir / "model.safetensors", "--input-size", 16]
+    code, out, err = run(capsys, *argv, "-o", tmp_path / "a.onnx")
+    assert code == 0, err
+    assert f"preprocessing from {run_dir / 'result.json'}" in out.replace("\n", "")
+    assert Preprocessing.from_metadata(ort_metadata(tmp_path / "a.onnx")) == feed
+    bare = tmp_path / "feed.json"
+    bare.write_text(json.dumps(feed.to_dict() | {"class_names": ["x", "y", "z"]}))
+    code, _, err = run(capsys, *argv, "--preprocessing", bare, "-o", tmp_path / "b.onnx")
+    assert code == 0, err
+    assert Preprocessing.from_metadata(ort_metadata(tmp_path / "b.onnx")).class_names == ("x", "y", "z")
+    bare.write_text("{}")
+    code, _, err = run(capsys, *argv, "--preprocessing", bare, "-o", tmp_path / "c.onnx")
+    assert code == 2 and "records no preprocessing (no input_size, mean, std)" in err
+
+
+def ort_metadata(path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.get_modelmeta().custom_metadata_map
 
 
 def _sidecar_layers(path):
