@@ -50,6 +50,8 @@ def data_digest(dataset: ImageDataset, seed: int) -> str:
             continue
         digest.update(f"{name}|{len(split)}|".encode())
         digest.update(split.labels.numpy().tobytes())
-        pixels = split.images.contiguous().numpy().tobytes() if split.images is not None else "\n".join(split.files).encode()
-        digest.update(pixels)
+        if split.images is not None:
+            digest.update(split.images.contiguous().numpy().tobytes())
+        else:  # streamed: the files stand for their pixels
+            digest.update("\n".join(split.files).encode())
     return digest.hexdigest()[:DIGEST_CHARS]

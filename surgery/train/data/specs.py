@@ -105,8 +105,8 @@ def _take_subset(dataset: ImageDataset, n: int, seed: int) -> None:
     others), each class's drawn from a generator derived from ``seed`` alone, then kept in file order."""
     train = dataset.splits["train"]
     if n > len(train):
-        raise DataError(f"subset={n} asks for more images than the {len(train)} of the training split of '{dataset.name}'; "
-                        f"give at most {len(train)} (or leave subset out to train on all of them).")
+        raise DataError(f"subset={n} asks for more images than the {len(train)} of the training split of "
+                        f"'{dataset.name}'; give at most {len(train)} (or leave subset out to train on all of them).")
     if n < dataset.num_classes:
         raise DataError(f"subset={n} is smaller than the {dataset.num_classes} classes of '{dataset.name}', so some "
                         f"class would have no image; give at least {dataset.num_classes}.")

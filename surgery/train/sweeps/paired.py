@@ -54,7 +54,8 @@ class Comparison:
         """The 95% Student t interval of the mean difference; None below two pairs."""
         if self.n < 2:
             return None
-        half = stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1) * statistics.stdev(self.differences.values()) / math.sqrt(self.n)
+        t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1))
+        half = t * statistics.stdev(self.differences.values()) / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     @property
