@@ -18,7 +18,7 @@ import sys
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from surgery.tasks import (
     task_of,
     train_inputs,
 )
+from surgery.train.record import command_line
 
 EXIT_USER_ERROR = 2
 MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transformers) or path/to/file.py:factory "
@@ -59,7 +60,7 @@ MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transfo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    with stop_at_once():
+    with stop_at_once(), _process_command(own=argv is None):
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
@@ -76,6 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _failed(args, str(stop), stop.exit_code)
         finally:
             warnings.showwarning = shown
+
+
+@contextlib.contextmanager
+def _process_command(own: bool) -> Iterator[None]:
+    """Around the command a process was started for (``main()`` on its own argv, not ``main([...])`` from Python):
+    a run's record times the process's start-up (``record.command_line``)."""
+    if not own:
+        yield
+        return
+    with command_line():
+        yield
 
 
 def _failed(args: argparse.Namespace, message: str, code: int) -> int:
@@ -982,6 +994,7 @@ def print_run_summary(console: Console, config, result) -> None:
         describe_ghosts,
         describe_model,
         describe_onnx_size,
+        describe_time,
         describe_tweaks,
         describe_verification,
     )
@@ -1011,7 +1024,7 @@ def print_run_summary(console: Console, config, result) -> None:
         table.add_row("ONNX", escape(f"{record['export']['path']} ({describe_onnx_size(record['export'])})"))
     table.add_row("report", escape(str(files.summary)))
     table.add_row("record", escape(str(files.result)))
-    table.add_row("time", f"{record['training']['seconds']:.1f} s training")
+    table.add_row("time", describe_time(record))
     console.print(table)
 
 
