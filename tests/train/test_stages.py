@@ -3,12 +3,18 @@ only in a process a command line started, and the CLI's time line reads them."""
 
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import tiny_run_config
 
+from surgery.cli import main
 from surgery.train.record import STAGES, RunRecord, command_line, startup_seconds
 from surgery.train.report.story import describe_time
 
@@ -42,3 +48,16 @@ def test_the_time_line_puts_training_first_then_the_rest_longest_first():
     record = {"training": {"seconds": 28.7}, "stages": stages}
     assert describe_time(record) == "28.7 s training, 8.2 s outside it (export 5.0 s, startup 2.0 s, report 1.2 s)"
     assert describe_time({"training": {"seconds": 3.0}}) == "3.0 s training"  # a record from before stages
+
+
+def test_only_a_process_own_command_line_freezes_the_collector_as_it_ends(capsys):
+    """gc.freeze spares the interpreter's exit a walk over every object (seconds after an export); main([...])
+    called from Python leaves the caller's collector alone."""
+    frozen = gc.get_freeze_count()
+    assert main(["--version"]) == 0 and gc.get_freeze_count() == frozen
+    code = "import gc, sys; from surgery.cli import main; sys.argv = ['surgery', '--version']; main(); " \
+           "print(gc.get_freeze_count() > 0)"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "True"
