@@ -34,6 +34,7 @@ bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(BIN)/python benchmarks/pruning_cost.py
 	$(BIN)/python benchmarks/sweep_overhead.py
 	$(BIN)/python benchmarks/modes_cost.py
+	$(BIN)/python benchmarks/run_stages.py
 
 study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 60 runs (~30 min)
 	$(BIN)/surgery sweep examples/configs/sweep-digits.yaml --jobs 2

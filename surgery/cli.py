@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import operator
@@ -18,7 +19,7 @@ import sys
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from surgery.tasks import (
     task_of,
     train_inputs,
 )
+from surgery.train.record import command_line
 from surgery.train.run_files import RunFiles
 
 EXIT_USER_ERROR = 2
@@ -61,7 +63,7 @@ MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transfo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    with stop_at_once():
+    with stop_at_once(), _process_command(own=argv is None):
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
@@ -78,6 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _failed(args, str(stop), stop.exit_code)
         finally:
             warnings.showwarning = shown
+
+
+@contextlib.contextmanager
+def _process_command(own: bool) -> Iterator[None]:
+    """Around the command a process was started for (``main()`` on its own argv, not ``main([...])`` from Python):
+    a run's record times the process's start-up (``record.command_line``), and at the end the garbage collector
+    leaves every object alone (``gc.freeze``): the interpreter's exit would otherwise walk all that torch, its ONNX
+    exporter and matplotlib made (1.5 s and more) to free memory the process is about to give back anyway."""
+    if not own:
+        yield
+        return
+    with command_line():
+        try:
+            yield
+        finally:
+            gc.freeze()
 
 
 def _failed(args: argparse.Namespace, message: str, code: int) -> int:
@@ -1003,6 +1021,7 @@ def print_run_summary(console: Console, config, result) -> None:
         describe_ghosts,
         describe_model,
         describe_onnx_size,
+        describe_time,
         describe_tweaks,
         describe_verification,
     )
@@ -1031,7 +1050,7 @@ def print_run_summary(console: Console, config, result) -> None:
         table.add_row("ONNX", escape(f"{record['export']['path']} ({describe_onnx_size(record['export'])})"))
     table.add_row("report", escape(str(files.summary)))
     table.add_row("record", escape(str(files.result)))
-    table.add_row("time", f"{record['training']['seconds']:.1f} s training")
+    table.add_row("time", describe_time(record))
     console.print(table)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import operator
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class VerifyReport:
     ghost_parity_max_abs_diff: float | None = None  # (d); None: no ghosted model given
     atol: float = ATOL
     submodules: list[str] = field(default_factory=list)  # (a) ran on these; empty: on the whole model
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)  # wall time per check, by checks()' name
 
     def checks(self) -> list[dict[str, Any]]:
         """One entry per check that ran: its name, its line of text and its number, if it has one."""
@@ -127,23 +129,37 @@ def verify(
     parts = compiled_submodules(clean)
     if not parts:
         raise VerificationError(f"{type(clean).__name__} holds no module made by surgery.compile: nothing to verify.")
-    nodes = sum(check_part(model, path, part, leaf_modules, concrete_args) for path, part in parts.items())
-    fresh = load_into_original(model, clean)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "graph"):
+        nodes = sum(check_part(model, path, part, leaf_modules, concrete_args) for path, part in parts.items())
+    with _timed(seconds, "strict_load"):
+        fresh = load_into_original(model, clean)
     modes = max(len(graphs_by_mode(part)) for part in parts.values())
-    report = VerifyReport(nodes=nodes, atol=atol, submodules=[path for path in parts if path], mode_graphs=modes)
+    report = VerifyReport(nodes=nodes, atol=atol, submodules=[path for path in parts if path], mode_graphs=modes,
+                          seconds=seconds)
     if example_inputs is None or device_of(clean).type == "meta":
         return report
     inputs = as_tuple(example_inputs)
     names = ("the original class", "the de-ghosted module")
-    report.outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names)
-    why_not = runs_in_train_mode(fresh, inputs)
-    if why_not:
-        report.train_outputs_unchecked = why_not
-    else:
-        report.train_outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names, mode=TRAIN)
+    with _timed(seconds, "outputs"):
+        report.outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names)
+    with _timed(seconds, "train_outputs"):
+        why_not = runs_in_train_mode(fresh, inputs)
+        if why_not:
+            report.train_outputs_unchecked = why_not
+        else:
+            report.train_outputs_max_abs_diff = check_outputs(fresh, clean, inputs, atol, *names, mode=TRAIN)
     if ghosted is not None:
-        report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
+        with _timed(seconds, "ghost_parity"):
+            report.ghost_parity_max_abs_diff = check_ghost_parity(ghosted, clean, inputs, atol)
     return report
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], check: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    seconds[check] = round(time.perf_counter() - started, 4)
 
 
 def check_part(

@@ -34,3 +34,11 @@ def test_the_command_line_loads_onnx_only_when_a_command_exports():
     code = "import sys, surgery.cli; surgery.cli.build_parser(); print('onnx' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_command_line_loads_scipy_only_when_a_sweep_draws_its_paired_interval():
+    """scipy.stats took a second of every `surgery` command's start-up; only `surgery sweep`'s paired table needs it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys, surgery.cli; surgery.cli.build_parser(); print('scipy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "False"

@@ -216,11 +216,13 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
          model: nn.Module | None, masks: dict[str, torch.Tensor] | None, resume: bool | str | Path) -> RunResult:
     run_dir = files.root
     torch.manual_seed(config.train.seed)
-    dataset = load_data(config)
-    original = model if model is not None else build(config, dataset)
+    with record.timed("data"):
+        dataset = load_data(config)
+        example = example_batch(dataset)
+        train_loader, eval_loaders = loaders(config, dataset, dist)  # own generators: the init below is as seeded
+    with record.timed("model"):
+        original = model if model is not None else build(config, dataset)
     record.update(model=model_section(config.model.spec, original), data=data_section(config, dataset))
-    example = example_batch(dataset)
-    train_loader, eval_loaders = loaders(config, dataset, dist)
     if resume is True and files.config.is_file():  # before anything here is rewritten
         check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
     checkpoint = resumed_from(config, files, resume)  # a resume that cannot start fails before anything is written
@@ -229,31 +231,37 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write(RUNNING)  # a completed record of an earlier run here no longer describes this directory
-    start = initialized(config, original)
-    plan = given_masks(config, start, masks, train_loader) if masks is not None else plan_masks(
-        config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console, resume=resume)
-    if plan.weights is not None:
-        start = with_weights(start, plan.weights)
-    if plan.rounds:
-        record.update(rounds=plan.rounds)
-    record.update(pairing=pairing_section(start, plan.masks, dataset, config.train.seed))
-    ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
-    manifest = surgery.manifest_of(ghosted)
-    dist.broadcast_masks(ghosted)
-    if not resume:
-        start_from(config, ghosted, plan)
-    if dist.is_main:
-        write_run_files(config, run_dir, plan.masks, start)
+    with record.timed("mask"):
+        start = initialized(config, original)
+        plan = given_masks(config, start, masks, train_loader) if masks is not None else plan_masks(
+            config, start, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist, console=console,
+            resume=resume)
         if plan.weights is not None:
-            save_start_weights(run_dir, plan.weights)
+            start = with_weights(start, plan.weights)
+        if plan.rounds:
+            record.update(rounds=plan.rounds)
+        record.update(pairing=pairing_section(start, plan.masks, dataset, config.train.seed))
+    with record.timed("compile"):
+        ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
+        manifest = surgery.manifest_of(ghosted)
+        dist.broadcast_masks(ghosted)
+        if not resume:
+            start_from(config, ghosted, plan)
+    with record.timed("mask"):
+        if dist.is_main:
+            write_run_files(config, run_dir, plan.masks, start)
+            if plan.weights is not None:
+                save_start_weights(run_dir, plan.weights)
 
     if config.lrsi.enabled and not resume:
-        record.update(lrsi=lrsi_section(rescale(config, ghosted, train_loader, dist, console)))
+        with record.timed("lrsi"):
+            record.update(lrsi=lrsi_section(rescale(config, ghosted, train_loader, dist, console)))
         record.write(RUNNING)  # so a resume after a crash still finds what LRsI did
-    trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
-                      teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
     record.stage = "training"
-    trained = trainer.fit(resume=resume, checkpoint=checkpoint)
+    with record.timed("training"):
+        trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
+                          teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
+        trained = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.stage = "finish"
     record.update(num_classes=config.model.num_classes or dataset.num_classes,
                   device=str(dist.device) + (f" x {dist.world_size}" if dist.enabled else ""))
@@ -417,37 +425,41 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
     result.json and write the report from it (rank 0). ``preprocessing``: how the data fed the model,
     recorded for deployment (result.json, the ONNX file's metadata, summary.md)."""
     files = RunFiles(run_dir)
-    model = trained.model
-    kept_ghosts = len(ghosts(model))
-    final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
-    if isinstance(model, fx.GraphModule) and not kept_ghosts:
-        model = surgery.deghost(model, inplace=True)
-    else:
-        bake_masks(model)
-    model = model.cpu().eval()
-    record.update(**outcome_sections(trained, model, tweaks, ghost_parameters, kept_ghosts))
-    if preprocessing is not None:
-        preprocessing = preprocessing.for_outputs(output_classes(model, example))
-    record.update(preprocessing=preprocessing.to_dict() if preprocessing else None)
-    result = RunResult(run_dir, model, record.data, trained.history, events=trained.events)
+    with record.timed("deghost"):
+        model = trained.model
+        kept_ghosts = len(ghosts(model))
+        final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
+        if isinstance(model, fx.GraphModule) and not kept_ghosts:
+            model = surgery.deghost(model, inplace=True)
+        else:
+            bake_masks(model)
+        model = model.cpu().eval()
+        record.update(**outcome_sections(trained, model, tweaks, ghost_parameters, kept_ghosts))
+        if preprocessing is not None:
+            preprocessing = preprocessing.for_outputs(output_classes(model, example))
+        record.update(preprocessing=preprocessing.to_dict() if preprocessing else None)
+        result = RunResult(run_dir, model, record.data, trained.history, events=trained.events)
+        if dist.is_main:
+            if final_masks:
+                save_masks(final_masks, files.masks, method=config.mask.method, model=config.model.spec,
+                           seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True,
+                           dense=dense_weights(original, final_masks), **(mask_metadata or {}))
+            _save_weights(model, files.weights)
     if not dist.is_main:
         return result
-    if final_masks:
-        save_masks(final_masks, files.masks, method=config.mask.method, model=config.model.spec,
-                   seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True,
-                   dense=dense_weights(original, final_masks), **(mask_metadata or {}))
-    _save_weights(model, files.weights)
     if kept_ghosts:
         result.export = _export_as_trained(config, model, example, files, record, kept_ghosts, preprocessing)
     else:
         result.verify, result.export = _verify_and_export(config, original, model, example, files, record,
                                                           preprocessing)
-    record.write(COMPLETED)
+    record.write(COMPLETED)  # the report reads it
     described = describe_model(record.data["model"])
-    write_report(run_dir, title=f"{config.name}: {described} on {config.data.dataset}",
-                 layer_sparsity=_layer_sparsity(model), events=trained.events,
-                 extra={"model": described, "dataset": config.data.dataset,
-                        "mask": _mask_text(config), "device": record.data["device"]})
+    with record.timed("report"):
+        write_report(run_dir, title=f"{config.name}: {described} on {config.data.dataset}",
+                     layer_sparsity=_layer_sparsity(model), events=trained.events,
+                     extra={"model": described, "dataset": config.data.dataset,
+                            "mask": _mask_text(config), "device": record.data["device"]})
+    record.write(COMPLETED)  # again, with the report's seconds
     return result
 
 
@@ -511,7 +523,8 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
     report = info = None
     if config.export.verify:
         try:
-            report = surgery.verify(original, clean, example)
+            with record.timed("verify"):
+                report = surgery.verify(original, clean, example)
         except SurgeryError as error:
             record.update(verification=verification_failed(error))
             files.verify.write_text(f"FAILED\n{error}\n")
@@ -519,7 +532,9 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
         record.update(verification=verification_passed(report))
         files.verify.write_text(str(report) + "\n")
     if config.export.onnx:
-        info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse, preprocessing=preprocessing)
+        with record.timed("export"):
+            info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse,
+                                       preprocessing=preprocessing)
         record.update(export=export_section(info))
     return report, info
 
@@ -539,8 +554,9 @@ def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tenso
     files.verify.write_text(f"SKIPPED\narchitecture {architecture_text(kept_ghosts)}: {record.data['verification']['message']}\n")
     if not config.export.onnx:
         return None
-    info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,
-                               preprocessing=preprocessing)
+    with record.timed("export"):
+        info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,
+                                   preprocessing=preprocessing)
     record.update(export=export_section(info))
     return info
 

@@ -26,16 +26,26 @@ input size, channel order, scaling, mean/std, resize rule, class names; also in 
 ``verification`` (``status``: passed / failed / skipped, ``checks``, ``report``:
 ``VerifyReport.to_dict()``, or ``message``), ``export`` (``path``, ``bytes``,
 ``dense_bytes``, ``sparse``, ...), ``timings`` (this invocation's start, end and seconds;
-``training.seconds`` adds up every resumed part) and ``versions``. Mask rounds record
-``mask``, ``rounds``, ``sparsity``, ``mask_file`` (the file they wrote) and ``timings``.
+``training.seconds`` adds up every resumed part), ``stages`` (this invocation's wall seconds per stage,
+``STAGES``: ``startup`` from the process's start to ``run()``, null when Python called ``run()``; ``data``,
+``model``, ``mask``, ``compile``, ``lrsi``, ``training`` (the trainer built, then its loop), ``deghost`` (masks
+baked, clean weights and final masks saved), ``verify`` (its checks' own seconds are in
+``verification.report.seconds``), ``export`` (ONNX and its onnxruntime parity) and ``report``; 0 for a stage
+that did not run) and ``versions``. Mask rounds record ``mask``, ``rounds``, ``sparsity``, ``mask_file`` (the
+file they wrote) and ``timings``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +61,9 @@ RESULT_FORMAT = 1
 RUN, MASK_ROUNDS = "run", "mask rounds"
 RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
 SOFTWARE = ("torch", "torchvision", "timm", "onnx", "onnxruntime")
+# A run's stages in the order they run: result.json's ``stages``, the CLI's time line and the benchmark read it.
+STAGES = ("startup", "data", "model", "mask", "compile", "lrsi", "training", "deghost", "verify", "export", "report")
+_COMMAND_LINE: ContextVar[bool] = ContextVar("surgery_command_line", default=False)
 
 
 class RunRecord:
@@ -73,6 +86,19 @@ class RunRecord:
         }
         if kind == RUN:
             self.data["lrsi"] = None  # until LRsI runs (lrsi_section)
+            self.data["stages"] = {**dict.fromkeys(STAGES, 0.0), "startup": startup_seconds()}
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the block's wall seconds to ``stages[stage]`` (one of ``STAGES``), however the block ends."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            stages = self.data["stages"]
+            stages[stage] = round(stages[stage] + time.perf_counter() - started, 3)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
@@ -99,6 +125,29 @@ class RunRecord:
         if isinstance(error, KeyboardInterrupt):
             return INTERRUPTED, {"signal": "SIGINT", "message": message or "KeyboardInterrupt", "stage": self.stage}
         return FAILED, {"error": type(error).__name__, "message": message, "stage": self.stage}
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Within: this process was started to run one command line, so a run's record times its start-up
+    (``startup_seconds``). ``surgery`` sets it for its own argv, not for ``main([...])`` called from Python."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def startup_seconds() -> float | None:
+    """Seconds from this process's start (interpreter, imports, parsing) to now, when a command line started
+    it; None when Python code called the run (its process began for something else) or /proc is unreadable."""
+    if not _COMMAND_LINE.get():
+        return None
+    try:  # field 22 of /proc/self/stat, after the parenthesised name: start time in clock ticks since boot
+        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+        return round(time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError, AttributeError):  # not Linux
+        return None
 
 
 def first_line(error: BaseException) -> str:

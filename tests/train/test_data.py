@@ -115,6 +115,27 @@ def test_digits_shapes_classes_and_fixed_test_split(digits):
     assert load_dataset("digits", image_size=16).splits["train"].images.shape == (1437, 3, 16, 16)
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    """The file scikit-learn ships, read as its loader reads it: importing sklearn.datasets cost a second or two."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from surgery.train.data.builtin import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert images.dtype == bunch.images.dtype and np.array_equal(images, bunch.images)
+    assert labels.dtype == bunch.target.dtype and np.array_equal(labels, bunch.target)
+    code = ("import sys; from surgery.train.data import load_dataset; load_dataset('digits'); "
+            "print(sorted({'sklearn', 'scipy'} & set(sys.modules)))")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_synthetic_is_fixed_and_learnable():
     a, b = load_dataset("synthetic"), load_dataset("synthetic", seed=5)
     assert torch.equal(a.splits["train"].images, b.splits["train"].images)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ import surgery
 from surgery.cli import main
 from surgery.errors import MaskError, VerificationError
 from surgery.train import RunConfig, pipeline
-from surgery.train.record import config_hash
+from surgery.train.record import STAGES, config_hash
 from surgery.train.report import write_report
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Interrupted, Trainer
@@ -64,6 +67,38 @@ def test_a_completed_run_records_its_outcome_as_data(tmp_path):
     assert "| verification | **passed** (4 checks): (a) graph isomorphic" in text  # (c) in eval and in train mode
     assert "(c) outputs equal in train mode" in text
     assert "| ONNX size |" in text and "| ghosts | removed before epoch 3 (step 20)" in text
+
+
+def test_a_run_records_the_wall_seconds_of_every_stage(tmp_path):
+    config = tiny_config(tmp_path, export={"onnx": True})
+    result = pipeline.run(config)
+    record = record_of(config)
+    stages = record["stages"]
+
+    assert set(stages) == set(STAGES) and stages["startup"] is None  # run() called from Python: no start-up to time
+    timed = {stage: seconds for stage, seconds in stages.items() if stage != "startup"}
+    assert all(isinstance(seconds, float) and seconds >= 0 for seconds in timed.values()), timed
+    assert all(timed[stage] > 0 for stage in ("data", "compile", "lrsi", "training", "verify", "export", "report"))
+    assert sum(timed.values()) <= record["timings"]["seconds"] + 0.05  # the stages lie within the run, report included
+    assert timed["training"] >= record["training"]["seconds"] - 1e-3 and timed["lrsi"] >= record["lrsi"]["seconds"] - 1e-3
+    assert result.record["stages"] == stages  # the record written last holds the report's seconds too
+    per_check = record["verification"]["report"]["seconds"]  # verify's seconds, check by check (each mode apart)
+    assert set(per_check) == {"graph", "strict_load", "outputs", "train_outputs"} and min(per_check.values()) >= 0
+
+
+def test_a_run_from_the_command_line_times_its_start_up(tmp_path):
+    out_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # the summary's rows unwrapped
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "surgery.cli", *TINY_TRAIN, "--no-lrsi", "--set", "export.onnx=false",
+                           "--out", str(out_dir)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    record = json.loads(RunFiles(out_dir).result.read_text())
+    startup = record["stages"]["startup"]
+    assert 0 < startup < wall and startup + record["timings"]["seconds"] <= wall  # the interpreter and imports
+    assert record["stages"]["lrsi"] == record["stages"]["export"] == 0.0  # stages that did not run
+    assert " s outside it (" in done.stdout and "startup" in done.stdout  # the summary's time line
 
 
 def test_an_interrupted_run_records_the_signal_and_resumes_to_completion(tmp_path, monkeypatch):

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,19 +36,33 @@ _SYNTHETIC_TRAIN, _SYNTHETIC_TEST = 1000, 200
 
 
 def load_digits(image_size: int) -> ImageDataset:
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    pixels = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)  # values 0..16
+    digits, targets = digits_arrays()
+    pixels = torch.from_numpy(digits).float().div_(16.0).unsqueeze(1)  # values 0..16
     images = _to_uint8(F.interpolate(pixels, size=(image_size, image_size), mode="bilinear",
                                      align_corners=False)).expand(-1, 3, -1, -1).contiguous()
-    labels = torch.from_numpy(bunch.target).long()
+    labels = torch.from_numpy(targets).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_DIGITS_SPLIT_SEED))
     test_idx, train_idx = order[:_DIGITS_TEST_SIZE].sort().values, order[_DIGITS_TEST_SIZE:].sort().values
     return _in_memory_dataset("digits", [str(c) for c in range(10)], image_size, {
         "train": Split(images[train_idx], labels[train_idx]),
         "test": Split(images[test_idx], labels[test_idx]),
     })
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits (8x8, values 0..16) and labels, as ``sklearn.datasets.load_digits`` reads them
+    from the file scikit-learn ships; read here because importing ``sklearn.datasets`` imports SciPy's stats
+    and more (a second or two) for 57 kB of CSV. Another layout falls back to scikit-learn's own loader."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits as sklearn_digits
+
+        bunch = sklearn_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        data = np.loadtxt(file, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 def load_synthetic(image_size: int) -> ImageDataset:

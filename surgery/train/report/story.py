@@ -110,3 +110,16 @@ def describe_onnx_size(export: dict[str, Any]) -> str:
 def describe_onnx_parity(export: dict[str, Any]) -> str:
     return (f"max |diff| vs PyTorch {export['max_abs_error']:.2g}, relative {export['max_rel_error']:.2g} "
             "(onnxruntime)")
+
+
+def describe_time(record: dict[str, Any]) -> str:
+    """e.g. '28.7 s training, 12.4 s outside it (startup 4.1 s, export 3.0 s, ...)': the training time of
+    every resumed part, then this invocation's other stages (result.json's ``stages``), the longest first."""
+    training = f"{record['training']['seconds']:.1f} s training"
+    outside = {stage: seconds for stage, seconds in (record.get("stages") or {}).items()
+               if stage != "training" and seconds}  # startup null: called from Python
+    if not outside:
+        return training
+    shown = sorted(outside.items(), key=lambda item: -item[1])
+    parts = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in shown if seconds >= 0.05)
+    return f"{training}, {sum(outside.values()):.1f} s outside it ({parts})"

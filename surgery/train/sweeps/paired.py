@@ -18,8 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy import stats
-
 from surgery.errors import SweepError
 from surgery.presets import BASELINE
 from surgery.train.pairing import PARTS
@@ -54,6 +52,8 @@ class Comparison:
         """The 95% Student t interval of the mean difference; None below two pairs."""
         if self.n < 2:
             return None
+        from scipy import stats  # here: scipy.stats takes a second to import, which every `surgery` command paid
+
         t = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1))
         half = t * statistics.stdev(self.differences.values()) / math.sqrt(self.n)
         return self.mean - half, self.mean + half
