@@ -41,8 +41,8 @@ def test_tost_config_compiles_a_model():
 
 CONFIGS = sorted(p for p in (EXAMPLES / "configs").glob("*.yaml") if p.name != "tost.yaml")
 STUDIES = [p for p in CONFIGS if "sweep" in (yaml.safe_load(p.read_text()) or {})]  # `surgery sweep` grids
-CPU_STUDY = EXAMPLES / "configs" / "sweep-digits.yaml"  # docs/results.md's; a study only, at CPU scale
-RUN_CONFIGS = [p for p in CONFIGS if p != CPU_STUDY]  # paper-scale runs (Table 2's also carries its grids)
+CPU_STUDIES = [EXAMPLES / "configs" / f"{name}.yaml" for name in ("sweep-digits", "study-cifar")]  # docs/results.md's
+RUN_CONFIGS = [p for p in CONFIGS if p not in CPU_STUDIES]  # paper-scale runs (Table 2's also carries its grids)
 
 
 WORKFLOWS = {"tost-cifar10", "tost-table2", "lottery-retrain", "pruning-pipeline", "optg", "asni", "asni-centroids"}
@@ -68,8 +68,8 @@ def test_each_study_config_plans_its_sweep(path, tmp_path):
     assert len(rows) >= 2 and {row["status"] for row in rows} == {"pending"}
 
 
-def test_the_cpu_study_and_table_2_are_studies():
-    assert [p.stem for p in STUDIES] == ["sweep-digits", "tost-table2"]
+def test_the_cpu_studies_and_table_2_are_studies():
+    assert [p.stem for p in STUDIES] == ["study-cifar", "sweep-digits", "tost-table2"]
 
 
 def test_asni_centroids_config_retrains_the_asni_configs_mask():

@@ -191,7 +191,9 @@ def report(out: str | Path, *, paired: bool | None = None, console: Console | No
     fields = list(dict.fromkeys(f for row in rows for f in cell_fields(row)))
     rows.sort(key=lambda row: (*(_rank(order.get(f, []), row.get(f)) for f in fields), row["seed"]))
     base = saved.get("base") or {}
-    title = f"{base.get('name', out.name)}: {base.get('model', {}).get('spec', '')} on {base.get('data', {}).get('dataset', '')}"
+    kind, _, path = str(base.get("data", {}).get("dataset", "")).partition(":")
+    dataset = f"{kind}:{Path(path).name}" if path else kind  # the file's name: a full path would crowd the titles
+    title = f"{base.get('name', out.name)}: {base.get('model', {}).get('spec', '')} on {dataset}"
     cells = table.summarize(rows, fields)
     comparisons = paired_.compare(rows, fields, table.headline(cells))
     if saved.get("paired", False) if paired is None else paired:

@@ -92,8 +92,7 @@ def plot_differences(comparisons: Sequence[Comparison], fields: Sequence[str], m
     shown = [c for c in comparisons if c.n]
     if not shown:
         return None
-    labels = [_label(tuple(str(c.values[f]) for f in fields if f in c.values), [f for f in fields if f in c.values])
-              for c in shown]
+    labels = [", ".join(f"{f.rsplit('.', 1)[-1]}={c.values[f]}" for f in fields if f in c.values) for c in shown]
     with paper_figure(8.0, 0.9 + 0.45 * len(shown)) as figure:
         ax = figure.add_subplot()
         for row, comparison in enumerate(shown):
@@ -106,6 +105,6 @@ def plot_differences(comparisons: Sequence[Comparison], fields: Sequence[str], m
         ax.axvline(0.0, color="tab:red", linewidth=1.0, linestyle="--")
         ax.set_yticks(range(len(shown)), list(reversed(labels)), fontsize=7)
         what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
-        ax.set_xlabel(f"test accuracy minus plain sparse training, same seed ({what}, points)")
+        ax.set_xlabel(f"test accuracy minus `none`, same seed ({what}, points)")
         ax.set_title(title)
         return save_figure(figure, out_png)
