@@ -14,7 +14,7 @@ from surgery.train.pairing import data_digest, tensors_digest
 from surgery.train.pipeline import run
 from surgery.train.run_files import RunFiles
 
-pytestmark = pytest.mark.slow  # three short runs, tost-official's 180 LRsI iterations among them
+pytestmark = pytest.mark.slow  # three short runs, tost-official's 180 LRsI iterations (on batches of 30) among them
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def arms(tmp_path_factory):
     results = {}
     for recipe in ("none", "tost", "tost-official"):
         config = tiny_run_config(tmp, recipe, recipe=recipe, mask={"method": "synflow", "sparsity": 0.9},
-                                 data={"val_split": 0.2, "subset": 300}, train={"epochs": 2, "seed": 3},
+                                 data={"val_split": 0.2, "subset": 150, "batch_size": 30}, train={"epochs": 2, "seed": 3},
                                  lr_schedule={"milestones": [1]})
         results[recipe] = run(config).record
     return tmp, results
@@ -47,7 +47,7 @@ def test_the_digests_are_of_what_they_name(arms):
     assert pairing["init"] == tensors_digest(fresh.state_dict())  # before ghosts and LRsI: the seed's network
     torch.manual_seed(4)
     assert tensors_digest(build_model("cifar:resnet20", 10, input_size=8).state_dict()) != pairing["init"]
-    dataset = load_dataset("synthetic", image_size=8, val_split=0.2, seed=3, subset=300)
+    dataset = load_dataset("synthetic", image_size=8, val_split=0.2, seed=3, subset=150)
     assert pairing["data"] == data_digest(dataset, 3) != data_digest(dataset, 4)
-    assert records["none"]["data"] == {"splits": {"train": 240, "val": 60, "test": len(dataset.splits["test"])},
-                                       "subset": {"images": 300, "seed": 0}}
+    assert records["none"]["data"] == {"splits": {"train": 120, "val": 30, "test": len(dataset.splits["test"])},
+                                       "subset": {"images": 150, "seed": 0}}
