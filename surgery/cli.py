@@ -53,7 +53,7 @@ from surgery.tasks import (
     task_of,
     train_inputs,
 )
-from surgery.train.record import command_line
+from surgery.train.record import command_line, recorded_holdings
 from surgery.train.run_files import RunFiles
 
 EXIT_USER_ERROR = 2
@@ -372,7 +372,8 @@ def _add_sweep(commands) -> None:
     p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="the base run config (see examples/configs/)")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
                    help="a config field and its values, read as YAML (repeatable: the grid is their product); "
-                        "recipe takes a preset: tost, tost-official, none, or one tweak alone: gsk, gsw, lrsi, ls")
+                        "recipe takes a preset: tost, tost-official, none, official-jumps, or one tweak alone: gsk, gsw, lrsi, "
+                        "ls; mask.sparsity also takes {match: RECIPE} (plain training as large as that arm)")
     p.add_argument("--seeds", metavar="N|S1,S2,...", help="N seeds (0..N-1), or the seeds to run (default 1, "
                    "or the config's sweep: section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
@@ -1019,6 +1020,7 @@ def print_run_summary(console: Console, config, result) -> None:
         describe_accuracy,
         describe_ghost_cost,
         describe_ghosts,
+        describe_holdings,
         describe_model,
         describe_onnx_size,
         describe_time,
@@ -1037,6 +1039,9 @@ def print_run_summary(console: Console, config, result) -> None:
     if record["accuracy"]["test"] is not None:
         table.add_row("test accuracy", describe_accuracy(record["accuracy"]))
     table.add_row("sparsity", f"{record['sparsity']:.1%} of conv/linear weights are zero")
+    held = recorded_holdings(record)
+    if held is not None:
+        table.add_row("final model", escape(describe_holdings(held)))
     table.add_row("tweaks", escape(describe_tweaks(record["tweaks"])))
     table.add_row("ghosts", escape(describe_ghosts(record["ghosts"], record["training"]["epochs"])))
     if record["ghosts"]["parameters"]:

@@ -17,6 +17,8 @@ authors ran. Two readings of ToST (see docs/fidelity.md):
   and the jumps never removed nor pruned, PSwish at a fixed beta = 2 (``SwishParameteric``), LRsI
   as the README's command (180 iterations, scale lr 1e-2, gamma 1, normalized, full batches),
   label smoothing 0.1 spread as a / (K - 1) (``label-smoothening/train_ticket.py``).
+- ``official-jumps``: ``tost-official``'s jumps alone, kept to the end with alpha 1, nothing else: a control
+  that separates the capacity the jumps keep from PSwish, LRsI and label smoothing (not in the paper).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ PRESETS: dict[str, Preset] = {
         pinned=tuple(_OFFICIAL_SOURCES), fixed=_OFFICIAL_SOURCES),
     "none": Preset("plain sparse training: no ghosts, no LRsI, no label smoothing (the baseline)",
                    _tweaks({}, lrsi=False, smoothing=0.0)),
+    "official-jumps": Preset(
+        "the released code's 1x1 conv + BN jumps alone, kept to the end at full strength: no PSwish, LRsI or label "
+        "smoothing (what the kept capacity does by itself)",
+        {**_tweaks({"ghost_skip": OFFICIAL_JUMP}, lrsi=False, smoothing=0.0),
+         "ghosts.alpha": {"kind": "constant", "start": 1.0}, "ghosts.remove_at": "never"}),
     "gsk": Preset("ghost skips alone (Table 4's GSk)", _tweaks({"ghost_skip": GHOST_SKIP}, lrsi=False, smoothing=0.0)),
     "gsw": Preset("PSwish alone, with its beta schedule (Table 4's GSw)",
                   _tweaks({"soft_activation": PSWISH}, lrsi=False, smoothing=0.0)),

@@ -33,7 +33,7 @@ from torch import fx, nn
 import surgery
 from surgery.errors import CheckpointError, ConfigError, SurgeryError
 from surgery.graph import deepcopy_module, eval_mode
-from surgery.ghosts import ghosts
+from surgery.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
 from surgery.interrupt import Interrupted, signal_name
 from surgery.masks import (
     bake_masks,
@@ -58,6 +58,7 @@ from surgery.train.record import (
     completed_record,
     data_section,
     export_section,
+    holdings,
     lrsi_section,
     model_section,
     read_record,
@@ -481,13 +482,16 @@ def outcome_sections(trained: TrainResult, model: nn.Module, tweaks: dict[str, A
     weights = prunable.values()
     total, kept = sum(w.numel() for w in weights), sum(int(w.count_nonzero()) for w in weights)
     empty = [name for name, w in prunable.items() if not w.detach().any()]  # let through by mask.allow_empty_layers
+    held = holdings(parameters=sum(p.numel() for p in model.parameters()), prunable=total, kept=kept,
+                    ghosts=sum(p.numel() for p in parameters_of_ghosts(model)))
     removed = trained.ghosts_removed_at
     return {
         "verification": None,  # filled in by verification, when it runs
         "export": None,
         "accuracy": {"test": selected, "test_last": last, "selected": trained.selected, "best_val": trained.best},
         "sparsity": 1 - kept / total if total else 0.0,
-        "weights": {"prunable": total, "kept": kept, "empty_layers": empty},
+        "effective_sparsity": held.pop("effective_sparsity"),
+        "weights": {**held, "empty_layers": empty},
         "tweaks": tweaks,
         "ghosts": {"count": tweaks["ghost_skips"] + tweaks["soft_activations"], "parameters": ghost_parameters,
                    "removed_at": None if removed is None else {"step": removed[0], "epoch": removed[1]},

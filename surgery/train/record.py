@@ -16,8 +16,10 @@ built), ``dataset`` (the spec), ``data`` (``splits``: images per split; ``subset
 ``mask`` (``method``, target ``sparsity``, ``file``), ``rounds``
 (a ``before`` method's: sparsity and accuracy per round), ``num_classes``, ``device``, ``accuracy`` (``test``
 of the weights the run keeps, ``test_last``, ``selected``: last | best_val,
-``best_val``: {epoch, val_acc, test_acc}), ``sparsity``, ``weights`` (``prunable``,
-``kept``), ``tweaks`` (``tweaks_of``), ``lrsi`` (null, or what LRsI did: ``iterations``,
+``best_val``: {epoch, val_acc, test_acc}), ``sparsity`` (of conv + linear weights), ``effective_sparsity`` (counting kept ghosts'
+parameters as dense weights), ``weights`` (what the final model holds, ``holdings``: ``prunable``, ``kept``
+(mask weights), ``ghosts`` (dense ghost parameters left at the end), ``trainable`` (every parameter but the
+mask's zeros), ``empty_layers``), ``tweaks`` (``tweaks_of``), ``lrsi`` (null, or what LRsI did: ``iterations``,
 ``constrained_iterations`` (on the gradient-norm bound), ``seconds``, ``scales``, ``loss_before``,
 ``loss_after``; written as soon as it ends, carried on by a resume), ``ghosts`` (``parameters``, ``removed_at``:
 {step, epoch} or null, ``kept``), ``training`` (``epochs``, ``steps``, ``seconds``),
@@ -44,7 +46,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import metadata
@@ -215,6 +217,31 @@ def model_section(spec: str, model: Any = None) -> dict[str, Any]:
         "spec": None if given else spec,
         "parameters": None if model is None else sum(p.numel() for p in model.parameters()),
     }
+
+
+def holdings(*, parameters: int, prunable: int, kept: int, ghosts: int) -> dict[str, Any]:
+    """What a final model holds, by count: ``kept`` mask weights, dense ``ghosts`` parameters left at the end (0
+    when the ghosts were removed), ``trainable`` (every parameter of the final model, ``parameters`` counting the
+    ghosts', except the weights its mask holds at zero) and ``effective_sparsity`` (over conv + linear + the kept
+    ghosts' parameters, which are dense). A kept-ghost arm and a plain one are the same size when their
+    ``trainable`` counts are equal."""
+    return {"prunable": prunable, "kept": kept, "ghosts": ghosts, "trainable": parameters - (prunable - kept),
+            "effective_sparsity": 1 - (kept + ghosts) / (prunable + ghosts) if prunable + ghosts else 0.0}
+
+
+def recorded_holdings(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``holdings`` of a completed run's record; records written before they carried it (``weights.trainable``)
+    are counted from what they hold: the original's parameters, the mask's counts and the kept ghosts'."""
+    weights, ghosts = record.get("weights") or {}, record.get("ghosts") or {}
+    if "trainable" in weights:
+        return {key: weights[key] for key in ("prunable", "kept", "ghosts", "trainable")} | {
+            "effective_sparsity": record.get("effective_sparsity")}
+    original = (record.get("model") or {}).get("parameters")
+    if original is None or weights.get("kept") is None:
+        return None
+    kept_ghosts = ghosts.get("parameters", 0) if ghosts.get("kept") else 0
+    return holdings(parameters=original + kept_ghosts, prunable=weights["prunable"], kept=weights["kept"],
+                    ghosts=kept_ghosts)
 
 
 def data_section(config: RunConfig, dataset: Any) -> dict[str, Any]:

@@ -84,6 +84,15 @@ def describe_ghost_cost(record: dict[str, Any]) -> str:
                       kept=bool(record["ghosts"].get("kept")))
 
 
+def describe_holdings(held: dict[str, Any]) -> str:
+    """What the final model holds (``record.holdings``): kept mask weights, kept ghost parameters, all trainable
+    parameters and the effective sparsity that counts the ghosts'."""
+    ghosts = (f" + {held['ghosts']:,} dense ghost parameters kept" if held["ghosts"]
+              else " (no ghost parameters left)")
+    return (f"{held['kept']:,} of {held['prunable']:,} mask weights{ghosts}; {held['trainable']:,} trainable "
+            f"parameters in all; effective sparsity {held['effective_sparsity']:.2%} (conv + linear + kept ghosts)")
+
+
 def describe_verification(verification: dict[str, Any], *, bold: bool = False) -> str:
     """One line: passed (how many checks, the first), failed (the error's first line) or skipped (why);
     ``bold``: the status in markdown bold."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from surgery.train.record import COMPLETED, read_record
+from surgery.train.record import COMPLETED, read_record, recorded_holdings
 from surgery.train.report.plots import (
     checked_sparsity,
     mean,
@@ -27,6 +27,7 @@ from surgery.train.report.story import (
     describe_accuracy,
     describe_ghost_cost,
     describe_ghosts,
+    describe_holdings,
     describe_onnx_parity,
     describe_onnx_size,
     describe_tweaks,
@@ -111,6 +112,9 @@ def _outcome_rows(record: dict[str, Any] | None) -> Rows:
         rows.append(("tweaks", describe_tweaks(record["tweaks"])))
     if record.get("ghosts", {}).get("count"):
         rows.append(("ghost cost", describe_ghost_cost(record)))
+    held = recorded_holdings(record)
+    if held is not None:
+        rows.append(("final model holds", describe_holdings(held)))
     empty = (record.get("weights") or {}).get("empty_layers")
     if empty:
         shown = ", ".join(f"`{name}`" for name in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")

@@ -22,10 +22,11 @@ from surgery.train.run_files import RunFiles
 from surgery.train.sweeps import grid as grids_
 from surgery.train.sweeps import launch, state, table
 from surgery.train.sweeps import paired as paired_
-from surgery.train.sweeps.plot import plot_accuracy, plot_differences
+from surgery.train.sweeps.plot import differs_in_effect, plot_accuracy, plot_differences
 
 RESULTS_CSV, RESULTS_MD, PLOT = "results.csv", "results.md", "accuracy-vs-sparsity.png"
 DIFFERENCES_PLOT = "paired-differences.png"
+EFFECTIVE_PLOT = "accuracy-vs-effective-sparsity.png"  # when some arm keeps ghost parameters to the end
 GridSpec = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]
 
 
@@ -61,6 +62,8 @@ def sweep(
     seed_list = grids_.parse_seeds(seeds if seeds is not None else section.get("seeds", 1))
     out = Path(out) if out is not None else Path("sweeps") / base.name
     runs = grids_.plan(base, grid_list, seed_list, out)
+    for text in dict.fromkeys(f"{grids_.cell_text(run.cell)}: {run.matched.explanation()}" for run in runs if run.matched):
+        console.print(escape(text))
     jobs = (1 if launcher == "local" else len(runs)) if jobs is None else jobs
     launch.check_jobs(jobs, nproc_per_run, launcher)
     if dry_run:
@@ -202,7 +205,9 @@ def report(out: str | Path, *, paired: bool | None = None, console: Console | No
     text = table.markdown(cells, fields, title=title, reference=base.get("reference"), base=base, rows=rows,
                           comparisons=comparisons)
     write_text_atomic(text, out / RESULTS_MD)
-    plots = (plot_accuracy(cells, fields, table.headline(cells), out / PLOT, title),
+    effective = (plot_accuracy(cells, fields, table.headline(cells), out / EFFECTIVE_PLOT, title,
+                               x_axis="effective_sparsity") if differs_in_effect(cells) else None)
+    plots = (plot_accuracy(cells, fields, table.headline(cells), out / PLOT, title), effective,
              plot_differences(comparisons, fields, table.headline(cells), out / DIFFERENCES_PLOT, title))
     if console is not None:
         written = ", ".join(str(p) for p in (out / RESULTS_CSV, out / RESULTS_MD, *plots) if p is not None)

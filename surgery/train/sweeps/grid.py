@@ -27,6 +27,7 @@ from surgery.errors import ConfigError, SweepError, did_you_mean
 from surgery.presets import PRESETS, is_preset
 from surgery.recipe import names_a_file
 from surgery.train.config import RunConfig, listed
+from surgery.train.sweeps import capacity
 
 RECIPES = PRESETS  # a grid's recipe values by name: ToST (both readings), none, and each tweak alone
 SEED_FIELD = "train.seed"
@@ -43,6 +44,7 @@ class PlannedRun:
     cell: dict[str, Any]  # field -> label: a recipe preset's name, else the value itself
     seed: int
     config: RunConfig
+    matched: capacity.Matched | None = None  # a capacity-matched mask.sparsity: the number and why
 
     @property
     def run_dir(self) -> Path:
@@ -160,6 +162,10 @@ def _field_problems(base: RunConfig, known: list[str], field: str, values: Any, 
         return [f"--grid {field} has no values; give at least one: --grid {field}=V1,V2,..."]
     problems = []
     for value in values:
+        if capacity.is_target(field, value):  # computed from the model when the sweep is planned
+            problem = capacity.target_problem(value)
+            problems += [f"--grid {field}={_text(value)}: {problem}"] if problem else []
+            continue
         if field == "recipe" and isinstance(value, str) and not is_preset(value) and not names_a_file(value):
             problems.append(f"--grid recipe={value}: not a recipe; give one of {list(RECIPES)}" + did_you_mean(value, RECIPES)
                             + ", a recipe YAML file or a mapping of passes.")
@@ -206,32 +212,59 @@ def plan(base: RunConfig, grids: Sequence[Mapping[str, Sequence[Any]]], seeds: S
     """Every run of the sweep in order (the grids' cells, each with every seed), its config ready;
     one ``SweepError`` lists every grid or cell problem."""
     check_grids(base, grids)
+    cells = [dict(zip(grid, values)) for grid in grids for values in itertools.product(*grid.values())]
     runs: dict[str, PlannedRun] = {}
     problems: list[str] = []
-    for grid in grids:
-        for values in itertools.product(*grid.values()):
-            cell = dict(zip(grid, values))
-            for seed in seeds:
-                name = run_name(cell, seed)
-                if name in runs:
-                    continue
-                try:
-                    runs[name] = _planned(base, cell, seed, name, out)
-                except ConfigError as error:
-                    problems.append(f"the cell {_cell_text(cell)} (seed {seed}): {error}")
+    for cell in cells:
+        try:
+            matched = _matched(base, cell, cells)
+        except (ConfigError, SweepError) as error:
+            problems.append(f"the cell {cell_text(cell)}: {error}")
+            continue
+        for seed in seeds:
+            name = run_name(cell, seed)
+            if name in runs:
+                continue
+            try:
+                runs[name] = _planned(base, cell, seed, name, out, matched)
+            except ConfigError as error:
+                problems.append(f"the cell {cell_text(cell)} (seed {seed}): {error}")
     if problems:
         raise SweepError(listed(list(dict.fromkeys(problems))))
     return list(runs.values())
 
 
-def _planned(base: RunConfig, cell: dict[str, Any], seed: int, name: str, out: Path) -> PlannedRun:
+def _matched(base: RunConfig, cell: dict[str, Any], cells: Sequence[dict[str, Any]]) -> capacity.Matched | None:
+    """The capacity-matched sparsity a cell's ``mask.sparsity`` asks for (``capacity``); None for a number."""
+    target = cell.get(capacity.FIELD)
+    if not capacity.is_target(capacity.FIELD, target):
+        return None
+    plain = base.with_fields({f: v for f, v in cell.items() if f != capacity.FIELD})
+    if "parameters" in target:
+        return capacity.matched_sparsity(plain, target)
+    wanted = capacity.arm_fields(cell, target)
+    if not any(_same_cell(wanted, other) for other in cells):
+        arms = "; ".join(cell_text(c) for c in cells if not any(capacity.is_target(f, v) for f, v in c.items()))
+        raise SweepError(f"{capacity.FIELD}={_text(target)} names an arm this sweep does not run ({cell_text(wanted)}); "
+                         f"its arms: {arms}. Add that arm to a grid, or match one of these.")
+    return capacity.matched_sparsity(plain, target, arm=base.with_fields(wanted))
+
+
+def _same_cell(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(_text(label(f, a[f])) == _text(label(f, b[f])) for f in a)
+
+
+def _planned(base: RunConfig, cell: dict[str, Any], seed: int, name: str, out: Path,
+             matched: capacity.Matched | None = None) -> PlannedRun:
     fields: dict[str, Any] = {}
     for field, value in cell.items():
         fields.update(fields_of(field, value))
+    if matched is not None:
+        fields[capacity.FIELD] = matched.sparsity
     fields.update({"name": f"{base.name}-{name}", "output": str((out / RUNS_DIR / name).absolute()), SEED_FIELD: seed})
     config = base.with_fields(fields)
     config.resolve_paths(Path.cwd())  # the run's config.yaml sits in its own directory: its paths must not depend on it
-    return PlannedRun(name, {field: label(field, value) for field, value in cell.items()}, seed, config)
+    return PlannedRun(name, {field: label(field, value) for field, value in cell.items()}, seed, config, matched)
 
 
 RUNS_DIR = "runs"
@@ -260,5 +293,5 @@ def _text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
-def _cell_text(cell: Mapping[str, Any]) -> str:
+def cell_text(cell: Mapping[str, Any]) -> str:
     return ", ".join(f"{field}={_text(label(field, value))}" for field, value in cell.items())

@@ -1,5 +1,6 @@
 """``accuracy-vs-sparsity.png``: one line per combination of the grid's other fields (method x recipe),
-mean test accuracy over seeds with a std error bar at each sparsity; ``paired-differences.png``: each arm's
+mean test accuracy over seeds with a std error bar at each sparsity (``accuracy-vs-effective-sparsity.png``: the
+same at the sparsity that counts kept ghosts' parameters, drawn when some arm keeps them); ``paired-differences.png``: each arm's
 per-seed differences from plain sparse training, their mean and its 95% interval.
 
 A recipe keeps one colour and a method one line style across the figure, so "ToST vs none" reads
@@ -12,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from surgery.train.report.plots import paper_figure, save_figure
-from surgery.train.sweeps.paired import Comparison
+from surgery.train.sweeps.paired import EQUAL_SIZE, Comparison
 from surgery.train.sweeps.table import Cell
 
-SPARSITY, RECIPE = "mask.sparsity", "recipe"
+SPARSITY, RECIPE, EFFECTIVE = "mask.sparsity", "recipe", "effective_sparsity"
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 LABEL_CHARACTERS = 44
@@ -23,16 +24,18 @@ NUDGE = 0.012  # of the x range, between neighbouring lines
 SINGLE_SPAN = 20.0  # percentage points of x shown around a grid with one sparsity
 
 
-def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out_png: Path, title: str) -> Path | None:
-    """Draw the cells that completed; None when none did. Without a sparsity field every line is one point
-    at the sparsity its runs reached."""
+def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out_png: Path, title: str, *,
+                  x_axis: str = "sparsity") -> Path | None:
+    """Draw the cells that completed; None when none did. ``x_axis``: ``sparsity`` (the grid's value, else what
+    the runs reached) or ``effective_sparsity`` (counting the parameters of ghosts kept to the end)."""
     lines: dict[tuple, list[tuple[float, float, float]]] = {}
     others = [f for f in fields if f != SPARSITY]
     for cell in cells:
-        stat, sparsity = cell.stats[metric], cell.stats["sparsity"]
+        stat, reached = cell.stats[metric], cell.stats[x_axis]
         if not stat.n:
             continue
-        x = float(cell.values[SPARSITY]) if SPARSITY in cell.values else sparsity.mean
+        given = cell.values.get(SPARSITY) if x_axis == "sparsity" else None
+        x = float(given) if isinstance(given, (int, float)) else reached.mean
         key = tuple(str(cell.values.get(f)) for f in others)
         lines.setdefault(key, []).append((x * 100, stat.mean * 100, (stat.std or 0.0) * 100))
     if not lines:
@@ -54,7 +57,7 @@ def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out
             ax.errorbar([x + shift for x in xs], ys, yerr=errors, capsize=2.5, markersize=4,
                         color=colour[_part(key, others, RECIPE)], linestyle=LINE_STYLES[group % len(LINE_STYLES)],
                         marker=MARKERS[group % len(MARKERS)], label=_label(key, others))
-        sparsity_axis(ax, sparsities)
+        sparsity_axis(ax, sparsities, effective=x_axis == EFFECTIVE)
         what = "best-validation epoch" if metric == "test_acc_best_val" else "last epoch"
         ax.set_ylabel(f"test accuracy, {what} (%)")
         ax.set_title(title)
@@ -63,13 +66,19 @@ def plot_accuracy(cells: Sequence[Cell], fields: Sequence[str], metric: str, out
         return save_figure(figure, out_png)
 
 
-def sparsity_axis(ax, sparsities: Sequence[float]) -> None:
+def sparsity_axis(ax, sparsities: Sequence[float], *, effective: bool = False) -> None:
     """Ticks at the sparsities the grid ran (the lines are nudged around them), no offset notation, and a
     readable span when there is only one."""
-    ax.set_xticks(list(sparsities), [f"{x:g}%" for x in sparsities])
+    ax.set_xticks(list(sparsities), [f"{x:.4g}%" for x in sparsities], fontsize=7 if len(sparsities) > 4 else None)
     if len(sparsities) == 1:
         ax.set_xlim(sparsities[0] - SINGLE_SPAN / 2, sparsities[0] + SINGLE_SPAN / 2)
-    ax.set_xlabel("sparsity (% of prunable weights zero)")
+    ax.set_xlabel("effective sparsity (% of conv/linear weights and kept ghost parameters zero)" if effective
+                  else "sparsity (% of prunable weights zero)")
+
+
+def differs_in_effect(cells: Sequence[Cell]) -> bool:
+    """Whether any cell's effective sparsity is not its sparsity (ghosts kept): then a second plot says so."""
+    return any(c.stats[EFFECTIVE].n and abs(c.stats[EFFECTIVE].mean - c.stats["sparsity"].mean) > 1e-9 for c in cells)
 
 
 def _part(key: tuple, fields: Sequence[str], field: str) -> str:
@@ -81,7 +90,7 @@ def _rest(key: tuple, fields: Sequence[str]) -> tuple:
 
 
 def _label(key: tuple, fields: Sequence[str]) -> str:
-    text = ", ".join(f"{f.rsplit('.', 1)[-1]}={v}" for f, v in zip(fields, key)) or "runs"
+    text = ", ".join(f"{f.rsplit('.', 1)[-1]}={v}" for f, v in zip(fields, key) if v != "None") or "runs"
     return text if len(text) <= LABEL_CHARACTERS else text[:LABEL_CHARACTERS - 1] + "…"
 
 
@@ -92,7 +101,8 @@ def plot_differences(comparisons: Sequence[Comparison], fields: Sequence[str], m
     shown = [c for c in comparisons if c.n]
     if not shown:
         return None
-    labels = [", ".join(f"{f.rsplit('.', 1)[-1]}={c.values[f]}" for f in fields if f in c.values) for c in shown]
+    labels = [", ".join(f"{f.rsplit('.', 1)[-1]}={c.values[f]}" for f in fields if f in c.values)
+              + (" vs none of its size" if c.kind == EQUAL_SIZE else "") for c in shown]
     with paper_figure(8.0, 0.9 + 0.45 * len(shown)) as figure:
         ax = figure.add_subplot()
         for row, comparison in enumerate(shown):

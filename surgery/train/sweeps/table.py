@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from surgery.train.pairing import PARTS
-from surgery.train.record import COMPLETED, FAILED, read_record
+from surgery.train.record import COMPLETED, FAILED, read_record, recorded_holdings
 from surgery.train.run_files import RunFiles
 from surgery.train.sweeps import paired
 from surgery.train.sweeps.grid import RUNS_DIR
 from surgery.train.sweeps.paired import PAIRING_COLUMNS
 
 PENDING = "pending"  # planned, never launched
-METRICS = ("test_acc", "test_acc_last", "test_acc_best_val", "sparsity", "seconds")
+# what each run's final model holds (``record.holdings``): mask weights kept, ghost parameters kept, all trainable
+HOLDINGS = ("kept_weights", "ghost_parameters", "trainable_parameters")
+METRICS = ("test_acc", "test_acc_last", "test_acc_best_val", "sparsity", "effective_sparsity", *HOLDINGS, "seconds")
 COLUMNS = ("seed", "status", *METRICS, *PAIRING_COLUMNS, "error", "run_dir")
 
 
@@ -56,7 +58,8 @@ def collect(out: Path, names: Sequence[str] | None = None) -> list[dict[str, Any
 
 
 def row_of(files: RunFiles, cell: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's row: its cell, seed, status (and error), accuracies, sparsity, seconds and directory."""
+    """A run's row: its cell, seed, status (and error), accuracies, sparsity, what its final model holds, seconds
+    and directory."""
     record = read_record(files)
     row: dict[str, Any] = {**cell["cell"], "seed": cell["seed"], "run_dir": str(files.root), "error": ""}
     row.update(dict.fromkeys(METRICS))
@@ -72,6 +75,10 @@ def row_of(files: RunFiles, cell: Mapping[str, Any]) -> dict[str, Any]:
     row.update(test_acc=accuracy.get("test"), test_acc_last=accuracy.get("test_last"),
                test_acc_best_val=best.get("test_acc"), sparsity=record.get("sparsity"),
                seconds=(record.get("training") or {}).get("seconds"))
+    held = recorded_holdings(record) if row["status"] == COMPLETED else None
+    if held is not None:
+        row.update(effective_sparsity=held["effective_sparsity"], kept_weights=held["kept"],
+                   ghost_parameters=held["ghosts"], trainable_parameters=held["trainable"])
     row.update(zip(PAIRING_COLUMNS, ((record.get("pairing") or {}).get(part) for part in PARTS)))
     return row
 
@@ -167,7 +174,8 @@ def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, refere
     accuracy_columns = [m for m in ("test_acc_last", "test_acc_best_val") if any(c.stats[m].n for c in cells)]
     names = {"test_acc_last": "test acc, last epoch (%)", "test_acc_best_val": "test acc, best-val epoch (%)"}
     papers = [paper_number(reference.get("results", []), c.values, base) for c in cells]
-    header = [*fields, "n", *(names[m] for m in accuracy_columns), "sparsity (%)", "seconds"]
+    header = [*fields, "n", *(names[m] for m in accuracy_columns), "sparsity (%)", "effective sparsity (%)",
+              "trainable parameters", "seconds"]
     if any(papers):
         header.append(f"paper ({reference.get('source') or 'reference'})")
     best = {m: max((c.stats[m].mean for c in cells if c.stats[m].n), default=None) for m in accuracy_columns}
@@ -180,11 +188,15 @@ def markdown(cells: Sequence[Cell], fields: Sequence[str], *, title: str, refere
             text = mean_std(cell.stats[metric], percent=True)
             row.append(f"**{text}**" if cell.stats[metric].n and cell.stats[metric].mean == best[metric] else text)
         row.append(mean_std(cell.stats["sparsity"], percent=True, std=False))
+        row.append(mean_std(cell.stats["effective_sparsity"], percent=True, std=False))
+        row.append(count(cell.stats["trainable_parameters"]))
         row.append(mean_std(cell.stats["seconds"], std=False, digits=0))
         if any(papers):
             row.append(paper or "")
         lines.append(_row(row))
-    lines += ["", "mean ± sample std over seeds; n: completed runs of the cell; seconds: training time per run."]
+    lines += ["", "mean ± sample std over seeds; n: completed runs of the cell; effective sparsity counts the dense "
+              "parameters of ghosts kept to the end as weights; trainable parameters: every parameter of the final "
+              "model except the mask's zeros; seconds: training time per run."]
     comparison = paired.markdown(comparisons, fields, headline(cells))
     if comparison:
         lines += ["", *comparison]
@@ -228,6 +240,14 @@ def mean_std(stat: Stat, *, percent: bool = False, std: bool = True, digits: int
     if std:
         text += f" ± {stat.std * scale:.{digits}f}" if stat.std is not None else " (1 run)"
     return text
+
+
+def count(stat: Stat) -> str:
+    """A parameter count over seeds: one number when every seed holds the same, else the mean and range."""
+    if not stat.n:
+        return "—"
+    low, high = min(stat.values), max(stat.values)
+    return f"{low:,.0f}" if low == high else f"{stat.mean:,.0f} ({low:,.0f}-{high:,.0f})"
 
 
 def _show(value: Any) -> str:
