@@ -217,7 +217,10 @@ def report(out: str | Path, *, paired: bool | None = None, console: Console | No
 
 
 def _rank(values: list[Any], value: Any) -> tuple[int, str]:
-    """Where ``value`` comes in its field's grid order (values the grids do not list last, by text)."""
+    """Where ``value`` comes in its field's grid order: a cell that does not name the field (the base config's
+    value) first, then the grids' order, then values the grids do not list, by text."""
+    if value is None:
+        return -1, ""
     return (values.index(value), "") if value in values else (len(values), str(value))
 
 
