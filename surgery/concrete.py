@@ -160,9 +160,9 @@ class ConcreteTracer(SurgeryTracer):
         return example if example is not None else _Unknown("an input the trace is not specialized to (not a tensor)")
 
     def _run(self, kind: str, target: Any, args: Any, kwargs: dict) -> Any:
-        if kind == "call_module":
+        if kind == "call_module":  # its forward, not its hooks: a trace records a leaf's call, it runs no hooks
             with self._running_for_real():
-                return self._meta_twin(self.root.get_submodule(target))(*args, **kwargs)
+                return self._meta_twin(self.root.get_submodule(target)).forward(*args, **kwargs)
         if kind == "call_method":
             return self._run_method(target, args, kwargs)
         if target is getattr and torch.is_tensor(args[0]) and args[1] in _DEVICE_ATTRIBUTES:
