@@ -309,6 +309,7 @@ def specialize_graph(graph: fx.Graph, tracer: ConcreteTracer) -> None:
     check each specialized input's shape and dtype before anything else runs."""
     _drop_consumed_metadata(graph, tracer.values)
     _guard_inputs(graph, tracer)
+    graph._tracer_cls = SurgeryTracer  # its code reads no shapes: what re-traces it (pickling) needs no values
 
 
 def _drop_consumed_metadata(graph: fx.Graph, values: dict[fx.Node, Any]) -> None:

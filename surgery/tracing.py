@@ -138,7 +138,10 @@ class SurgeryTracer(fx.Tracer):
             + tuple(x for x in user if isinstance(x, type))
         )
         self.leaf_names = {x for x in user if isinstance(x, str)}
-        super().__init__(autowrap_functions=tuple(timm_functions) + tuple(autowrap_functions))
+        from surgery.concrete import check_traced_input  # (concrete.py extends this class: imported here)
+
+        # a specialized graph's input check stays one call when its code is traced again (pickling does)
+        super().__init__(autowrap_functions=(check_traced_input, *timm_functions, *autowrap_functions))
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names:

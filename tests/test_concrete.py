@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,3 +120,15 @@ def test_specialized_trace_leaves_the_models_tensors_alone():
 
 def test_concrete_value_needed_is_what_plain_fx_raises_there():
     assert issubclass(ConcreteValueNeeded, (torch.fx.proxy.TraceError, TypeError, RuntimeError))
+
+
+def test_a_saved_and_loaded_model_keeps_its_input_check():
+    model, x = ShapeReading().eval(), _inputs()
+    clean = surgery.deghost(surgery.compile(model, x))
+    buffer = io.BytesIO()
+    torch.save(clean, buffer)  # fx pickles a GraphModule by tracing its code again
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(x), clean(x))
+    with pytest.raises(surgery.SpecializedInputError):
+        loaded(_inputs(side=32))
