@@ -52,11 +52,10 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     params = sum(p.numel() for p in meta_model.parameters())
     on_cpu = params <= max_params and not meta_only
     model, x = zoo.build(spec, "cpu") if on_cpu else (meta_model, meta_x)
-    leaves = zoo.HF_LEAVES.get(spec, ())
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True, submodule=default_submodule(spec),
-                                  dynamic_batch=task_of(spec).dynamic_batch, leaf_modules=leaves).to_dict()
-    if leaves:  # the leaf its trace error suggests
-        row["note"] = f"leaf: {', '.join(leaves)}" + ("; " + row["note"] if row["note"] else "")
+                                  dynamic_batch=task_of(spec).dynamic_batch).to_dict()
+    if row.get("traced_for"):  # its forward reads the input's shape or dtype in Python (surgery.concrete)
+        row["note"] = f"traced for {row['traced_for']}" + ("; " + row["note"] if row["note"] else "")
     if params > max_params:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"meta only: {params / 1e6:.0f}M parameters"
     row["params"] = params
@@ -109,8 +108,6 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
               "| convs covered / targeted / found | s | note |")
     if compiled_column:
         header = header.replace("| model |", "| model | compiled |")
-    from surgery import zoo
-
     lines = [header, "|" + "---|" * (13 if compiled_column else 12)]
     for r in rows:
         convs = (f"{r.get('convs_covered')} / {r.get('convs_targeted')} / {r.get('convs_total')}"
@@ -118,8 +115,6 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
         note = (r.get("note") or "").replace("|", "\\|").replace("\n", " ")[:160]
         if r.get("timm_cannot_trace"):
             note = f"xfail, timm itself cannot FX-trace it: {r['timm_cannot_trace'][:100]}"
-        if r["model"] in zoo.HF_UNTRACEABLE and not r.get("trace"):
-            note = f"xfail, torch.fx cannot trace it: {zoo.HF_UNTRACEABLE[r['model']]}"
         cells = " | ".join(mark(r.get(c)) for c in CELLS)
         part = f" {r.get('compiled', 'whole')} |" if compiled_column else ""
         modes = {1: "one graph", 2: "two graphs"}.get(r.get("modes"), "-")
@@ -130,17 +125,12 @@ def table(rows: list[dict], compiled_column: bool = False) -> str:
 def summary(name: str, rows: list[dict]) -> str:
     n = len(rows)
     ok = sum(structural(r) for r in rows)
-    from surgery import zoo
-
     xfail = sum(1 for r in rows if not structural(r) and r.get("timm_cannot_trace"))
-    untraceable = sum(1 for r in rows if not r.get("trace") and r["model"] in zoo.HF_UNTRACEABLE)
     numeric = [r for r in rows if r.get("outputs_equal") is not None]
     onnx = [r for r in rows if r.get("onnx_parity") is not None]
     return (
         f"- {name}: **{ok}/{n} ({100 * ok / n:.1f}%) pass structurally**"
         + (f" (xfail: timm itself cannot FX-trace {xfail} of the rest)" if xfail else "")
-        + (f" (xfail: torch.fx cannot trace {untraceable} of the rest: their Python code reads the input's "
-           "shape or dtype)" if untraceable else "")
         + f"; outputs equal on {sum(bool(r['outputs_equal']) for r in numeric)}/{len(numeric)} run numerically; "
         f"ONNX parity on {sum(bool(r['onnx_parity']) for r in onnx)}/{len(onnx)} exported."
     )
@@ -210,8 +200,9 @@ def _intro(max_params: float) -> list[str]:
         "structurally on the meta device (numeric cells '-'). CI runs the structural part for every model "
         f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`). "
         "HF transformers: each class `surgery.hf` has a small config for (`hf:<ModelClass>`, 32 x 32 images), "
-        "compiled whole (where the embeddings' input check stops fx, with them a leaf, as the trace error "
-        "suggests: note 'leaf'); CI runs every one numerically with ONNX.\n",
+        "compiled whole; where the forward reads the input's shape or dtype in Python, traced specialized to "
+        "the example's shape (note 'traced for': '*' is the free batch; `surgery.concrete`). CI runs every one "
+        "numerically with ONNX.\n",
         f"Machine: {machine()}\n",
     ]
 

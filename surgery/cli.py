@@ -621,6 +621,8 @@ def _inspection_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if report["linears_covered"]:
         rows.insert(4, ("linears covered", str(report["linears_covered"])))
+    if report["specialized_to"]:  # the forward computes with its inputs' shapes in Python: the graph holds one shape
+        rows.insert(4, ("traced for", "; ".join(report["specialized_to"]) + " only (other shapes are refused)"))
     return rows
 
 

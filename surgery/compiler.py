@@ -34,7 +34,7 @@ from surgery.submodules import (
     traceable_parts,
 )
 from surgery.modes import BRANCHES_KEY, ModeGraphModule, editing, trace_modes
-from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names
+from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names, trace_options_of
 
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 
@@ -83,7 +83,7 @@ def trace_whole(
     ``self.training``); when fx cannot trace it, the error also names the children that trace."""
     check_leaf_names(model, leaves)
     try:
-        return trace_modes(model, leaves, concrete_args, num_inputs=len(inputs))
+        return trace_modes(model, leaves, concrete_args, num_inputs=len(inputs), example_inputs=inputs)
     except TraceError as error:
         skips = recipe.options("ghost_skip")
         suggestion = traceable_parts(model, inputs, leaves, skips.targets if skips is not None else None)
@@ -109,7 +109,7 @@ def compile_submodules(
         part = whole.get_submodule(path)
         inputs, fixed = call_inputs(part, calls[path], path)
         traced = trace_modes(part, leaves_within(leaves, path, whole), {**fixed, **(concrete_args or {})} or None,
-                       num_inputs=len(inputs))
+                             num_inputs=len(inputs), example_inputs=inputs)
         replace_submodule(whole, path, build(part, traced, inputs, recipes[path]))
     return whole
 
@@ -123,6 +123,8 @@ def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recip
         manifest.unreached = out_of_reach(gm)
     manifest.mode_branches = list(gm.meta.pop(BRANCHES_KEY, []))
     manifest.mode_graphs = 2 if isinstance(gm, ModeGraphModule) else 1
+    specialization = trace_options_of(gm).specialized_to
+    manifest.specialized_to = specialization.describe() if specialization is not None else []
     gm.meta[MANIFEST_KEY] = manifest
     with editing(gm):  # a model with one program per mode: the passes edit both at once
         _propagate_shapes(gm, inputs)

@@ -63,6 +63,7 @@ class Row:
     seconds: float = 0.0
     compiled: str = "whole"  # what was compiled: the whole model, or its submodules' paths
     modes: int | None = None  # 2: the forward branches on self.training, one graph per mode (surgery.modes)
+    traced_for: str = ""  # a shape-specialized trace's input shapes (surgery.concrete); empty: any shape
 
     @property
     def structural_ok(self) -> bool:
@@ -157,6 +158,7 @@ def _compiled(row: Row, ghosted) -> nn.Module:
     row.convs_covered, row.convs_targeted = summary["convs_covered"], summary["convs_targeted"]
     row.convs_total = summary["convs_found"]
     row.modes = summary["mode_graphs"]
+    row.traced_for = "; ".join(summary["specialized_to"])
     return ghosted
 
 

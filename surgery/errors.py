@@ -54,6 +54,11 @@ class InputSizeError(SurgeryError):
     """An input size that does not fit the model's task: a video model needs T,H,W, RAFT multiples of 8."""
 
 
+class SpecializedInputError(SurgeryError):
+    """A model traced specialized to its example inputs' shapes and dtypes (``surgery.concrete``),
+    called with an input of another shape or dtype."""
+
+
 class VerificationError(SurgeryError):
     """The de-ghosted model differs from the original: graph, state_dict or outputs."""
 

@@ -64,6 +64,8 @@ class Manifest:
     submodules: list[str] = field(default_factory=list)  # compiled submodules by path; empty: the whole model
     mode_graphs: int = 1  # 2: the forward branches on self.training, one program per mode (surgery.modes)
     mode_branches: list[Any] = field(default_factory=list)  # surgery.branches.Branch: where the modes part ways
+    # the input shapes and dtypes a shape-specialized trace holds (surgery.concrete); empty: any shape
+    specialized_to: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         unreached_convs = [u for u in self.unreached if u.what == "conv"]
@@ -85,6 +87,7 @@ class Manifest:
             "deghosted": self.deghosted,
             "submodules": list(self.submodules),
             "mode_graphs": self.mode_graphs,
+            "specialized_to": list(self.specialized_to),
         }
 
     def kept_weights(self) -> int | None:
@@ -168,6 +171,7 @@ def _whole(model: nn.Module, parts: dict[str, fx.GraphModule]) -> Manifest:
         whole.conv_sites += part.conv_sites
         whole.ghost_parameters += part.ghost_parameters
         whole.mode_graphs = max(whole.mode_graphs, part.mode_graphs)
+        whole.specialized_to += [f"{path}: {shape}" for shape in part.specialized_to]
         whole.mode_branches += [replace(b, module=f"{path}.{b.module}".rstrip(".")) for b in part.mode_branches]
     whole.deghosted = all(ensure_manifest(gm).deghosted for gm in parts.values())
     return whole

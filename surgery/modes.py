@@ -30,7 +30,8 @@ from surgery import advice
 from surgery.errors import ModeError, SurgeryError, TraceError
 from surgery.graph import deepcopy_module
 from surgery.python_state import first_few
-from surgery.tracing import TRACE_OPTIONS_KEY, mirror_module_tree, trace
+from surgery.concrete import Specialization
+from surgery.tracing import TRACE_OPTIONS_KEY, mirror_module_tree, needs_concrete_values, trace
 
 TRAIN, EVAL = "train", "eval"
 MODES = (TRAIN, EVAL)
@@ -49,13 +50,52 @@ def trace_modes(
     concrete_args: dict[str, Any] | None = None,
     autowrap_functions: Sequence[Any] = (),
     num_inputs: int | None = None,
+    specialized_to: Specialization | None = None,
+    example_inputs: Sequence[Any] | None = None,
 ) -> fx.GraphModule:
     """``surgery.trace`` in both modes: the trace when both modes run one program, else a
     ``ModeGraphModule`` holding both. Raises ``TraceError`` when the two traces hold different
-    parameters or buffers (a module whose ``train()`` rebuilds it): one state_dict cannot serve both."""
-    options = dict(leaf_modules=leaf_modules, concrete_args=concrete_args,
-                   autowrap_functions=autowrap_functions, num_inputs=num_inputs)
-    traces = {mode: trace_in_mode(model, mode, **options) for mode in MODES}
+    parameters or buffers (a module whose ``train()`` rebuilds it): one state_dict cannot serve both.
+
+    Given ``example_inputs``, a model fx cannot trace because its Python code needs a concrete value
+    (``int(x.shape[-1])``, ``if x.dtype != ...``) is traced again specialized to their shapes and
+    dtypes (``surgery.concrete``); ``specialized_to`` traces that way from the start."""
+    options = dict(leaf_modules=leaf_modules, concrete_args=concrete_args, autowrap_functions=autowrap_functions,
+                   num_inputs=num_inputs, specialized_to=specialized_to)
+    try:
+        return _trace_modes(model, options)
+    except TraceError as error:
+        if example_inputs is None or specialized_to is not None or not needs_concrete_values(error):
+            raise
+    options["specialized_to"], traces = specialized_traces(model, example_inputs, options)
+    return _trace_modes(model, options, traces)
+
+
+def specialized_traces(
+    model: nn.Module, example_inputs: Sequence[Any], options: dict[str, Any]
+) -> tuple[Specialization, dict[str, fx.GraphModule] | None]:
+    """The example inputs' shapes and dtypes, with the batch free where a trace at another batch size is
+    the same program in both modes (the forward only hands the batch size on to the graph), and then
+    the traces in each mode (None where the batch is fixed: they are to be traced)."""
+    fixed = Specialization.of(example_inputs)
+    if not fixed.batch:
+        return fixed, None
+    free = fixed.batch_free()
+    traces = {}
+    for mode in MODES:
+        traces[mode] = trace_in_mode(model, mode, **{**options, "specialized_to": free})
+        try:
+            other = trace_in_mode(model, mode, **{**options, "specialized_to": free.at_batch(free.batch + 1)})
+        except TraceError:
+            return fixed, None
+        if not same_program(traces[mode], other):
+            return fixed, None
+    return free, traces
+
+
+def _trace_modes(model: nn.Module, options: dict[str, Any],
+                 traces: dict[str, fx.GraphModule] | None = None) -> fx.GraphModule:
+    traces = traces or {mode: trace_in_mode(model, mode, **options) for mode in MODES}
     if same_program(traces[TRAIN], traces[EVAL]):
         return traces[mode_of(model.training)]
     require_same_state(traces, model)

@@ -311,7 +311,7 @@ def _traced_part(
     nothing to wrap in it (its layers all sit in leaves, or are of kinds ghost_skip does not target)."""
     try:
         inputs, fixed = call_inputs(module, call, path)
-        gm = trace_modes(module, leaf_modules, fixed or None, num_inputs=len(inputs))
+        gm = trace_modes(module, leaf_modules, fixed or None, num_inputs=len(inputs), example_inputs=inputs)
         with editing(gm):
             propagate_shapes(gm, inputs)  # eval mode, no grad: the module's statistics are untouched
             kinds = site_kinds(gm)

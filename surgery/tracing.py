@@ -15,12 +15,18 @@ Leaves (modules kept as one opaque ``call_module`` node) are decided in one plac
 fx traces by running the model's own forward on Proxies; every trace keeps the model's
 Python state (``surgery.python_state``): what the forward did to caches, counters, hooks
 and flags is undone, and what cannot be undone is refused.
+
+Where Python needs a concrete value of a Proxy (``if``, ``int()``, ``len()``, an index), the
+tracer raises ``ConcreteValueNeeded``: a model that fails that way can be traced again
+specialized to its example inputs' shapes and dtypes (``surgery.concrete``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import operator
 import os
 import sys
 import traceback
@@ -42,6 +48,8 @@ from surgery.python_state import PythonState, first_few, refuse_stale_proxies, r
 STRUCTURAL_LEAVES: tuple[type[nn.Module], ...] = LAYER_TYPES
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep  # not torchvision
+# The tracers' own files: an error they raise is reported at the model's line that asked for it.
+_TRACER_FILES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), f) for f in ("tracing.py", "concrete.py"))
 TRACE_OPTIONS_KEY = "surgery.trace_options"  # gm.meta: how the graph was traced (TraceOptions)
 
 
@@ -75,6 +83,37 @@ def _timm_layers() -> Any:
     return timm.layers
 
 
+class ConcreteValueNeeded(fx.proxy.TraceError, TypeError, RuntimeError):
+    """Python needed a concrete value of a Proxy (a branch, ``int()``, ``len()``, an index, iteration).
+
+    A subclass of what plain fx raises in each of those places (its TraceError, ``int()``'s TypeError,
+    ``len()``'s RuntimeError), so code that catches those still does."""
+
+
+class SurgeryProxy(fx.Proxy):
+    """fx's Proxy, with every conversion Python needs a concrete value for routed to the tracer's
+    ``concrete_value``, so that a shape-specialized tracer can answer it (``surgery.concrete``)."""
+
+    def __getattr__(self, name: str) -> SurgeryAttribute:
+        return SurgeryAttribute(self, name)
+
+    def __len__(self) -> int:
+        return self.tracer.concrete_value(self, len)
+
+    def __int__(self) -> int:
+        return self.tracer.concrete_value(self, int)
+
+    def __float__(self) -> float:
+        return self.tracer.concrete_value(self, float)
+
+    def __index__(self) -> int:
+        return self.tracer.concrete_value(self, operator.index)
+
+
+class SurgeryAttribute(SurgeryProxy, fx.proxy.Attribute):
+    """``proxy.shape``, ``proxy.dtype`` ...: fx's lazily recorded attribute, converting as ``SurgeryProxy``."""
+
+
 @dataclass(frozen=True)
 class TraceOptions:
     """How a model was traced; kept in the manifest so ``verify`` can trace the original the same way."""
@@ -83,6 +122,7 @@ class TraceOptions:
     concrete_args: dict[str, Any] | None = None
     autowrap_functions: tuple[Any, ...] = field(default=())
     num_inputs: int | None = None
+    specialized_to: Any = None  # surgery.concrete.Specialization: the input shapes and dtypes the graph holds
 
 
 class SurgeryTracer(fx.Tracer):
@@ -98,7 +138,10 @@ class SurgeryTracer(fx.Tracer):
             + tuple(x for x in user if isinstance(x, type))
         )
         self.leaf_names = {x for x in user if isinstance(x, str)}
-        super().__init__(autowrap_functions=tuple(timm_functions) + tuple(autowrap_functions))
+        from surgery.concrete import check_traced_input  # (concrete.py extends this class: imported here)
+
+        # a specialized graph's input check stays one call when its code is traced again (pickling does)
+        super().__init__(autowrap_functions=(check_traced_input, *timm_functions, *autowrap_functions))
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names:
@@ -112,8 +155,9 @@ class SurgeryTracer(fx.Tracer):
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         # fx makes placeholders from the signature a decorator's ``functools.wraps`` exposes, then
-        # calls the wrapper, whose ``*args, **kwargs`` receive them positionally: trace the wrapped
-        # forward itself (the decorator's own code, e.g. transformers' return_dict handling, is left out)
+        # calls the wrapper, whose ``*args, **kwargs`` receive them positionally: make the placeholders
+        # from the wrapped forward's own signature, and call the decorator with them by name, so its
+        # own code runs as in a call (transformers' backbone heads force output_hidden_states=True there)
         real = inspect.unwrap(root_fn) if is_module else root_fn
         real = real if isinstance(real, types.FunctionType) else root_fn  # wraps a callable object: fx's way
         fn, args = super().create_args_for_root(real, is_module, concrete_args)
@@ -123,7 +167,30 @@ class SurgeryTracer(fx.Tracer):
             # that ``self.body(x, **kwargs)`` (transformers' forwards) cannot unpack
             self.graph.erase_node(extra.node)
             args = [*args[:-1], {}]
+        if real is not root_fn and not isinstance(self.graph._codegen, fx.graph._PyTreeCodeGen):
+            fn = _called_by_name(root_fn, inspect.signature(real))  # (fx flattens pytree arguments itself)
         return fn, args
+
+    def proxy(self, node: fx.Node) -> SurgeryProxy:
+        return SurgeryProxy(node, self)
+
+    def concrete_value(self, proxy: fx.Proxy, convert: Any) -> Any:
+        """``convert`` (``bool``, ``int``, ``len`` ...) of the value ``proxy`` stands for: a symbolic trace has none."""
+        name = getattr(convert, "__name__", str(convert))
+        raise ConcreteValueNeeded(f"{name}() of a symbolically traced value: Python needs a concrete value here, "
+                                  "which a symbolic trace does not have")
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        try:
+            return super().to_bool(obj)
+        except fx.proxy.TraceError as error:  # fx's own: "cannot be used as inputs to control flow"
+            raise ConcreteValueNeeded(str(error)) from None
+
+    def iter(self, obj: fx.Proxy):
+        try:
+            return super().iter(obj)
+        except fx.proxy.TraceError as error:
+            raise ConcreteValueNeeded(str(error)) from None
 
     def call_module(self, m: nn.Module, forward, args, kwargs):
         try:
@@ -140,6 +207,30 @@ class SurgeryTracer(fx.Tracer):
             return "<a module created inside forward>"
 
 
+def _called_by_name(decorated: Any, signature: inspect.Signature) -> Any:
+    """A function taking the wrapped forward's arguments positionally (as fx passes them) and calling
+    ``decorated`` with them as a call would: ``self`` and positional-only ones by position, the rest by
+    name, ``**kwargs`` spread."""
+    parameters = list(signature.parameters.values())
+    takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+    def call(*values: Any) -> Any:
+        positional: list[Any] = []
+        named: dict[str, Any] = {}
+        for i, (p, value) in enumerate(zip(parameters, values)):
+            if p.kind is p.VAR_KEYWORD:
+                named.update(value)
+            elif p.kind is p.VAR_POSITIONAL:
+                positional.extend(value)
+            elif i == 0 or p.kind is p.POSITIONAL_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and takes_varargs):
+                positional.append(value)
+            else:
+                named[p.name] = value
+        return decorated(*positional, **named)
+
+    return call
+
+
 def trace(
     model: nn.Module,
     leaf_modules: Sequence[Any] = (),
@@ -147,6 +238,7 @@ def trace(
     autowrap_functions: Sequence[Any] = (),
     num_inputs: int | None = None,
     record_stack_traces: bool = False,
+    specialized_to: Any = None,
 ) -> fx.GraphModule:
     """Trace ``model`` into an ``fx.GraphModule`` whose state_dict keys equal the model's.
 
@@ -165,15 +257,23 @@ def trace(
     where they cannot be put back, is refused with a ``TraceError``; so is a model holding
     Proxies an earlier trace left behind. The graph module shares the model's parameters.
     ``record_stack_traces`` keeps each node's source lines (``node.stack_trace``).
+
+    ``specialized_to`` (a ``surgery.concrete.Specialization``: input shapes and dtypes) traces with
+    concrete values for every shape and dtype the forward reads in Python; the graph holds those
+    values and checks, when called, that its inputs have the traced shapes and dtypes.
     """
     check_leaf_names(model, leaf_modules)
     refuse_stale_proxies(model)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
-    tracer = SurgeryTracer(leaf_modules, autowrap_functions)
+    tracer = _tracer(model, leaf_modules, autowrap_functions, specialized_to)
     tracer.record_stack_traces = record_stack_traces
     state = PythonState(model)
     try:
         graph = tracer.trace(model, concrete_args)
+        if specialized_to is not None:
+            from surgery.concrete import specialize_graph
+
+            specialize_graph(graph, tracer)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except TraceError:
         raise
@@ -191,9 +291,35 @@ def trace(
     _fixed_arguments_keep_their_names(gm, concrete_args or {})
     _functional_dropout_to_modules(gm, model.training)
     gm.meta[TRACE_OPTIONS_KEY] = TraceOptions(
-        tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs
+        tuple(leaf_modules), concrete_args, tuple(autowrap_functions), num_inputs, specialized_to
     )
     return gm
+
+
+def _tracer(model: nn.Module, leaf_modules: Sequence[Any], autowrap_functions: Sequence[Any],
+            specialized_to: Any) -> SurgeryTracer:
+    if specialized_to is None:
+        return SurgeryTracer(leaf_modules, autowrap_functions)
+    from surgery.concrete import ConcreteTracer  # it extends SurgeryTracer: imported here, not at the top
+
+    return ConcreteTracer(specialized_to, _device_of(model), leaf_modules, autowrap_functions)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def needs_concrete_values(error: BaseException) -> bool:
+    """Whether tracing failed because Python needed a concrete value of a Proxy (any error in the chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConcreteValueNeeded):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _fixed_arguments_keep_their_names(gm: fx.GraphModule, concrete_args: dict[str, Any]) -> None:
@@ -389,7 +515,8 @@ def _explain(error: Exception, qualname: str, module: nn.Module) -> TraceError:
 
 def _user_source_line(error: Exception) -> str:
     """'file.py:42: `code`' for the innermost frame outside torch itself, or ''."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(_TORCH_DIR) and os.path.abspath(f.filename) not in _TRACER_FILES]
     if not frames:
         return ""
     frame = frames[-1]

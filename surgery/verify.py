@@ -197,6 +197,7 @@ def trace_reference(
         options.concrete_args if concrete_args is None else concrete_args,
         options.autowrap_functions,
         options.num_inputs,
+        options.specialized_to,
     )
 
 

@@ -72,41 +72,6 @@ def hf_models() -> list[str]:
     return [f"hf:{name}" for name in SMALL_CONFIGS] if importlib.util.find_spec("transformers") else []
 
 
-# hf: models whose embeddings check `if num_channels != self.num_channels` on the input's shape, which
-# torch.fx cannot trace: compiled whole with the leaves the trace errors suggest, one after the other (the
-# embeddings: the stem and that check stay one opaque node; every body conv, or LeViT's Linear layers,
-# still gets its ghost).
-HF_LEAVES: dict[str, tuple[str, ...]] = {
-    "hf:ResNetForImageClassification": ("ResNetEmbeddings",),
-    "hf:ConvNextForImageClassification": ("ConvNextEmbeddings",),
-    "hf:ConvNextV2ForImageClassification": ("ConvNextV2Embeddings",),
-    "hf:RegNetForImageClassification": ("RegNetEmbeddings",),
-    "hf:UperNetForSemanticSegmentation": ("ConvNextEmbeddings",),  # its ConvNext backbone's
-    "hf:LevitForImageClassification": ("LevitPatchEmbeddings",),
-    # then their attention unpacks `(*input_shape, -1, self.head_dim)`: as a leaf too, its q/k/v/output Linear
-    # layers are out of reach; the MLPs' Linear layers get the ghosts
-    "hf:BeitForImageClassification": ("BeitPatchEmbeddings", "BeitAttention"),
-    "hf:Dinov2ForImageClassification": ("Dinov2PatchEmbeddings", "Dinov2Embeddings", "Dinov2Attention"),
-}
-
-# hf: models torch.fx cannot trace (transformers 5.25), leaf or not: Python code reads the input's shape or dtype.
-HF_UNTRACEABLE: dict[str, str] = {
-    "hf:MobileNetV2ForImageClassification": "its TF-style padding computes `int(features.shape[-2])` in every "
-                                            "conv layer (as leaves, no conv is left to ghost)",
-    "hf:MobileViTForImageClassification": "its patch unfolding computes `int(math.ceil(orig_height / patch_height))`; "
-                                          "with MobileViTLayer a leaf it compiles, no conv targeted",
-    "hf:ViTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
-    "hf:DeiTForImageClassification": "its forward checks `if pixel_values.dtype != expected_dtype`",
-    "hf:SwinForImageClassification": "its patch embedding pads on `if width % self.patch_size[1] != 0`; "
-                                     "its layers branch on `if min(input_resolution) <= self.window_size`; with "
-                                     "the leaves suggested it compiles, no Linear layer left to ghost",
-    "hf:SegformerForSemanticSegmentation": "its attention unpacks the input's shape: `(*input_shape, -1, self.head_dim)`; "
-                                           "with it a leaf, its decode head gets no encoder hidden states (None)",
-    "hf:DPTForSemanticSegmentation": "its embeddings compute `torch_int(...)` (int() of a shape) for the position grid; "
-                                     "with the suggested leaf, its own forward iterates the encoder's hidden states",
-}
-
-
 def task_models(families: tuple[str, ...] = TASK_FAMILIES) -> dict[str, list[str]]:
     """``{family: ["torchvision:NAME", ...]}``: every torchvision builder of each task family."""
     return {family: [f"torchvision:{n}" for n in builders(TASKS[family])] for family in families}

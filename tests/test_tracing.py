@@ -375,3 +375,31 @@ def test_decorated_forward_compiles_and_verifies():
     ghosted(x)["logits"].sum().backward()
     clean = surgery.deghost(ghosted)
     surgery.verify(model, clean, x)  # raises VerificationError on any difference
+
+
+def _forces_a_keyword(forward):
+    """Like transformers' ``filter_output_hidden_states``: the decorator sets a keyword the forward reads."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        kwargs["scale"] = 3.0
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class KeywordForcing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    @_forces_a_keyword
+    def forward(self, pixel_values, **kwargs):
+        return self.conv(pixel_values) * kwargs.get("scale", 1.0)
+
+
+def test_decorated_forward_runs_the_decorators_own_code_as_a_call_does():
+    model, x = KeywordForcing().eval(), torch.randn(2, 3, 8, 8)
+    gm = surgery.trace(model, num_inputs=1)
+    assert torch.equal(gm(x), model(x))
+    assert [n.target for n in gm.graph.nodes if n.op == "placeholder"] == ["pixel_values"]
