@@ -46,7 +46,7 @@ STUDY_COMMIT ?= $(shell git rev-parse --short HEAD)
 STUDY_TREE ?= ../tost-surgery-study-$(STUDY_COMMIT)
 STUDY_OUT ?= sweeps/study-cifar
 
-study-cifar: $(RUNTIME)  ## the CIFAR-10 study of docs/results.md: 48 paired runs (~2.5 h on 2 cores; resumes)
+study-cifar: $(RUNTIME)  ## the CIFAR-10 study of docs/results.md: 84 paired runs (over 8 h on 2 cores; resumes)
 	@test -f $(CIFAR) || { echo "the study reads CIFAR-10 from $(CIFAR) (all of it as JPEGs); give its path: make study-cifar CIFAR=PATH" >&2; exit 1; }
 	@test -d $(STUDY_TREE) || git worktree add --detach $(STUDY_TREE) $(STUDY_COMMIT)
 	cd $(STUDY_TREE) && PYTHONPATH=$$PWD $(abspath $(BIN))/python -m surgery.cli sweep examples/configs/study-cifar.yaml \
