@@ -17,7 +17,7 @@ from surgery.train import sweep
 from surgery.train.config import RunConfig
 from surgery.train.record import COMPLETED, holdings, recorded_holdings
 from surgery.train.run_files import RunFiles
-from surgery.train.sweeps import capacity, paired, table
+from surgery.train.sweeps import paired, table
 from surgery.train.sweeps.grid import plan
 
 
