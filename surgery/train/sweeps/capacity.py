@@ -111,11 +111,12 @@ def kept_ghost_parameters(arm: RunConfig, model: Any, dataset: Any) -> int:
     """The ghost parameters ``arm``'s final model keeps: all its recipe adds when it never removes them, else 0."""
     if not keeps_ghosts(arm):
         return 0
-    import surgery
+    from surgery.compiler import compile as compile_model  # lazily: only a matched cell needs it
+    from surgery.manifest import manifest_of
     from surgery.train.pipeline import example_batch
 
-    ghosted = surgery.compile(copy.deepcopy(model), example_batch(dataset), arm.recipe_object())
-    return surgery.manifest_of(ghosted).ghost_parameters
+    ghosted = compile_model(copy.deepcopy(model), example_batch(dataset), arm.recipe_object())
+    return manifest_of(ghosted).ghost_parameters
 
 
 def keeps_ghosts(config: RunConfig) -> bool:
@@ -128,7 +129,7 @@ def keeps_ghosts(config: RunConfig) -> bool:
 
 
 def _budget(config: RunConfig, model: Any) -> dict[str, Any]:
-    from surgery.pruning.budget import prunable_for
+    from surgery.pruning.budget import prunable_for  # lazily: the pruning package is heavy, and sweeps plan without it
 
     m = config.mask
     return prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude)
