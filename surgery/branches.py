@@ -1,6 +1,7 @@
 """Where a forward branches on ``self.training``: the module and the source line, for a union graph.
 
-The nodes only one mode runs were recorded with their stack traces. Walking each one's frames
+The nodes only one mode runs were recorded with the frames of the model's code that made them
+(``surgery.tracing.FRAMES_KEY``). Walking each one's frames
 from the outermost in, the first line inside an ``if`` or conditional expression whose test reads
 ``.training`` is the branch; a node with no such line (the difference comes from a call, not an
 ``if``) is reported at its innermost line in the model's code, unless it reads another node of
@@ -15,18 +16,15 @@ import ast
 import functools
 import inspect
 import os
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import fx, nn
 
 from surgery.modes import MODE_KEY, whole_graph
+from surgery.tracing import FRAMES_KEY
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
-_OUTSIDE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.abspath(__file__)))  # torch, surgery
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
         if mode is None:
             continue
         follows = any(i in accounted for i in node.all_input_nodes)
-        located = _locate(node, model, follows) if node.stack_trace else None
+        located = _locate(node, model, follows)
         if located is not None or follows:
             accounted.add(node)
         if located is None:
@@ -67,7 +65,7 @@ def branches(gm: fx.GraphModule, model: nn.Module) -> list[Branch]:
 def _locate(node: fx.Node, model: nn.Module, follows: bool) -> tuple[str, str, str] | None:
     """(module, "file:line", code) of the branch ``node`` is in; None where it has none in the model's
     code, or none but the line it runs on while it ``follows`` (reads) a node already accounted for."""
-    frames = _user_frames(node.stack_trace)
+    frames = node.meta.get(FRAMES_KEY)
     if not frames:
         return None
     chosen = next((f for f in frames if _branch_line(f[0], f[1]) is not None), None)
@@ -76,12 +74,6 @@ def _locate(node: fx.Node, model: nn.Module, follows: bool) -> tuple[str, str, s
     file, line, function = chosen or frames[-1]
     line = _branch_line(file, line) or line
     return _module_running(node, model, file, function), f"{_short_path(file)}:{line}", _source_line(file, line)
-
-
-def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
-    """(file, line, function) of each frame outside torch and surgery, outermost first."""
-    frames = [(m["file"], int(m["line"]), m["function"]) for m in _FRAME.finditer(stack_trace)]
-    return [f for f in frames if not os.path.abspath(f[0]).startswith(_OUTSIDE)]
 
 
 def _branch_line(file: str, line: int) -> int | None:

@@ -31,7 +31,7 @@ from surgery.errors import ModeError, SurgeryError, TraceError
 from surgery.graph import deepcopy_module
 from surgery.python_state import first_few
 from surgery.concrete import Specialization
-from surgery.tracing import TRACE_OPTIONS_KEY, mirror_module_tree, needs_concrete_values, trace
+from surgery.tracing import FRAMES_KEY, TRACE_OPTIONS_KEY, mirror_module_tree, needs_concrete_values, trace
 
 TRAIN, EVAL = "train", "eval"
 MODES = (TRAIN, EVAL)
@@ -62,17 +62,18 @@ def trace_modes(
     dtypes (``surgery.concrete``); ``specialized_to`` traces that way from the start."""
     options = dict(leaf_modules=leaf_modules, concrete_args=concrete_args, autowrap_functions=autowrap_functions,
                    num_inputs=num_inputs, specialized_to=specialized_to)
+    switched = switched_models(model)
     try:
-        return _trace_modes(model, options)
+        return _trace_modes(model, switched, options)
     except TraceError as error:
         if example_inputs is None or specialized_to is not None or not needs_concrete_values(error):
             raise
-    options["specialized_to"], traces = specialized_traces(model, example_inputs, options)
-    return _trace_modes(model, options, traces)
+    options["specialized_to"], traces = specialized_traces(switched, example_inputs, options)
+    return _trace_modes(model, switched, options, traces)
 
 
 def specialized_traces(
-    model: nn.Module, example_inputs: Sequence[Any], options: dict[str, Any]
+    switched: dict[str, nn.Module], example_inputs: Sequence[Any], options: dict[str, Any]
 ) -> tuple[Specialization, dict[str, fx.GraphModule] | None]:
     """The example inputs' shapes and dtypes, with the batch free where a trace at another batch size is
     the same program in both modes (the forward only hands the batch size on to the graph), and then
@@ -83,9 +84,9 @@ def specialized_traces(
     free = fixed.batch_free()
     traces = {}
     for mode in MODES:
-        traces[mode] = trace_in_mode(model, mode, **{**options, "specialized_to": free})
+        traces[mode] = _trace_switched(switched, mode, record_frames=True, **{**options, "specialized_to": free})
         try:
-            other = trace_in_mode(model, mode, **{**options, "specialized_to": free.at_batch(free.batch + 1)})
+            other = _trace_switched(switched, mode, **{**options, "specialized_to": free.at_batch(free.batch + 1)})
         except TraceError:
             return fixed, None
         if not same_program(traces[mode], other):
@@ -93,32 +94,50 @@ def specialized_traces(
     return free, traces
 
 
-def _trace_modes(model: nn.Module, options: dict[str, Any],
+def _trace_modes(model: nn.Module, switched: dict[str, nn.Module], options: dict[str, Any],
                  traces: dict[str, fx.GraphModule] | None = None) -> fx.GraphModule:
-    traces = traces or {mode: trace_in_mode(model, mode, **options) for mode in MODES}
+    # each node keeps the frames it was made in: where the modes part ways, they locate the branch
+    traces = traces or {mode: _trace_switched(switched, mode, record_frames=True, **options) for mode in MODES}
     if same_program(traces[TRAIN], traces[EVAL]):
-        return traces[mode_of(model.training)]
+        return _without_frames(traces[mode_of(model.training)])
     require_same_state(traces, model)
-    from surgery.branches import branches  # stack traces are recorded only for models that need them
+    from surgery.branches import branches
 
-    traced = {mode: trace_in_mode(model, mode, record_stack_traces=True, **options) for mode in MODES}
-    gm = union(traced[TRAIN], traced[EVAL], model)
+    gm = union(traces[TRAIN], traces[EVAL], model)
     gm.meta[BRANCHES_KEY] = branches(gm, model)
     gm.meta[SWITCHES_KEY] = sorted({b.module for b in gm.meta[BRANCHES_KEY] if b.module})
+    return _without_frames(gm)
+
+
+def _without_frames(gm: fx.GraphModule) -> fx.GraphModule:
+    for node in whole_graph(gm).nodes:
+        node.meta.pop(FRAMES_KEY, None)
     return gm
 
 
-def trace_in_mode(model: nn.Module, mode: str, **options: Any) -> fx.GraphModule:
-    """``trace`` the model as ``.train()`` / ``.eval()`` would leave it. The model's own flags are
-    set for the trace and put back; a model with a module that overrides ``train()`` (which may do
-    more than set flags) is traced as a copy switched by ``.train(mode)``."""
-    training = mode == TRAIN
-    if all(m.training == training for m in model.modules()):
-        return trace(model, **options)
-    if any(type(m).train is not nn.Module.train for m in model.modules()):
-        return trace(deepcopy_module(model).train(training), **options)
-    with _flags(model, training):
-        return trace(model, **options)
+def programs_by_mode(model: nn.Module, **options: Any) -> dict[str, fx.GraphModule]:
+    """The model traced in each mode, ``{mode: trace}``, or ``{"": trace}`` where both modes run one
+    program: what ``verify`` compares against, without the union (and the branch search) the passes need."""
+    switched = switched_models(model)
+    traces = {mode: _trace_switched(switched, mode, **options) for mode in MODES}
+    if same_program(traces[TRAIN], traces[EVAL]):
+        return {"": traces[mode_of(model.training)]}
+    return traces
+
+
+def switched_models(model: nn.Module, modes: Sequence[str] = MODES) -> dict[str, nn.Module]:
+    """``{mode: what to trace for it}``: the model itself, whose flags are set while it is traced and put back;
+    where a module overrides ``train()`` (which may do more than set flags) and the model is not already in
+    that mode, a copy switched by ``.train(mode)``, made once per mode however many traces follow."""
+    overrides = any(type(m).train is not nn.Module.train for m in model.modules())
+    return {mode: deepcopy_module(model).train(mode == TRAIN)
+            if overrides and any(m.training != (mode == TRAIN) for m in model.modules()) else model
+            for mode in modes}
+
+
+def _trace_switched(switched: dict[str, nn.Module], mode: str, **options: Any) -> fx.GraphModule:
+    with _flags(switched[mode], mode == TRAIN):
+        return trace(switched[mode], **options)
 
 
 @contextlib.contextmanager

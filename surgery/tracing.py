@@ -125,8 +125,18 @@ class TraceOptions:
     specialized_to: Any = None  # surgery.concrete.Specialization: the input shapes and dtypes the graph holds
 
 
+FRAMES_KEY = "surgery.frames"  # node.meta: (file, line, function) of the model's code that made it, outermost first
+_NOT_MODEL_CODE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.abspath(__file__)))  # torch, surgery
+
+
 class SurgeryTracer(fx.Tracer):
-    """An ``fx.Tracer`` that decides leaves in one place and reports failures per module."""
+    """An ``fx.Tracer`` that decides leaves in one place and reports failures per module.
+
+    ``record_frames``: each node keeps the frames of the model's code it was made in
+    (``node.meta[FRAMES_KEY]``): what ``surgery.branches`` reads. fx's ``record_stack_traces`` formats
+    a whole traceback with source lines per node, which costs more than the trace."""
+
+    record_frames = False
 
     def __init__(self, leaf_modules: Iterable[Any] = (), autowrap_functions: Iterable[Any] = ()):
         timm_modules, timm_functions = _timm_notrace()
@@ -152,6 +162,12 @@ class SurgeryTracer(fx.Tracer):
         if isinstance(m, self.leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if self.record_frames:
+            node.meta[FRAMES_KEY] = _model_frames(sys._getframe(1))
+        return node
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         # fx makes placeholders from the signature a decorator's ``functools.wraps`` exposes, then
@@ -207,6 +223,26 @@ class SurgeryTracer(fx.Tracer):
             return "<a module created inside forward>"
 
 
+_TRACE_CODES = {fx.Tracer.trace.__code__}
+
+
+def _model_frames(frame: types.FrameType | None) -> tuple[tuple[str, int, str], ...]:
+    """(file, line, function) of each frame from ``frame`` out to the trace's start, outside torch and
+    surgery, outermost first."""
+    frames = []
+    while frame is not None and frame.f_code not in _TRACE_CODES:
+        code = frame.f_code
+        if not _is_tool_code(code.co_filename):
+            frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    return tuple(reversed(frames))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_tool_code(file: str) -> bool:
+    return os.path.abspath(file).startswith(_NOT_MODEL_CODE)
+
+
 def _called_by_name(decorated: Any, signature: inspect.Signature) -> Any:
     """A function taking the wrapped forward's arguments positionally (as fx passes them) and calling
     ``decorated`` with them as a call would: ``self`` and positional-only ones by position, the rest by
@@ -237,7 +273,7 @@ def trace(
     concrete_args: dict[str, Any] | None = None,
     autowrap_functions: Sequence[Any] = (),
     num_inputs: int | None = None,
-    record_stack_traces: bool = False,
+    record_frames: bool = False,
     specialized_to: Any = None,
 ) -> fx.GraphModule:
     """Trace ``model`` into an ``fx.GraphModule`` whose state_dict keys equal the model's.
@@ -256,7 +292,7 @@ def trace(
     that adds, replaces or marks parameters, buffers or submodules, or stores traced values
     where they cannot be put back, is refused with a ``TraceError``; so is a model holding
     Proxies an earlier trace left behind. The graph module shares the model's parameters.
-    ``record_stack_traces`` keeps each node's source lines (``node.stack_trace``).
+    ``record_frames`` keeps the model's frames each node was made in (``node.meta[FRAMES_KEY]``).
 
     ``specialized_to`` (a ``surgery.concrete.Specialization``: input shapes and dtypes) traces with
     concrete values for every shape and dtype the forward reads in Python; the graph holds those
@@ -266,7 +302,7 @@ def trace(
     refuse_stale_proxies(model)
     concrete_args = {**_defaults_beyond(model, num_inputs), **(concrete_args or {})} or None
     tracer = _tracer(model, leaf_modules, autowrap_functions, specialized_to)
-    tracer.record_stack_traces = record_stack_traces
+    tracer.record_frames = record_frames
     state = PythonState(model)
     try:
         graph = tracer.trace(model, concrete_args)

@@ -46,7 +46,7 @@ from surgery.graph import (
 from surgery.graph import in_mode as switched  # by flag; verify's in_mode takes a mode name
 from surgery.manifest import compiled_submodules
 from surgery.masks import masked_parameters
-from surgery.modes import EVAL, MODES, TRAIN, graphs_by_mode, trace_modes
+from surgery.modes import EVAL, MODES, TRAIN, graphs_by_mode, programs_by_mode
 from surgery.passes.deghost import strip_ghosts
 from surgery.tracing import trace_options_of
 
@@ -188,16 +188,17 @@ def trace_reference(
     clean: fx.GraphModule,
     leaf_modules: Sequence[Any] | None = None,
     concrete_args: dict[str, Any] | None = None,
-) -> fx.GraphModule:
-    """Trace the original ``model`` (in both modes: ``surgery.modes``) with the options ``clean`` was compiled with."""
+) -> dict[str, fx.GraphModule]:
+    """Trace the original ``model`` in each mode (``surgery.modes.programs_by_mode``) with the options
+    ``clean`` was compiled with."""
     options = trace_options_of(clean)
-    return trace_modes(
+    return programs_by_mode(
         model,
-        options.leaf_modules if leaf_modules is None else leaf_modules,
-        options.concrete_args if concrete_args is None else concrete_args,
-        options.autowrap_functions,
-        options.num_inputs,
-        options.specialized_to,
+        leaf_modules=options.leaf_modules if leaf_modules is None else leaf_modules,
+        concrete_args=options.concrete_args if concrete_args is None else concrete_args,
+        autowrap_functions=options.autowrap_functions,
+        num_inputs=options.num_inputs,
+        specialized_to=options.specialized_to,
     )
 
 
@@ -213,15 +214,20 @@ def require_clean(clean: nn.Module) -> None:
 # ----------------------------------------------------------------- (a) the graph
 
 
-def check_graph(reference: fx.GraphModule, clean: fx.GraphModule) -> int:
-    """Raise unless the two graphs are isomorphic as labelled graphs; returns the node count.
+def check_graph(reference: fx.GraphModule | dict[str, fx.GraphModule], clean: fx.GraphModule) -> int:
+    """Raise unless the original's trace (or its traces by mode: ``trace_reference``) and the de-ghosted
+    graph are isomorphic as labelled graphs; returns the node count.
 
     Where either has one graph per mode (``surgery.modes``), each mode's graph is checked against
     the other's graph of that mode, and the count is the two modes' nodes together."""
-    ours, theirs = graphs_by_mode(reference), graphs_by_mode(clean)
+    if isinstance(reference, dict):
+        ours = {mode: (gm, gm.graph) for mode, gm in reference.items()}
+    else:
+        ours = {mode: (reference, graph) for mode, graph in graphs_by_mode(reference).items()}
+    theirs = graphs_by_mode(clean)
     if "" in ours and "" in theirs:
-        return _check_one(reference, ours[""], clean, theirs[""], "")
-    return sum(_check_one(reference, ours.get(mode, ours.get("")), clean, theirs.get(mode, theirs.get("")), mode)
+        return _check_one(*ours[""], clean, theirs[""], "")
+    return sum(_check_one(*ours.get(mode, ours.get("")), clean, theirs.get(mode, theirs.get("")), mode)
                for mode in MODES)
 
 
