@@ -207,6 +207,18 @@ def _intro(max_params: float) -> list[str]:
     ]
 
 
+def zoo_groups() -> dict[str, list[str]]:
+    """``{section of docs/zoo.md: [model spec, ...]}``: the whole zoo."""
+    from surgery import zoo
+
+    return {
+        "torchvision": zoo.torchvision_models(),
+        "timm (one model per family)": [spec for _, spec in sorted(zoo.timm_families().items())],
+        **{TASK_GROUPS[family]: specs for family, specs in zoo.task_models().items()},
+        HF_GROUP: zoo.hf_models(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("torchvision", "timm", "hf"))
@@ -231,12 +243,7 @@ def main() -> None:
         tasks = zoo.task_models(tuple(args.families))
         groups = {TASK_GROUPS[family]: specs for family, specs in tasks.items()}
     else:
-        groups = {
-            "torchvision": zoo.torchvision_models(),
-            "timm (one model per family)": [spec for _, spec in sorted(zoo.timm_families().items())],
-            **{TASK_GROUPS[family]: specs for family, specs in zoo.task_models().items()},
-            HF_GROUP: zoo.hf_models(),
-        }
+        groups = zoo_groups()
     if args.only:
         groups = {k: v for k, v in groups.items() if k.lower().startswith(args.only)}
     results: dict[str, list[dict]] = {}

@@ -126,30 +126,35 @@ def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequ
     return {n: m for n, m in masks.items() if within(n, parts)}
 
 
-def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None,
-             leaf_modules: Sequence[Any] = ()) -> nn.Module | None:
+LINEAR_SKIPS = "no body conv: skips around Linear layers"
+
+
+def compile_with_ghosts(model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None = None,
+                        leaf_modules: Sequence[Any] = ()) -> tuple[nn.Module, str]:
+    """``surgery.compile`` with the zoo's recipe (``TOST_RECIPE`` and ``masks``); a model with no spatial
+    body conv (a ViT's only conv is its stem) gets skips around its Linear layers instead. Returns the
+    ghosted model and what was adapted ('' or ``LINEAR_SKIPS``)."""
     recipe = {**TOST_RECIPE, "masks": masks, **({"trace": {"leaf_modules": list(leaf_modules)}} if leaf_modules else {})}
     try:
-        ghosted = surgery.compile(model, inputs, recipe, submodule=submodule)
-    except NoTargetsError:  # no spatial body conv (a ViT's only conv is its stem): skips around Linear layers
+        return surgery.compile(model, inputs, recipe, submodule=submodule), ""
+    except NoTargetsError:
         recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
-        row.note = "no body conv: skips around Linear layers"
-        return _compile_with(row, model, inputs, recipe, submodule)
+        return surgery.compile(model, inputs, recipe, submodule=submodule), LINEAR_SKIPS
+
+
+def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None,
+             leaf_modules: Sequence[Any] = ()) -> nn.Module | None:
+    try:
+        ghosted, row.note = compile_with_ghosts(model, inputs, masks, submodule, leaf_modules)
     except TraceError as error:
         row.trace = False
         row.note = f"trace: {error}"
         return None
     except Exception as error:
         row.trace, row.compile = True, False
-        row.note = f"compile: {type(error).__name__}: {error}"
+        row.note = (row.note + "; " if row.note else "") + f"compile: {type(error).__name__}: {error}"
         return None
     return _compiled(row, ghosted)
-
-
-def _compile_with(row: Row, model, inputs, recipe, submodule) -> nn.Module | None:
-    row.trace = True
-    ghosted = _stage(row, "compile", lambda: surgery.compile(model, inputs, recipe, submodule=submodule))
-    return _compiled(row, ghosted) if ghosted is not None else None
 
 
 def _compiled(row: Row, ghosted) -> nn.Module:
@@ -215,7 +220,7 @@ def _stage(row: Row, cell: str, run: Callable[[], Any]) -> Any:
         result = run()
     except Exception as error:
         setattr(row, cell, False)
-        if not row.note or row.note.startswith("no body conv"):
+        if not row.note or row.note == LINEAR_SKIPS:
             row.note = (row.note + "; " if row.note else "") + f"{cell}: {type(error).__name__}: {error}"
         return None
     setattr(row, cell, True)

@@ -106,15 +106,18 @@ def eval_mode(*modules: nn.Module) -> contextlib.AbstractContextManager[None]:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Record every node's output shape in ``node.meta['tensor_meta']``.
 
-    Runs in eval mode without grad so BatchNorm statistics are not touched. ShapeProp
-    prints the traceback of a failing node itself; that print is held back, since the
-    error raised here chains the same exception (``surgery --debug`` shows it), and
-    whatever else the run wrote to stderr (warnings) passes through when it succeeds.
+    Runs in eval mode without grad so BatchNorm statistics are not touched; on meta tensors first
+    (shapes without arithmetic: a large model's forward at full size costs more than the rest of a
+    compile), and for real where that fails (an op without a meta kernel, a leaf that reads values).
+    ShapeProp prints the traceback of a failing node itself; that print is held back, since the
+    error raised here chains the same exception (``surgery --debug`` shows it), and whatever else
+    the run wrote to stderr (warnings) passes through when it succeeds.
     """
     held = io.StringIO()
     try:
         with eval_mode(gm), contextlib.redirect_stderr(held):
-            _MutableArgsShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+            if not _propagated_on_meta(gm, example_inputs):
+                _MutableArgsShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
     except Exception as error:
         cause = root_cause(error)
         raise ShapePropagationError(
@@ -124,6 +127,29 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
             "values cannot run: use a real device."
         ) from error
     sys.stderr.write(held.getvalue())
+
+
+class _Propagation(nn.Module):
+    """Shape propagation as a module call, so ``functional_call`` can hand it meta parameters and buffers."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *inputs: Any) -> None:
+        _MutableArgsShapeProp(self.gm).propagate(*inputs)
+
+
+def _propagated_on_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+    if device_of(gm).type == "meta":
+        return False  # the real run is the meta run
+    state = {f"gm.{name}": torch.empty_like(t, device="meta")
+             for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]}
+    try:
+        torch.func.functional_call(_Propagation(gm), state, inputs_on(torch.device("meta"), example_inputs))
+    except Exception:
+        return False
+    return True
 
 
 class _MutableArgsShapeProp(ShapeProp):

@@ -42,7 +42,7 @@ class Mask(nn.Module):
         self.dense_grad: torch.Tensor | None = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        masked = weight * self.mask
+        masked = torch.where(self.mask, weight, 0)  # w * mask, without turning the mask into floats first
         if self.capture_grad and masked.requires_grad:
             masked.register_hook(self._keep_dense_grad)
         return masked
@@ -118,11 +118,7 @@ def validate_masks(
             )
         weight = weights[name]
         mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != tuple(weight.shape):
-            raise MaskError(
-                f"mask '{name}' has shape {tuple(mask.shape)} but the parameter has shape "
-                f"{tuple(weight.shape)}; was the mask made for another model or num_classes?"
-            )
+        require_same_shape(name, mask, weight)
         checked[name] = _as_binary(name, mask).to(weight.device)
     return checked
 
@@ -149,6 +145,12 @@ def _as_binary(name: str, mask: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------- attaching
 
 
+def require_same_shape(name: str, mask: torch.Tensor, weight: torch.Tensor) -> None:
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise MaskError(f"mask '{name}' has shape {tuple(mask.shape)} but the parameter has shape "
+                        f"{tuple(weight.shape)}; was the mask made for another model or num_classes?")
+
+
 def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     module_name, _, attr = name.rpartition(".")
     return (model.get_submodule(module_name) if module_name else model), attr
@@ -165,8 +167,11 @@ def attach_mask(model: nn.Module, name: str, mask: torch.Tensor) -> None:
                 p.mask.copy_(mask)
                 existing.original.mul_(mask)
                 return
+    require_same_shape(name, mask, getattr(module, attr))
     own_class(module)
-    parametrize.register_parametrization(module, attr, Mask(mask, _parameter_order(module)))
+    # unsafe: skip torch's check that the parametrization keeps shape and dtype (it computes w * mask twice);
+    # a mask of the weight's shape keeps both
+    parametrize.register_parametrization(module, attr, Mask(mask, _parameter_order(module)), unsafe=True)
     module.parametrizations[attr].original.mul_(mask)
 
 
@@ -220,7 +225,9 @@ def bake_masks(model: nn.Module) -> int:
                     f"({[type(p).__name__ for p in plist]}); remove those before de-ghosting."
                 )
             order = plist[0].order
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            for mask in plist:  # w * mask in place: the stored weight becomes the plain parameter as it is
+                plist.original.masked_fill_(~mask.mask, 0)
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
             _restore_order(module._parameters, order)
             baked += 1
     return baked
