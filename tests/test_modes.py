@@ -341,6 +341,23 @@ def test_a_site_after_the_branch_rejoins_has_one_ghost_for_both_modes():
     assert by_mode[TRAIN][records[0].ghost] == by_mode[EVAL][records[0].ghost] == 1  # one ghost, trained in both
 
 
+class ConvAfterTheBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.after = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.smooths = Smooths()
+
+    def forward(self, x):
+        return self.after(self.smooths(self.stem(x)))
+
+
+def test_the_manifest_counts_a_conv_after_the_branch_once_not_once_per_mode():
+    model = seeded(ConvAfterTheBranch)
+    summary = surgery.manifest_of(surgery.compile(model, X, SKIPS)).summary()
+    assert summary["convs_found"] == 4  # stem, smooths.conv, smooths.smooth, after: one node per mode
+    assert summary["convs_covered"] == summary["convs_targeted"] == 4  # one ghost each, both modes share it
+
+
 @pytest.mark.parametrize("factory", [AuxHead, Nested], ids=["aux-head", "nested-ternary"])
 def test_masks_are_attached_once_and_both_programs_compute_with_the_pruned_weights(factory):
     model = seeded(factory).train()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ from surgery.ghosts import (
 from surgery.graph import add_ghost, first_input, module_of, shape_of
 from surgery.layers import layer_of
 from surgery.manifest import SkipRecord, ensure_manifest
-from surgery.modes import MODE_KEY
+from surgery.modes import EVAL, MODE_KEY, TRAIN
 from surgery.options import check_choice, check_number, check_patterns, check_subset
 
 PROJECTIONS = ("conv1x1", "parameter_free", "none")
@@ -106,9 +107,10 @@ def ghost_skip(gm: fx.GraphModule, options: GhostSkipOptions = GhostSkipOptions(
     """Add a GhostSkip around every call site whose kind ``options.targets`` names."""
     manifest = ensure_manifest(gm)
     sites = _sites(gm)
-    manifest.conv_sites = sum(1 for s in sites if s.is_conv)
+    counted = _one_per_mode_pair(sites)
+    manifest.conv_sites = sum(1 for s in counted if s.is_conv)
     targeted = [s for s in sites if s.kind in options.targets]
-    manifest.untargeted = [(s.name, s.kind) for s in sites if s.kind not in options.targets and s.is_conv]
+    manifest.untargeted = [(s.name, s.kind) for s in counted if s.kind not in options.targets and s.is_conv]
     if not targeted:
         raise NoTargetsError(_nothing_targeted(sites, options, manifest))
     added = 0
@@ -145,6 +147,22 @@ def _sites(gm: fx.GraphModule) -> list[_Site]:
         if fed or site is not None:
             downstream.add(node)
     return sites
+
+
+def _one_per_mode_pair(sites: list[_Site]) -> list[_Site]:
+    """The sites as the model has them: a layer after a branch on ``self.training`` is one node per mode
+    (``surgery.modes``), the k-th call of a module in eval mode the twin of its k-th in train mode (one
+    ghost serves both: ``_twin_in_other_mode``), counted once."""
+    calls: Counter = Counter()  # (site, mode): that mode's calls so far
+    kept = []
+    for site in sites:
+        mode = site.node.meta.get(MODE_KEY)
+        if mode is not None:
+            calls[site.name, mode] += 1
+            if calls[site.name, mode] <= calls[site.name, EVAL if mode == TRAIN else TRAIN]:
+                continue
+        kept.append(site)
+    return kept
 
 
 def site_kinds(gm: fx.GraphModule) -> list[str]:
