@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from surgery.collector import collector_paused
 from surgery.errors import ShapePropagationError, TraceError
 from surgery.ghosts import Ghost, ghost_parameters
 from surgery.graph import as_tuple, deepcopy_module, module_of, propagate_shapes
@@ -39,6 +40,7 @@ from surgery.tracing import STRUCTURAL_LEAVES, check_leaf_names, trace_options_o
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 
 
+@collector_paused
 def compile(
     model: nn.Module,
     example_inputs: Any,

@@ -52,14 +52,25 @@ class PythonState:
             if tensor is not None
         }
         self.containers: dict[int, tuple[Any, list]] = {}
-        self._record([vars(module) for module in self.modules.values()])
+        attributes = [vars(module) for module in self.modules.values()]
+        for attrs in attributes:
+            self.containers[id(attrs)] = (attrs, list(attrs.items()))
+        # the registered dicts are restored from ``registered``: nothing in them to walk (tensors, modules)
+        self._record([value for attrs in attributes for key, value in attrs.items() if key not in _REGISTERED])
 
     def _record(self, values: list[Any]) -> None:
+        containers = self.containers
         while values:
             value = values.pop()
-            if isinstance(value, _CONTAINERS) and id(value) not in self.containers:
-                self.containers[id(value)] = (value, _contents(value))
-                values.extend(value.values() if isinstance(value, dict) else value)
+            if isinstance(value, _CONTAINERS):
+                if id(value) in containers:
+                    continue
+                if not value:  # most are: a module's hook dicts
+                    containers[id(value)] = (value, [])
+                    continue
+                contents = _contents(value)
+                containers[id(value)] = (value, contents)
+                values.extend(value.values() if isinstance(value, dict) else contents)
             elif isinstance(value, tuple):  # immutable, but it may hold containers
                 values.extend(value)
 
@@ -96,8 +107,13 @@ class PythonState:
 
     def restore(self) -> None:
         for container, contents in self.containers.values():
-            if not _unchanged(container, contents):
+            if (container or contents) and not _unchanged(container, contents):
                 _refill(container, contents)
+        for path, module in self.modules.items():
+            for kind, before in self.registered[path].items():
+                now = getattr(module, kind)
+                if not _unchanged(now, list(before.items())):
+                    _refill(now, list(before.items()))
         for tensor, attributes in self.tensor_attributes.values():
             state = vars(tensor)
             if not _unchanged(state, list(attributes.items())):

@@ -34,6 +34,7 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
+from surgery.collector import collector_paused
 from surgery.errors import VerificationError
 from surgery.ghosts import SoftActivation, ghosts, set_ghost_strength
 from surgery.graph import (
@@ -105,6 +106,7 @@ class VerifyReport:
         return "\n".join(check["text"] for check in self.checks())
 
 
+@collector_paused
 def verify(
     model: nn.Module,
     clean: nn.Module,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from surgery.collector import collector_paused
 from surgery.errors import GhostError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
 from surgery.graph import deepcopy_module, module_of
@@ -22,6 +23,7 @@ from surgery.masks import bake_masks
 from surgery.modes import editing
 
 
+@collector_paused
 def deghost(model: nn.Module, *, inplace: bool = False, keep_masks: bool = False) -> nn.Module:
     """Return ``model`` without ghosts and (unless ``keep_masks``) with masks baked into weights.
 
