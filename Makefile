@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: help demo test test-fast zoo bench study study-cifar install clean-venv
+.PHONY: help demo test test-fast zoo bench bench-compile-zoo study study-cifar install clean-venv
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,9 @@ bench: $(DEV)  ## timings and sizes measured side by side -> docs/benchmarks.md
 	$(BIN)/python benchmarks/sweep_overhead.py
 	$(BIN)/python benchmarks/modes_cost.py
 	$(BIN)/python benchmarks/run_stages.py
+
+bench-compile-zoo: $(DEV)  ## compile + de-ghost + verify time of every zoo model (target 2 s) -> docs/benchmarks.md (~1 h; resumes)
+	$(BIN)/python benchmarks/compile_time.py --zoo
 
 study: $(RUNTIME)  ## the CPU study of docs/results.md: ToST vs plain sparse training, 60 runs (~30 min)
 	$(BIN)/surgery sweep examples/configs/sweep-digits.yaml --jobs 2

@@ -160,10 +160,17 @@ def zoo_body(rows: list[dict], repeats: int) -> str:
                 f"{r['warm']['total']:.2f} | {r['cold']['total']:.2f} |")
 
     if over:
-        lines += ["Over the target, slowest first:\n", header, rule, *map(row, over), ""]
+        lines += ["Over the target, slowest first, with the stage that takes most of it:\n",
+                  header.replace(" cold (s) |", " cold (s) | most |"), rule + "---|",
+                  *(row(r) + f" {_largest_stage(r)} |" for r in over), ""]
     lines += ["<details><summary>Every model</summary>\n", header, rule,
               *map(row, sorted(measured, key=lambda r: r["model"])), "\n</details>"]
     return "\n".join(lines)
+
+
+def _largest_stage(row: dict) -> str:
+    stage = max(STAGES, key=lambda s: row["warm"][s])
+    return f"{stage} ({100 * row['warm'][stage] / row['warm']['total']:.0f}%)"
 
 
 def zoo_specs(only: str | None, text: str | None) -> list[str]:

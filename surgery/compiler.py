@@ -134,7 +134,7 @@ def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recip
             run_pass, _ = REGISTRY[name]
             gm = run_pass(gm, options)
             gm.graph.lint()
-            gm.recompile()
+        gm.recompile()  # once: a pass edits the graph, none runs the code
     manifest.ghost_parameters = sum(p.numel() for p in ghost_parameters(gm))
     return gm
 

@@ -145,10 +145,13 @@ def _propagated_on_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bo
         return False  # the real run is the meta run
     state = {f"gm.{name}": torch.empty_like(t, device="meta")
              for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]}
+    held = io.StringIO()
     try:
-        torch.func.functional_call(_Propagation(gm), state, inputs_on(torch.device("meta"), example_inputs))
+        with contextlib.redirect_stderr(held):  # ShapeProp prints a failing node's traceback: not a failure here
+            torch.func.functional_call(_Propagation(gm), state, inputs_on(torch.device("meta"), example_inputs))
     except Exception:
         return False
+    sys.stderr.write(held.getvalue())
     return True
 
 
@@ -206,11 +209,20 @@ def deepcopy_module(module: nn.Module) -> nn.Module:
 
 def detached_attributes(module: nn.Module) -> dict[int, torch.Tensor]:
     """A deepcopy memo mapping every non-leaf tensor attribute to a detached copy, also those held in a list
-    or dict attribute (RAFT's correlation block keeps its last forward's pyramid as a list)."""
+    or dict attribute (RAFT's correlation block keeps its last forward's pyramid as a list). Parameters are
+    leaves and submodules are walked on their own: neither is looked into."""
     return {
         id(t): t.detach().clone()
         for sub in module.modules()
-        for value in vars(sub).values()
+        for name, value in vars(sub).items()
+        if name not in _NO_TENSOR_ATTRIBUTES and not _empty_container(value)
         for t in tree_leaves(value)
         if torch.is_tensor(t) and not t.is_leaf
     }
+
+
+_NO_TENSOR_ATTRIBUTES = {"_parameters", "_modules", "training"}
+
+
+def _empty_container(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple, set)) and not value  # most of a module's: its hook dicts

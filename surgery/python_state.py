@@ -195,7 +195,8 @@ def proxies_in(model: nn.Module) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     seen: set[int] = set()
     for path, module in model.named_modules():
-        stack = [(value, (path, name), 1) for name, value in vars(module).items() if name not in _REGISTERED]
+        stack = [(value, (path, name), 1) for name, value in vars(module).items()
+                 if name not in _REGISTERED and not (isinstance(value, _CONTAINERS) and not value)]
         while stack:
             value, steps, objects = stack.pop()
             if isinstance(value, fx.Proxy):
