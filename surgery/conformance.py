@@ -129,16 +129,23 @@ def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequ
 LINEAR_SKIPS = "no body conv: skips around Linear layers"
 
 
+def ghost_recipe(masks: dict, leaf_modules: Sequence[Any] = (), linear: bool = False) -> dict[str, Any]:
+    """The zoo's recipe: ``TOST_RECIPE`` with ``masks``; ``linear``: skips around Linear layers too."""
+    recipe = {**TOST_RECIPE, "masks": masks, **({"trace": {"leaf_modules": list(leaf_modules)}} if leaf_modules else {})}
+    if linear:
+        recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
+    return recipe
+
+
 def compile_with_ghosts(model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None = None,
                         leaf_modules: Sequence[Any] = ()) -> tuple[nn.Module, str]:
-    """``surgery.compile`` with the zoo's recipe (``TOST_RECIPE`` and ``masks``); a model with no spatial
-    body conv (a ViT's only conv is its stem) gets skips around its Linear layers instead. Returns the
-    ghosted model and what was adapted ('' or ``LINEAR_SKIPS``)."""
-    recipe = {**TOST_RECIPE, "masks": masks, **({"trace": {"leaf_modules": list(leaf_modules)}} if leaf_modules else {})}
+    """``surgery.compile`` with the zoo's recipe (``ghost_recipe``); a model with no spatial body conv (a
+    ViT's only conv is its stem) gets skips around its Linear layers instead. Returns the ghosted model and
+    what was adapted ('' or ``LINEAR_SKIPS``)."""
     try:
-        return surgery.compile(model, inputs, recipe, submodule=submodule), ""
+        return surgery.compile(model, inputs, ghost_recipe(masks, leaf_modules), submodule=submodule), ""
     except NoTargetsError:
-        recipe["ghost_skip"] = {"projection": "conv1x1", "targets": ["conv", "linear"]}
+        recipe = ghost_recipe(masks, leaf_modules, linear=True)
         return surgery.compile(model, inputs, recipe, submodule=submodule), LINEAR_SKIPS
 
 
