@@ -158,7 +158,7 @@ def zoo_body(rows: list[dict], repeats: int) -> str:
         f"compile + de-ghost + verify (a, b) at most {ZOO_TARGET_SECONDS:.0f} s.\n",
         f"**{len(measured) - len(over)} of {len(measured)} measured models within {ZOO_TARGET_SECONDS:.0f} s** "
         + (f"(median {statistics.median(totals):.2f} s, slowest {totals[-1]:.2f} s)" if totals else "")
-        + (f"; {len(failed)} not measured: " + ", ".join(f"`{r['model']}` ({r['error'][:80]})" for r in failed)
+        + (f"; {len(failed)} not measured: " + ", ".join(f"`{r['model']}` ({_last_line(r['error'])})" for r in failed)
            if failed else "") + ".\n",
     ]
     header = "| model | device | parameters | " + " | ".join(STAGES) + " | total (s) | cold (s) |"
@@ -176,6 +176,11 @@ def zoo_body(rows: list[dict], repeats: int) -> str:
     lines += ["<details><summary>Every model</summary>\n", header, rule,
               *map(row, sorted(measured, key=lambda r: r["model"])), "\n</details>"]
     return "\n".join(lines)
+
+
+def _last_line(error: str) -> str:
+    """The exception's own line of a child's stderr."""
+    return (error.strip().splitlines() or [""])[-1][:160].replace("|", "\\|")
 
 
 def _largest_stage(row: dict) -> str:
