@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-import surgery
-from surgery.errors import NoTargetsError, TraceError
+from surgery.compiler import compile
+from surgery.errors import ExportError, NoTargetsError, TraceError
+from surgery.export import export_onnx
+from surgery.passes.deghost import deghost
 from surgery.graph import as_tuple, device_of, scalar_loss
-from surgery.manifest import compiled_submodules
+from surgery.manifest import compiled_submodules, manifest_of
 from surgery.masks import prunable_weights
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE
@@ -108,7 +110,7 @@ def check_model(
             masks = _masks(model, sparsity, seed, meta, submodule or ())
             ghosted = _compile(row, model, training, masks, submodule, leaf_modules)
         if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, training)):
-            clean = _stage(row, "deghost", lambda: surgery.deghost(ghosted))
+            clean = _stage(row, "deghost", lambda: deghost(ghosted))
             if clean is not None:
                 _verify(row, model, clean, ghosted, (inputs, training), numeric and not meta, onnx and not meta,
                         dynamic_batch)
@@ -143,10 +145,10 @@ def compile_with_ghosts(model: nn.Module, inputs: tuple, masks: dict, submodule:
     ViT's only conv is its stem) gets skips around its Linear layers instead. Returns the ghosted model and
     what was adapted ('' or ``LINEAR_SKIPS``)."""
     try:
-        return surgery.compile(model, inputs, ghost_recipe(masks, leaf_modules), submodule=submodule), ""
+        return compile(model, inputs, ghost_recipe(masks, leaf_modules), submodule=submodule), ""
     except NoTargetsError:
         recipe = ghost_recipe(masks, leaf_modules, linear=True)
-        return surgery.compile(model, inputs, recipe, submodule=submodule), LINEAR_SKIPS
+        return compile(model, inputs, recipe, submodule=submodule), LINEAR_SKIPS
 
 
 def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: Sequence[str] | None,
@@ -166,7 +168,7 @@ def _compile(row: Row, model: nn.Module, inputs: tuple, masks: dict, submodule: 
 
 def _compiled(row: Row, ghosted) -> nn.Module:
     row.trace = row.compile = True
-    summary = surgery.manifest_of(ghosted).summary()
+    summary = manifest_of(ghosted).summary()
     row.convs_covered, row.convs_targeted = summary["convs_covered"], summary["convs_targeted"]
     row.convs_total = summary["convs_found"]
     row.modes = summary["mode_graphs"]
@@ -206,7 +208,7 @@ def _outputs_equal(fresh: nn.Module, clean: nn.Module, ghosted: nn.Module, input
 
 def _export(model: nn.Module, inputs: tuple, sparse: bool = True, dynamic_batch: bool = True) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
-        surgery.export_onnx(model, inputs, Path(tmp) / "model.onnx", sparse=sparse, dynamic_batch=dynamic_batch)
+        export_onnx(model, inputs, Path(tmp) / "model.onnx", sparse=sparse, dynamic_batch=dynamic_batch)
     return True
 
 
@@ -216,7 +218,7 @@ def _unexportable(model: nn.Module, inputs: tuple, dynamic_batch: bool = True) -
     try:
         with python_state_kept(model):
             _export(model, inputs, sparse=False, dynamic_batch=dynamic_batch)
-    except surgery.ExportError as error:
+    except ExportError as error:
         return "ONNX n/a: torch.onnx cannot export the original model either: " + str(error).split("\n")[0][:160]
     return ""
 
