@@ -32,11 +32,10 @@ from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from surgery.errors import SpecializedInputError
+from surgery.meta_values import DEVICE_ATTRIBUTES, memoized
 from surgery.tracing import SurgeryTracer
 
 META = torch.device("meta")
-# Tensor attributes that tell the real device; on the meta values they would all say "meta".
-_DEVICE_ATTRIBUTES = ("device", "is_cuda", "is_cpu", "is_meta")
 # Values that are pure metadata (sizes, flags, dtypes): nodes computing them are dropped when nothing uses them.
 _METADATA_TYPES = (int, float, bool, str, torch.Size, torch.dtype, torch.device, type(None))
 
@@ -161,14 +160,7 @@ class ConcreteTracer(SurgeryTracer):
         return example if example is not None else _Unknown("an input the trace is not specialized to (not a tensor)")
 
     def _run(self, kind: str, target: Any, args: Any, kwargs: dict) -> Any:
-        key = _memo_key(kind, target, args, kwargs, self.root)
-        if key is None:
-            return self._compute(kind, target, args, kwargs)
-        if key not in _MEMO:
-            if len(_MEMO) >= _MEMO_SIZE:
-                _MEMO.clear()
-            _MEMO[key] = self._compute(kind, target, args, kwargs)
-        return _MEMO[key]
+        return memoized(kind, target, args, kwargs, self.root, lambda: self._compute(kind, target, args, kwargs))
 
     def _compute(self, kind: str, target: Any, args: Any, kwargs: dict) -> Any:
         if kind == "call_module":  # its forward, not its hooks: a trace records a leaf's call, it runs no hooks
@@ -176,7 +168,7 @@ class ConcreteTracer(SurgeryTracer):
                 return self._meta_twin(self.root.get_submodule(target)).forward(*args, **kwargs)
         if kind == "call_method":
             return self._run_method(target, args, kwargs)
-        if target is getattr and torch.is_tensor(args[0]) and args[1] in _DEVICE_ATTRIBUTES:
+        if target is getattr and torch.is_tensor(args[0]) and args[1] in DEVICE_ATTRIBUTES:
             return getattr(self.device_probe, args[1])
         return target(*args, **_meta_device_keyword(kwargs))
 
@@ -282,69 +274,6 @@ class _UnknownInput(Exception):
     def __init__(self, value: _Unknown):
         super().__init__(value.reason)
         self.value = value
-
-
-# ------------------------------------------------------------------ meta values, computed once
-
-# A model's traces (each mode; the batch and the batch + 1 that tells whether the batch is free; verify's
-# traces of the original) and a model's repeated blocks run the same ops on the same shapes. torch's meta
-# kernels for most ops are Python reference implementations (torch._refs), slower than the trace itself, so
-# values are memoized by what decides them: a torch op or an nn layer's type and settings, and the
-# inputs' shapes, strides and dtypes. In-place methods (``x.resize_``) change their receiver: not memoized.
-_MEMO: dict[tuple, Any] = {}
-_MEMO_SIZE = 50_000
-
-
-def _memo_key(kind: str, target: Any, args: Any, kwargs: dict, root: nn.Module) -> tuple | None:
-    """What decides the value of this op on meta tensors, hashable; None where that is not known."""
-    if kind == "call_module":
-        module = root.get_submodule(target)
-        if not type(module).__module__.startswith("torch.nn."):  # a user's leaf may read anything
-            return None
-        state = tuple((n, _spec(t)) for n, t in itertools.chain(module.named_parameters(), module.named_buffers()))
-        what: Any = (type(module), module.extra_repr(), module.training, state)
-    elif kind == "call_method":
-        if target.endswith("_") or target == "get_device" or not (args and torch.is_tensor(args[0])):
-            return None
-        what = target
-    elif kind == "call_function" and (getattr(target, "__module__", None) in _PURE_MODULES or target in _PURE_BUILTINS):
-        if target is getattr and args[1] in _DEVICE_ATTRIBUTES:  # answered by the tracer's device probe
-            return None
-        what = target
-    else:
-        return None
-    try:
-        return (kind, what, _spec(args), _spec(kwargs))
-    except _Unmemoizable:
-        return None
-
-
-_PURE_MODULES = {"torch", "torch.functional", "torch.nn.functional", "torch._C._nn", "torch._C._VariableFunctions",
-                 "_operator", "operator"}
-_PURE_BUILTINS = {getattr, len}
-_SCALARS = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format,
-            type(Ellipsis))
-
-
-class _Unmemoizable(Exception):
-    pass
-
-
-def _spec(value: Any) -> Any:
-    """``value`` as a hashable description: a tensor by its shape, strides and dtype."""
-    if torch.is_tensor(value):
-        if value.layout != torch.strided:
-            raise _Unmemoizable
-        return ("tensor", tuple(value.shape), value.stride(), value.dtype, value.requires_grad)
-    if isinstance(value, _SCALARS):
-        return (type(value), value)
-    if isinstance(value, slice):
-        return ("slice", _spec(value.start), _spec(value.stop), _spec(value.step))
-    if isinstance(value, (tuple, list)):
-        return (type(value), tuple(_spec(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, _spec(v)) for k, v in value.items()))
-    raise _Unmemoizable
 
 
 def _attribute(root: nn.Module, target: str) -> Any:

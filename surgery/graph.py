@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves, tree_map
 
 from surgery.errors import ShapePropagationError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
+from surgery.meta_values import memoized
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -106,18 +108,19 @@ def eval_mode(*modules: nn.Module) -> contextlib.AbstractContextManager[None]:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Record every node's output shape in ``node.meta['tensor_meta']``.
 
-    Runs in eval mode without grad so BatchNorm statistics are not touched; on meta tensors first
-    (shapes without arithmetic: a large model's forward at full size costs more than the rest of a
-    compile), and for real where that fails (an op without a meta kernel, a leaf that reads values).
-    ShapeProp prints the traceback of a failing node itself; that print is held back, since the
-    error raised here chains the same exception (``surgery --debug`` shows it), and whatever else
-    the run wrote to stderr (warnings) passes through when it succeeds.
+    Runs in eval mode without grad so BatchNorm statistics are not touched. Shapes without arithmetic
+    first (a large model's forward at full size costs more than the rest of a compile): on meta tensors,
+    else on fake tensors of the model's device (a tensor the forward makes itself, ``torch.arange(n)``,
+    is one there too); for real where both fail (an op without a meta kernel, a leaf that reads values).
+    ShapeProp prints the traceback of a failing node itself; that print is held back, since the error
+    raised here chains the same exception (``surgery --debug`` shows it), and whatever else the run
+    wrote to stderr (warnings) passes through when it succeeds.
     """
     held = io.StringIO()
     try:
         with eval_mode(gm), contextlib.redirect_stderr(held):
-            if not _propagated_on_meta(gm, example_inputs):
-                _MutableArgsShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+            if not _propagated_without_data(gm, example_inputs):
+                _ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
     except Exception as error:
         cause = root_cause(error)
         raise ShapePropagationError(
@@ -129,40 +132,80 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     sys.stderr.write(held.getvalue())
 
 
-class _Propagation(nn.Module):
-    """Shape propagation as a module call, so ``functional_call`` can hand it meta parameters and buffers."""
-
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__()
-        self.gm = gm
-
-    def forward(self, *inputs: Any) -> None:
-        _MutableArgsShapeProp(self.gm).propagate(*inputs)
-
-
-def _propagated_on_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+def _propagated_without_data(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
     if device_of(gm).type == "meta":
         return False  # the real run is the meta run
-    state = {f"gm.{name}": torch.empty_like(t, device="meta")
-             for name, t in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]}
-    held = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(held):  # ShapeProp prints a failing node's traceback: not a failure here
-            torch.func.functional_call(_Propagation(gm), state, inputs_on(torch.device("meta"), example_inputs))
-    except Exception:
-        return False
-    sys.stderr.write(held.getvalue())
-    return True
+    for attempt in (_propagate_on_meta, _propagate_on_fake):
+        held = io.StringIO()  # ShapeProp prints a failing node's traceback: not a failure here
+        try:
+            with contextlib.redirect_stderr(held):
+                attempt(gm, example_inputs)
+        except Exception:
+            continue
+        sys.stderr.write(held.getvalue())
+        return True
+    return False
 
 
-class _MutableArgsShapeProp(ShapeProp):
+def _propagate_on_meta(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    state = {f"gm.{name}": torch.empty_like(t, device="meta") for name, t in _state(gm)}
+    torch.func.functional_call(_Propagation(gm, memoize=True), state, inputs_on(torch.device("meta"), example_inputs))
+
+
+def _propagate_on_fake(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # a tensor constant of the graph joins as it is
+
+    def fake(value: Any) -> Any:
+        return mode.from_tensor(value) if torch.is_tensor(value) else value
+
+    state = {f"gm.{name}": fake(t) for name, t in _state(gm)}
+    with mode:
+        torch.func.functional_call(_Propagation(gm), state, tuple(fake(x) for x in example_inputs))
+
+
+def _state(gm: fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers, a tied one once (``functional_call`` ties its other names to it)."""
+    return [*gm.named_parameters(), *gm.named_buffers()]
+
+
+class _Propagation(nn.Module):
+    """Shape propagation as a module call, so ``functional_call`` can hand it meta or fake parameters and buffers."""
+
+    def __init__(self, gm: fx.GraphModule, memoize: bool = False):
+        super().__init__()
+        self.gm, self.memoize = gm, memoize
+
+    def forward(self, *inputs: Any) -> None:
+        _ShapeProp(self.gm, self.memoize).propagate(*inputs)
+
+
+class _ShapeProp(ShapeProp):
     """ShapeProp handing calls plain lists and dicts: fx stores a node's constant arguments as immutable
     containers, and a wrapped function that edits its list argument in place (torchvision's video Swin
-    clamps its window size so) would fail here though the generated code, which rebuilds them, runs."""
+    clamps its window size so) would fail here though the generated code, which rebuilds them, runs.
+    On meta tensors (``memoize``), each op's value is shared with the tracer's (``surgery.meta_values``)."""
+
+    def __init__(self, gm: fx.GraphModule, memoize: bool = False):
+        super().__init__(gm)
+        self.memoize = memoize
 
     def fetch_args_kwargs_from_env(self, n: fx.Node):
         args, kwargs = super().fetch_args_kwargs_from_env(n)
         return _mutable(args), _mutable(kwargs)
+
+    def call_function(self, target, args, kwargs):
+        return self._run("call_function", target, args, kwargs, super().call_function)
+
+    def call_method(self, target, args, kwargs):
+        return self._run("call_method", target, args, kwargs, super().call_method)
+
+    def call_module(self, target, args, kwargs):
+        return self._run("call_module", target, args, kwargs, super().call_module)
+
+    def _run(self, kind, target, args, kwargs, run):
+        if not self.memoize:
+            return run(target, args, kwargs)
+        return memoized(kind, target, args, kwargs, self.module, lambda: run(target, args, kwargs))
 
 
 def _mutable(value: Any) -> Any:
