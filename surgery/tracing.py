@@ -187,6 +187,23 @@ class SurgeryTracer(fx.Tracer):
             fn = _called_by_name(root_fn, inspect.signature(real))  # (fx flattens pytree arguments itself)
         return fn, args
 
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        # fx names a parameter read in forward (Swin's bias tables, a ViT's class token) by walking
+        # root.named_parameters() on every read: quadratic in the model's size. One table per root instead.
+        if isinstance(attr_val, nn.Parameter) and not self.param_shapes_constant:
+            name, known = self._parameter_names().get(id(attr_val), (None, None))
+            if known is attr_val:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def _parameter_names(self) -> dict[int, tuple[str, nn.Parameter]]:
+        if getattr(self, "_names_root", None) is not self.root:
+            self._names_root = self.root
+            self._names = {id(p): (name, p) for name, p in self.root.named_parameters()}
+        return self._names
+
     def proxy(self, node: fx.Node) -> SurgeryProxy:
         return SurgeryProxy(node, self)
 
