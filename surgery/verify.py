@@ -275,6 +275,9 @@ def _refinement_rounds(a: nx.DiGraph, b: nx.DiGraph) -> Iterator[tuple[dict, dic
     palette: dict[Any, int] = {}
     colours = [{n: palette.setdefault(label, len(palette)) for n, label in g.nodes(data="label")} for g in (a, b)]
     yield colours[0], colours[1]
+    # each node's (slot, neighbour) pairs, read from networkx once: its edge views cost more than a round
+    ins = [{n: [(edge["slot"], u) for u, edge in g.pred[n].items()] for n in g} for g in (a, b)]
+    outs = [{n: [(edge["slot"], v) for v, edge in g.succ[n].items()] for n in g} for g in (a, b)]
     distinct = len(palette)
     while True:
         palette = {}
@@ -283,14 +286,14 @@ def _refinement_rounds(a: nx.DiGraph, b: nx.DiGraph) -> Iterator[tuple[dict, dic
                 n: palette.setdefault(
                     (
                         c[n],
-                        tuple(sorted((slot, c[u]) for u, _, slot in g.in_edges(n, data="slot"))),
-                        tuple(sorted((slot, c[v]) for _, v, slot in g.out_edges(n, data="slot"))),
+                        tuple(sorted((slot, c[u]) for slot, u in ins_g[n])),
+                        tuple(sorted((slot, c[v]) for slot, v in outs_g[n])),
                     ),
                     len(palette),
                 )
-                for n in g.nodes
+                for n in c
             }
-            for g, c in zip((a, b), colours)
+            for c, ins_g, outs_g in zip(colours, ins, outs)
         ]
         if len(palette) == distinct:
             return
