@@ -108,7 +108,7 @@ def measure_one(spec: str, repeats: int, max_params: float) -> dict:
     inputs = train_inputs(model, as_tuple(x), seed=0)
     submodule = default_submodule(spec)
     model.train()
-    masks = conformance._masks(model, conformance.SPARSITY, 0, device == "meta", submodule or ())
+    masks = conformance.zoo_masks(model, conformance.SPARSITY, 0, device == "meta", submodule or ())
 
     adapted = []
 

@@ -107,7 +107,7 @@ def check_model(
     meta = device_of(model).type == "meta"
     try:
         with in_mode(TRAIN, model):  # the model's own flags come back afterwards
-            masks = _masks(model, sparsity, seed, meta, submodule or ())
+            masks = zoo_masks(model, sparsity, seed, meta, submodule or ())
             ghosted = _compile(row, model, training, masks, submodule, leaf_modules)
         if ghosted is not None and _stage(row, "train_step", lambda: _train_step(ghosted, training)):
             clean = _stage(row, "deghost", lambda: deghost(ghosted))
@@ -119,7 +119,7 @@ def check_model(
     return row
 
 
-def _masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequence[str]) -> dict[str, torch.Tensor]:
+def zoo_masks(model: nn.Module, sparsity: float, seed: int, meta: bool, parts: Sequence[str]) -> dict[str, torch.Tensor]:
     """Random masks of the prunable weights inside ``parts`` (all of them when none are given)."""
     if meta:  # shapes only: a meta model has no values to mask
         masks = {n: torch.empty(p.shape, dtype=torch.bool, device="meta") for n, p in prunable_weights(model).items()}
