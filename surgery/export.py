@@ -55,8 +55,8 @@ from torch.utils import _pytree as pytree
 
 from surgery.errors import ExportError, GhostsRemainError
 from surgery.ghosts import ghosts
-from surgery.graph import as_tuple, deepcopy_module, device_of, eval_mode, inputs_on
-from surgery.masks import SPARSE_THRESHOLD, bake_masks, masked_parameters
+from surgery.graph import as_tuple, device_of, eval_mode, inputs_on
+from surgery.masks import SPARSE_THRESHOLD, baked_copy, masked_parameters
 from surgery.passes.deghost import deghost as deghost_pass
 from surgery.preprocessing import Preprocessing
 
@@ -262,18 +262,14 @@ def _clean(model: nn.Module, deghost: bool) -> nn.Module:
             f"{type(model).__name__} holds {len(held)} ghosts but is not an fx.GraphModule, so they "
             "cannot be stripped; export the GraphModule surgery.compile returned."
         )
-    clean = deepcopy_module(model)
-    bake_masks(clean)
-    return clean
+    return baked_copy(model)
 
 
 def _with_ghosts(model: nn.Module) -> nn.Module:
     """``model`` as trained, ghosts included: itself, or a copy with its masks baked."""
     if not masked_parameters(model):
         return model
-    copied = deepcopy_module(model)
-    bake_masks(copied)
-    return copied
+    return baked_copy(model)
 
 
 @contextlib.contextmanager

@@ -231,8 +231,8 @@ def _describe_inputs(inputs: Sequence[Any]) -> str:
     return ", ".join(f"{tuple(x.shape)} {x.dtype}" if torch.is_tensor(x) else repr(x) for x in inputs)
 
 
-def deepcopy_module(module: nn.Module) -> nn.Module:
-    """``copy.deepcopy`` that also copes with what models carry around.
+def deepcopy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """``copy.deepcopy`` that also copes with what models carry around; ``memo``: objects' copies made already.
 
     * tensors left as plain attributes by autograd (``torch.nn.utils.prune`` leaves
       ``weight = weight_orig * weight_mask`` with a grad_fn) cannot be deep-copied:
@@ -240,7 +240,7 @@ def deepcopy_module(module: nn.Module) -> nn.Module:
     * ``GraphModule.__deepcopy__`` re-adds the root's children by ``named_children()``,
       which drops a module's second name (``self.shared = self.conv``): re-attached.
     """
-    clone = copy.deepcopy(module, detached_attributes(module))
+    clone = copy.deepcopy(module, {**detached_attributes(module), **(memo or {})})
     for name, child in module._modules.items():
         if name not in clone._modules and child is not None:
             first = next(n for n, c in module._modules.items() if c is child)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import MaskError, did_you_mean
+from surgery.graph import deepcopy_module
 from surgery.layers import PRUNABLE_KINDS
 
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
@@ -204,11 +205,12 @@ def mask_parametrizations(model: nn.Module) -> dict[str, tuple[Mask, nn.Paramete
 
 
 @torch.no_grad()
-def bake_masks(model: nn.Module) -> int:
+def bake_masks(model: nn.Module, *, zeroed: frozenset[int] = frozenset()) -> int:
     """Remove every Mask parametrization, leaving ``w * mask`` as a plain parameter.
 
     The parameter object keeps its identity (``remove_parametrizations`` uses ``set_``),
     so an optimizer holding it keeps its state. Returns how many weights were baked.
+    ``zeroed``: ids of stored weights already zero where masked (``baked_copy`` wrote them so).
     """
     baked = 0
     for module_name, module in list(model.named_modules()):
@@ -225,12 +227,33 @@ def bake_masks(model: nn.Module) -> int:
                     f"({[type(p).__name__ for p in plist]}); remove those before de-ghosting."
                 )
             order = plist[0].order
-            for mask in plist:  # w * mask in place: the stored weight becomes the plain parameter as it is
-                plist.original.masked_fill_(~mask.mask, 0)
+            if id(plist.original) not in zeroed:
+                for mask in plist:  # w * mask in place: the stored weight becomes the plain parameter as it is
+                    plist.original.masked_fill_(~mask.mask, 0)
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
             _restore_order(module._parameters, order)
             baked += 1
     return baked
+
+
+@torch.no_grad()
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks baked: each masked weight written once, as ``where(mask, w, 0)``,
+    rather than copied and then zeroed (a large model's bake is bound by memory traffic); masks are not
+    copied, since baking drops them."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for plist in module.parametrizations.values():
+            if len(plist) == 1 and isinstance(plist[0], Mask):
+                original, mask = plist.original, plist[0].mask
+                written = torch.where(mask, original, original.new_zeros(()), out=torch.empty_like(original))
+                memo[id(original)] = nn.Parameter(written, requires_grad=original.requires_grad)
+                memo[id(mask)] = mask
+    copied = deepcopy_module(model, memo)
+    bake_masks(copied, zeroed=frozenset(id(p) for p in memo.values() if isinstance(p, nn.Parameter)))
+    return copied
 
 
 def own_class(module: nn.Module) -> None:

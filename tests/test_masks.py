@@ -11,6 +11,8 @@ from torch.nn.utils import parametrize, prune
 import surgery
 from surgery.masks import (
     Mask,
+    attach_mask,
+    baked_copy,
     dense_weights,
     load_masks,
     masked_parameters,
@@ -351,3 +353,24 @@ def test_root_level_parameters_are_refused_with_a_clear_error():
     with pytest.raises(surgery.MaskError, match=r"mask 'a' names a parameter of the model's top-level module"):
         surgery.compile(ThreeParams(), torch.randn(2, 3), {"masks": {"source": masks, "prunable": ["all"]}})
     assert "a" not in prunable_weights(surgery.trace(ThreeParams()), ["all"])
+
+def test_a_baked_copy_zeroes_the_pruned_weights_and_leaves_the_model_masked():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)).to(memory_format=torch.channels_last)
+    masks = random_masks(model, 0.5, seed=0)
+    for name, mask in masks.items():
+        attach_mask(model, name, mask)
+    second = torch.rand(8, 8, 3, 3) > 0.5  # a weight under two masks: both apply
+    attach_mask(model, "1.weight", second)
+    stored = {name: model.get_submodule(name.rpartition(".")[0]).parametrizations.weight.original.clone()
+              for name in masks}
+
+    copied = baked_copy(model)
+
+    assert not masked_parameters(copied) and set(masked_parameters(model)) == set(masks)
+    expected = {"0.weight": stored["0.weight"] * masks["0.weight"],
+                "1.weight": stored["1.weight"] * masks["1.weight"] * second}
+    for name, weight in expected.items():
+        baked = copied.get_parameter(name)
+        assert torch.equal(baked, weight)
+        assert baked.stride() == model.get_submodule(name.rpartition(".")[0]).parametrizations.weight.original.stride()
+        assert torch.equal(model.get_submodule(name.rpartition(".")[0]).parametrizations.weight.original, stored[name])

@@ -19,7 +19,7 @@ from surgery.errors import GhostError
 from surgery.ghosts import GHOSTS_ROOT, Ghost
 from surgery.graph import deepcopy_module, module_of
 from surgery.manifest import compiled_submodules, ensure_manifest
-from surgery.masks import bake_masks
+from surgery.masks import bake_masks, baked_copy
 from surgery.modes import editing
 
 
@@ -32,7 +32,7 @@ def deghost(model: nn.Module, *, inplace: bool = False, keep_masks: bool = False
     part de-ghosted where it sits: a strict ``load_state_dict`` into a fresh instance works.
     """
     if not inplace:
-        model = deepcopy_module(model)
+        model = deepcopy_module(model) if keep_masks else baked_copy(model)
     parts = compiled_submodules(model)
     if not parts:
         raise GhostError(f"deghost: {type(model).__name__} holds no module made by surgery.compile; "
