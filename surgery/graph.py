@@ -120,7 +120,8 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     try:
         with eval_mode(gm), contextlib.redirect_stderr(held):
             if not _propagated_without_data(gm, example_inputs):
-                _ShapeProp(gm).propagate(*inputs_on(device_of(gm), example_inputs))
+                device = device_of(gm)  # a meta model's run is the meta run: memoized as that one is
+                _ShapeProp(gm, memoize=device.type == "meta").propagate(*inputs_on(device, example_inputs))
     except Exception as error:
         cause = root_cause(error)
         raise ShapePropagationError(
