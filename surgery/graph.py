@@ -161,7 +161,7 @@ def _propagate_on_fake(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Non
 
     state = {f"gm.{name}": fake(t) for name, t in _state(gm)}
     with mode:
-        torch.func.functional_call(_Propagation(gm), state, tuple(fake(x) for x in example_inputs))
+        torch.func.functional_call(_Propagation(gm), state, tuple(tree_map(fake, list(example_inputs))))
 
 
 def _state(gm: fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
