@@ -46,7 +46,7 @@ from surgery.tost import ToST
 from surgery.tracing import trace
 from surgery.verify import VerifyReport, verify
 
-__version__ = "0.1.0"
+from surgery.version import __version__  # noqa: F401 (the public face's version)
 
 
 def __getattr__(name: str):

@@ -31,14 +31,14 @@ from rich.table import Table
 from torch import nn
 from torch.utils._pytree import tree_map
 
-import surgery
 from surgery import advice, demo
-from surgery.compiler import leaf_modules_in
+from surgery.compiler import compile, leaf_modules_in
 from surgery.errors import ConfigError, ExportError, SurgeryError, TraceError
 from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
-from surgery.manifest import compiled_submodules, ghost_cost
+from surgery.manifest import compiled_submodules, ghost_cost, manifest_of
 from surgery.masks import SPARSE_THRESHOLD, load_masks, prunable_weights, weight_sparsity
+from surgery.passes.deghost import deghost
 from surgery.models import build_model, default_input_size, input_channels, load_weights
 from surgery.preprocessing import Preprocessing
 from surgery.pruning import random_masks
@@ -55,6 +55,8 @@ from surgery.tasks import (
 )
 from surgery.train.record import command_line, recorded_holdings
 from surgery.train.run_files import RunFiles
+from surgery.verify import verify
+from surgery.version import __version__
 
 EXIT_USER_ERROR = 2
 MODEL_HELP = ("torchvision:NAME, timm:NAME, hf:ModelClass[:config.json] (transformers) or path/to/file.py:factory "
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model surgery on torch.fx: ghost skips, PSwish and masks in, sparse verified models out.",
         epilog="Run 'surgery COMMAND -h' for a command's options. Start with: surgery demo",
     )
-    parser.add_argument("--version", action="version", version=f"surgery (tost-surgery) {surgery.__version__}")
+    parser.add_argument("--version", action="version", version=f"surgery (tost-surgery) {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback behind an error, third-party frames included")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -469,7 +471,7 @@ def compile_model(args: argparse.Namespace, model: nn.Module, inputs: tuple, rec
     """``surgery.compile`` of ``--submodule`` (or the task's part) on the inputs a training forward gets: a
     detection model's include synthetic targets, so submodules called only in train mode are reached too."""
     training = train_inputs(model, inputs, num_classes=args.num_classes, seed=getattr(args, "seed", 0))
-    return surgery.compile(model, training, recipe, submodule=submodule_of(args), leaf_modules=args.leaf)
+    return compile(model, training, recipe, submodule=submodule_of(args), leaf_modules=args.leaf)
 
 
 def recipe_with_masks(recipe: str | None, masks: Any = None) -> Recipe:
@@ -541,7 +543,7 @@ def _build_and_compile(args: argparse.Namespace, device: str):
 def inspection_report(
     spec: str, model: nn.Module, ghosted: nn.Module, inputs: tuple, sparsity: float | None = None
 ) -> dict[str, Any]:
-    manifest = surgery.manifest_of(ghosted)
+    manifest = manifest_of(ghosted)
     summary = manifest.summary()
     parts = [path for path in compiled_submodules(ghosted) if path]  # empty: the whole model was compiled
     maskable = {name: w for name, w in prunable_weights(model).items() if within(name, parts)}
@@ -690,8 +692,8 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
                   f"{_coverage(ghosted)}")
     loss = forward_backward(ghosted, train_inputs(ghosted, inputs, num_classes=args.num_classes, seed=args.seed))
     console.print(f"forward + backward through the ghosted model: loss {_number(loss)}")
-    clean = surgery.deghost(ghosted)
-    report = surgery.verify(model, clean, inputs, ghosted=ghosted)
+    clean = deghost(ghosted)
+    report = verify(model, clean, inputs, ghosted=ghosted)
     console.print(str(report), markup=False)
     if args.device == "meta":
         console.print("(numeric checks skipped on the meta device: structure only)")
@@ -709,7 +711,7 @@ def forward_backward(model: nn.Module, inputs: tuple) -> torch.Tensor:
 
 
 def _coverage(ghosted: nn.Module) -> str:
-    manifest = surgery.manifest_of(ghosted)
+    manifest = manifest_of(ghosted)
     s = manifest.summary()
     return (
         (f"compiled {', '.join(s['submodules'])}: " if s["submodules"] else "")
@@ -730,10 +732,12 @@ def run_export(args: argparse.Namespace, console: Console) -> int:
     masks = masks_from_args(args, model)
     target: nn.Module = model
     if masks is not None:  # masks are baked in by de-ghosting a masks-only compile
-        target = surgery.deghost(compile_model(args, model, inputs, {"masks": masks}))
+        target = deghost(compile_model(args, model, inputs, {"masks": masks}))
     sparse = args.sparse is not False  # sparse unless --dense: export_onnx stores only mostly-zero weights sparse
+    from surgery.export import export_onnx  # onnx loads only when a command exports
+
     try:
-        info = surgery.export_onnx(target, inputs, args.output, sparse=sparse, opset=args.opset,
+        info = export_onnx(target, inputs, args.output, sparse=sparse, opset=args.opset,
                                    dynamic_batch=task_of(args.model).dynamic_batch,
                                    preprocessing=export_preprocessing(args, console))
     except ExportError as error:

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from surgery.errors import MaskError, did_you_mean
 from surgery.graph import deepcopy_module
 from surgery.layers import PRUNABLE_KINDS
+from surgery.version import __version__
 
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
 MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes
@@ -289,16 +290,10 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **met
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     meta.setdefault("format", MASK_FILE_FORMAT)
     meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))  # achieved, over the masked weights
-    meta.setdefault("version", _version())
+    meta.setdefault("version", __version__)
     save_file(tensors, str(path), metadata=meta)
     _usual_permissions(path)
     return path
-
-
-def _version() -> str:
-    import surgery  # at call time: surgery's __init__ imports this module
-
-    return surgery.__version__
 
 
 def _usual_permissions(path: Path) -> None:

@@ -42,3 +42,16 @@ def test_the_command_line_loads_scipy_only_when_a_sweep_draws_its_paired_interva
     code = "import sys, surgery.cli; surgery.cli.build_parser(); print('scipy' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_no_module_inside_the_package_imports_its_public_face():
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "surgery").rglob("*.py")):
+        if path.name == "__init__.py" and path.parent == ROOT / "surgery":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(alias.name == "surgery" for alias in node.names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == [], f"import from the defining module instead: {offenders}"

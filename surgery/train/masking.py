@@ -29,13 +29,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-import surgery
+from surgery.compiler import compile
 from surgery.hooks import TrainingHook
 from surgery.masks import dense_weights, load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
 from surgery.pruning.random import find_random
+from surgery.recipe import Recipe
 from surgery.train.config import RunConfig
 from surgery.train.distributed import Distributed
 from surgery.train.run_files import RunFiles
@@ -126,7 +127,7 @@ class RoundRunner:
                  hooks: list[TrainingHook] = ()) -> Any:
         from surgery.train.trainer import Trainer
 
-        compiled = surgery.compile(model, self.example, surgery.Recipe.from_dict({}).replace(masks=masks or None))
+        compiled = compile(model, self.example, Recipe.from_dict({}).replace(masks=masks or None))
         self.dist.broadcast_masks(compiled)
         run_dir = RunFiles(self.config.run_dir).rounds / tag
         if self.dist.is_main:

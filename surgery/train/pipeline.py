@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from torch import fx, nn
 
-import surgery
+from surgery.compiler import compile
 from surgery.errors import CheckpointError, ConfigError, SurgeryError
 from surgery.graph import deepcopy_module, eval_mode
 from surgery.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
@@ -42,7 +42,9 @@ from surgery.masks import (
     prunable_weights,
     save_masks,
 )
+from surgery.manifest import manifest_of
 from surgery.models import build_model, load_weights, python_spec
+from surgery.passes.deghost import deghost
 from surgery.preprocessing import Preprocessing
 from surgery.train.checkpoint import CheckpointStore, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
@@ -50,6 +52,7 @@ from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, given_masks, plan_masks, save_start_weights
 from surgery.train.pairing import pairing_section
+from surgery.verify import verify
 from surgery.train.progress import TaskProgress
 from surgery.train.record import (
     COMPLETED,
@@ -243,8 +246,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
             record.update(rounds=plan.rounds)
         record.update(pairing=pairing_section(start, plan.masks, dataset, config.train.seed))
     with record.timed("compile"):
-        ghosted = surgery.compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
-        manifest = surgery.manifest_of(ghosted)
+        ghosted = compile(start, example, config.recipe_object().replace(masks=plan.masks or None))
+        manifest = manifest_of(ghosted)
         dist.broadcast_masks(ghosted)
         if not resume:
             start_from(config, ghosted, plan)
@@ -431,7 +434,7 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         kept_ghosts = len(ghosts(model))
         final_masks = {k: v.detach().cpu() for k, v in masked_parameters(model).items()}
         if isinstance(model, fx.GraphModule) and not kept_ghosts:
-            model = surgery.deghost(model, inplace=True)
+            model = deghost(model, inplace=True)
         else:
             bake_masks(model)
         model = model.cpu().eval()
@@ -524,11 +527,12 @@ def tweaks_of(config: RunConfig, manifest: Any, lrsi: dict[str, Any] | None = No
 def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,
                        files: RunFiles, record: RunRecord, preprocessing: Preprocessing | None = None):
     """Verify (verify.txt is the people's copy; the record holds the report as data), then export ONNX."""
+    from surgery.export import export_onnx  # onnx loads only when a run exports
     report = info = None
     if config.export.verify:
         try:
             with record.timed("verify"):
-                report = surgery.verify(original, clean, example)
+                report = verify(original, clean, example)
         except SurgeryError as error:
             record.update(verification=verification_failed(error))
             files.verify.write_text(f"FAILED\n{error}\n")
@@ -537,7 +541,7 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
         files.verify.write_text(str(report) + "\n")
     if config.export.onnx:
         with record.timed("export"):
-            info = surgery.export_onnx(clean, example, files.onnx, sparse=config.export.sparse,
+            info = export_onnx(clean, example, files.onnx, sparse=config.export.sparse,
                                        preprocessing=preprocessing)
         record.update(export=export_section(info))
     return report, info
@@ -558,8 +562,10 @@ def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tenso
     files.verify.write_text(f"SKIPPED\narchitecture {architecture_text(kept_ghosts)}: {record.data['verification']['message']}\n")
     if not config.export.onnx:
         return None
+    from surgery.export import export_onnx  # onnx loads only when a run exports
+
     with record.timed("export"):
-        info = surgery.export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,
+        info = export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,
                                    preprocessing=preprocessing)
     record.update(export=export_section(info))
     return info

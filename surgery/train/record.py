@@ -58,6 +58,7 @@ from surgery.train.atomic import write_json_atomic
 from surgery.train.config import IGNORED_ON_RESUME, RunConfig
 from surgery.train.run_files import RunFiles
 from surgery.interrupt import Interrupted
+from surgery.version import __version__
 
 RESULT_FORMAT = 1
 RUN, MASK_ROUNDS = "run", "mask rounds"
@@ -175,9 +176,7 @@ def _without(data: dict[str, Any], dotted: tuple[str, ...], prefix: str = "") ->
 
 
 def software_versions() -> dict[str, str | None]:
-    import surgery
-
-    versions: dict[str, str | None] = {"python": sys.version.split()[0], "surgery": surgery.__version__}
+    versions: dict[str, str | None] = {"python": sys.version.split()[0], "surgery": __version__}
     for name in SOFTWARE:
         try:
             versions[name] = metadata.version(name)
