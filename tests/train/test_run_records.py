@@ -128,7 +128,7 @@ def test_a_run_that_fails_after_training_keeps_its_directory_and_records_why(tmp
     def differs(*args, **kwargs):
         raise VerificationError("outputs of the original and the de-ghosted model differ: 0.3 > 1e-05\nmore")
 
-    monkeypatch.setattr(surgery, "verify", differs)
+    monkeypatch.setattr(pipeline, "verify", differs)  # where the run looks it up
     config = tiny_config(tmp_path, train={"epochs": 1}, lr_schedule={"milestones": []})
     with pytest.raises(VerificationError):
         pipeline.run(config)
