@@ -3,6 +3,7 @@ checkpoint whenever training had started (the first signal is honoured after the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,11 +24,40 @@ CONFIG = {
     "data": {"dataset": "synthetic", "image_size": 32, "batch_size": 25},
     "mask": {"sparsity": 0.8},
     "recipe": "tost",
+    "lrsi": {"enabled": False},  # the tost recipe's LRsI (40 GradInit iterations) would take longer than the epoch
     "lr_schedule": {"milestones": [2]},
     "train": {"epochs": 4, "progress": False, "tensorboard": False, "checkpoint_every": 1, "log_every": 10},
     "export": {"onnx": False},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+STARTED: list[subprocess.Popen] = []
+
+
+def spawn(command: list[str]) -> subprocess.Popen:
+    """The command in a process (its own session) that answers SIGINT and SIGTERM; what is left of it is killed
+    when its test ends (a sweep's runs included).
+
+    A shell's background job inherits SIGINT ignored, and surgery keeps an ignored signal ignored
+    (as nohup expects), so each process restores the defaults whatever started pytest."""
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_signals, start_new_session=True)
+    STARTED.append(process)
+    return process
+
+
+def _default_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def start(tmp_path: Path, **sections) -> tuple[subprocess.Popen, Path]:
@@ -35,8 +65,7 @@ def start(tmp_path: Path, **sections) -> tuple[subprocess.Popen, Path]:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "surgery.cli", "run", str(path)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return process, tmp_path / "run"
+    return spawn(command), tmp_path / "run"
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -101,8 +130,7 @@ def test_sigint_before_training_ends_at_once_with_one_line(tmp_path):
 def test_a_signal_while_the_command_starts_is_one_line(tmp_path):
     """Ctrl-C while `surgery` still imports torch: the console script's launcher answers it."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        process = subprocess.Popen([sys.executable, "-m", "surgery_launch", "inspect", "cifar:resnet20"], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = spawn([sys.executable, "-m", "surgery_launch", "inspect", "cifar:resnet20"])
         time.sleep(0.5)  # past the interpreter's own start-up; within or after the import of torch, both are one line
         process.send_signal(sig)
         lines = ended(process)
@@ -115,7 +143,7 @@ def test_sigint_to_a_sweep_is_passed_on_once_and_its_runs_checkpoint(tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "surgery.cli", "sweep", str(path), "--grid", "mask.sparsity=0.5,0.8",
                "--jobs", "2", "--out", str(out)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = spawn(command)
     runs = [out / "runs" / f"sparsity-{s}_seed-0" for s in (0.5, 0.8)]
     wait_for(lambda: all(checkpoints(run) for run in runs), process)
     process.send_signal(signal.SIGINT)
