@@ -144,9 +144,13 @@ def test_own_loop_runs_lrsi_and_the_smoothing_of_its_preset():
     assert ghosts(kept) and official.architecture.startswith("kept ") and official.report is None
 
 
+# tost-official pins LRsI's 180 iterations (3 whole batches each): batches of 10 of 100 images keep them seconds.
+OFFICIAL_DATA = {"batch_size": 10, "subset": 100}
+
+
 @pytest.mark.slow
 def test_a_run_that_keeps_its_ghosts_says_so_and_exports_what_it_trained(tmp_path):
-    config = tiny_run_config(tmp_path, recipe="tost-official", export={"onnx": True}, data={"batch_size": 20})
+    config = tiny_run_config(tmp_path, recipe="tost-official", export={"onnx": True}, data=OFFICIAL_DATA)
     result = pipeline.run(config)
     record = json.loads(RunFiles(config.run_dir).result.read_text())
     kept = record["ghosts"]["kept_modules"]
@@ -166,8 +170,7 @@ def test_a_run_that_keeps_its_ghosts_says_so_and_exports_what_it_trained(tmp_pat
 
 @pytest.mark.slow
 def test_the_official_jumps_removed_as_the_paper_says_end_verified(tmp_path):
-    config = tiny_run_config(tmp_path, recipe="tost-official", ghosts={"remove_at": "first_decay"},
-                             data={"batch_size": 20})  # LRsI's 180 iterations on small batches: seconds
+    config = tiny_run_config(tmp_path, recipe="tost-official", ghosts={"remove_at": "first_decay"}, data=OFFICIAL_DATA)
     result = pipeline.run(config)
     assert result.record["architecture"] == "the original" and result.record["verification"]["status"] == "passed"
-    assert result.ghosts_removed_at == (100, 2)
+    assert result.ghosts_removed_at == (20, 2)  # 10 steps an epoch
