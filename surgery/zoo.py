@@ -27,6 +27,9 @@ TASK_FAMILIES = ("segmentation", "detection", "video", "optical_flow")
 # Families whose structural check runs on the CPU at this input size: a detector's forward, which captures
 # its backbone's inputs, runs NMS and nonzero, which have no meta kernels. SSD keeps its own fixed size.
 STRUCTURAL_ON_CPU: dict[str, Size] = {"detection": (64,)}
+# Layers meta runs through Python decompositions one time step at a time: timm's Sequencer (LSTMs) takes
+# 20 s for a structural check on meta, 5 s on the CPU, so a model that holds one is checked on the CPU.
+SLOW_ON_META = (nn.RNNBase,)
 
 # Real models, small inputs: numeric parity (c), (d) and ONNX parity in CI. One per implementation
 # family: timm's resnet18 / mobilenetv3 / regnetx and torchvision's regnet_y repeat blocks listed here
@@ -113,9 +116,15 @@ def build(spec: str, device: str = "meta", size: int | Size | None = None) -> tu
 
 def build_structural(spec: str) -> tuple[nn.Module, torch.Tensor | tuple]:
     """The model and inputs a structural check runs on: weightless on meta, or on the CPU at a small size
-    for the families meta cannot run (``STRUCTURAL_ON_CPU``)."""
+    for the families meta cannot run (``STRUCTURAL_ON_CPU``), or at its own size where it holds a layer
+    meta runs slowly (``SLOW_ON_META``)."""
     small = STRUCTURAL_ON_CPU.get(task_of(spec).name)
-    return build(spec, "cpu", small) if small else build(spec, "meta")
+    if small:
+        return build(spec, "cpu", small)
+    model, inputs = build(spec, "meta")
+    if any(isinstance(m, SLOW_ON_META) for m in model.modules()):
+        return build(spec, "cpu")
+    return model, inputs
 
 
 def _build_task_model(spec: str, device: str, size: int | Size | None) -> tuple[nn.Module, tuple]:

@@ -32,7 +32,7 @@ def _describe(row: conformance.Row) -> str:
 
 @pytest.mark.parametrize("spec", zoo.torchvision_models())
 def test_torchvision_model_round_trip_is_structurally_identical(spec):
-    model, x = zoo.build(spec, "meta")
+    model, x = zoo.build_structural(spec)
     row = conformance.check_model(spec, model, x, numeric=False)
     assert row.structural_ok, _describe(row)
     assert row.convs_covered == row.convs_targeted, _describe(row)  # every conv the recipe targets got its ghost
@@ -49,7 +49,7 @@ def test_task_model_round_trip_is_structurally_identical(spec):
 @pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
 def test_timm_family_round_trip_is_structurally_identical(family):
     spec = TIMM_FAMILIES[family]
-    model, x = zoo.build(spec, "meta")
+    model, x = zoo.build_structural(spec)
     row = conformance.check_model(spec, model, x, numeric=False)
     if row.trace is False:  # xfail only where our trace failed and timm's own FX tracer fails too
         reason = zoo.timm_cannot_trace(model)
