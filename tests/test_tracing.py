@@ -403,3 +403,30 @@ def test_decorated_forward_runs_the_decorators_own_code_as_a_call_does():
     gm = surgery.trace(model, num_inputs=1)
     assert torch.equal(gm(x), model(x))
     assert [n.target for n in gm.graph.nodes if n.op == "placeholder"] == ["pixel_values"]
+
+
+class Unpacks(nn.Module):
+    """Unpacks proxies at two code sites with different counts, or iterates one outside an unpacking."""
+
+    def __init__(self, iterate: bool = False):
+        super().__init__()
+        self.iterate = iterate
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = self.conv(x)
+        first, second = y.chunk(2, dim=1)
+        if self.iterate:
+            return sum(t for t in y)  # not an unpacking: fx cannot iterate a proxy
+        return (first + second).reshape(b, h * w * 2) + c
+
+
+def test_unpacking_a_proxy_indexes_it_as_fx_does_and_other_iteration_is_refused():
+    model, x = Unpacks(), torch.randn(2, 3, 5, 5)
+    gm = surgery.trace(model)
+    assert torch.equal(gm(x), model(x))
+    indexed = [n.args[1] for n in gm.graph.nodes if n.target is operator.getitem]
+    assert indexed == [0, 1, 2, 3, 0, 1]  # the shape's four sizes, then the two chunks
+    with pytest.raises(surgery.TraceError):
+        surgery.trace(Unpacks(iterate=True))
