@@ -181,6 +181,7 @@ def _intro(max_params: float) -> list[str]:
 
     from surgery import zoo
 
+    exported_in_ci, hf = zoo.ONNX_IN_CI, {spec for spec in zoo.ONNX_IN_CI if spec.startswith("hf:")}
     return [
         "Written by `make zoo` (`benchmarks/zoo.py`). Each model, in train mode as training starts: trace in "
         "both modes -> compile (the default recipe: conv1x1 "
@@ -198,11 +199,13 @@ def _intro(max_params: float) -> list[str]:
         "per compiled part, (b)-(d) on the whole model, nested outputs included. "
         f"Real models at their default input size; models over {max_params / 1e6:.0f}M parameters run "
         "structurally on the meta device (numeric cells '-'). CI runs the structural part for every model "
-        f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`). "
+        f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`), ONNX parity on "
+        f"{len(exported_in_ci - hf)} of those and {len(exported_in_ci & hf)} HF classes (one model per mix of "
+        "exporter ops, `zoo.ONNX_IN_CI`). "
         "HF transformers: each class `surgery.hf` has a small config for (`hf:<ModelClass>`, 32 x 32 images), "
         "compiled whole; where the forward reads the input's shape or dtype in Python, traced specialized to "
         "the example's shape (note 'traced for': '*' is the free batch; `surgery.concrete`). CI runs every one "
-        "numerically with ONNX.\n",
+        "numerically.\n",
         f"Machine: {machine()}\n",
     ]
 

@@ -58,6 +58,21 @@ NUMERIC: list[tuple[str, int]] = [
     ("timm:resnetv2_18", 32),
 ]
 
+# ONNX parity in CI: one model per mix of ops the exporter meets. A dynamo export costs 5-20 s a model on
+# 2 cores, most of those tests' time; `make zoo` exports every model.
+ONNX_IN_CI = frozenset({
+    "torchvision:resnet18",  # conv, BatchNorm, ReLU, residual add, pooling, Gemm
+    "torchvision:mobilenet_v3_small",  # depthwise convs, hardswish, squeeze-excitation
+    "torchvision:shufflenet_v2_x0_5",  # channel shuffle: reshape, transpose, chunk
+    "torchvision:squeezenet1_1",  # concatenation, no BatchNorm
+    "timm:convnext_atto",  # LayerNorm over channels, GELU, permutes
+    "timm:efficientnet_b0",  # SiLU, squeeze-excitation, timm's same-padding
+    "hf:ViTForImageClassification",  # attention, class token
+    "hf:SwinForImageClassification",  # window attention, roll
+    "hf:SegformerForSemanticSegmentation",  # a dense output
+    "hf:MobileNetV2ForImageClassification",  # traced for the input's shape, exported with a free batch
+})
+
 # Smallest-looking first: timm's own test_* models, then the usual size words.
 _SMALL_HINTS = ("test_", "tiny", "nano", "pico", "atto", "femto", "xxs", "xs", "small", "_s", "b0", "18", "mini", "lite")
 

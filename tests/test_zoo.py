@@ -6,9 +6,10 @@ forward + backward -> de-ghost -> verify (a) isomorphic, (b) strict load) for ev
 torchvision classifier, one model per timm family and every segmentation, detection, video
 and optical-flow builder (compiled whole, or in its task's part: a detector's backbone,
 trained a step on synthetic targets), on the meta device (detectors on the CPU at 64 x 64).
-Numeric parity (c, d) and ONNX parity on real models at small resolution (``zoo.NUMERIC``), and on
-every Hugging Face transformers class ``surgery.hf`` has a small config for (whole, 32 x 32).
-``make zoo`` runs everything and writes docs/zoo.md.
+Numeric parity (c, d) on real models at small resolution (``zoo.NUMERIC``), and on every Hugging
+Face transformers class ``surgery.hf`` has a small config for (whole, 32 x 32); ONNX parity on one
+model per mix of exporter ops among them (``zoo.ONNX_IN_CI``).
+``make zoo`` runs everything, ONNX parity of every model included, and writes docs/zoo.md.
 """
 
 from __future__ import annotations
@@ -61,8 +62,15 @@ def test_timm_family_round_trip_is_structurally_identical(family):
 @pytest.mark.parametrize(("spec", "size"), zoo.NUMERIC, ids=[spec for spec, _ in zoo.NUMERIC])
 def test_real_model_outputs_and_onnx_match(spec, size):
     model, x = zoo.build(spec, "cpu", size)
-    row = conformance.check_model(spec, model, x, numeric=True, onnx=True)
-    assert row.ok and row.outputs_equal and row.onnx_parity, _describe(row)
+    exported = spec in zoo.ONNX_IN_CI
+    row = conformance.check_model(spec, model, x, numeric=True, onnx=exported)
+    assert row.ok and row.outputs_equal and (row.onnx_parity or not exported), _describe(row)
+
+
+def test_the_models_exported_in_ci_are_zoo_models():
+    from surgery.hf import SMALL_CONFIGS
+
+    assert zoo.ONNX_IN_CI <= {spec for spec, _ in zoo.NUMERIC} | {f"hf:{name}" for name in SMALL_CONFIGS}
 
 
 # Inception's aux head needs 299 x 299 images.
@@ -77,7 +85,7 @@ def test_aux_head_models_compiled_in_train_mode_have_two_graphs_and_match_in_bot
 @pytest.mark.parametrize("spec", zoo.hf_models())
 def test_hf_model_round_trip_outputs_and_onnx_match(spec):
     model, x = zoo.build(spec, "cpu")
-    row = conformance.check_model(spec, model, x, numeric=True, onnx=True)
+    row = conformance.check_model(spec, model, x, numeric=True, onnx=spec in zoo.ONNX_IN_CI)
     assert row.ok and row.outputs_equal and row.onnx_parity is not False, _describe(row)
     # its convs got ghosts, or (a ViT: no conv outside the stem) its Linear layers
     assert row.convs_covered > 0 or row.note.startswith("no body conv"), _describe(row)
