@@ -19,6 +19,12 @@ torch.set_num_threads(1)
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+def pytest_collection_modifyitems(items):
+    """Slow and zoo tests first (otherwise in collection order): xdist's work stealing then ends the run on
+    many short tests, which it shares between the workers, not on one long test beside an idle worker."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in ("slow", "zoo")))
+
+
 class SmallCNN(nn.Module):
     """conv-bn-relu (identity skip), a strided channel-changing conv (projected skip), a linear head."""
 
