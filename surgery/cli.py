@@ -38,8 +38,8 @@ from surgery.graph import device_of, scalar_loss
 from surgery.interrupt import Interrupted, stop_at_once
 from surgery.manifest import compiled_submodules, ghost_cost, manifest_of
 from surgery.masks import SPARSE_THRESHOLD, load_masks, prunable_weights, weight_sparsity
-from surgery.passes.deghost import deghost
 from surgery.models import build_model, default_input_size, input_channels, load_weights
+from surgery.passes.deghost import deghost
 from surgery.preprocessing import Preprocessing
 from surgery.pruning import random_masks
 from surgery.recipe import TOST_RECIPE, Recipe

@@ -112,8 +112,8 @@ class SurgeryProxy(fx.Proxy):
 
     def __iter__(self) -> Any:
         """fx's rule: ``a, b = proxy`` unpacks by index; any other iteration asks the tracer. fx disassembles
-        the calling function on every call (a third of a second per trace of an attention model that unpacks
-        ``x.shape`` in each block); its unpacking sites are read once per code object here."""
+        the calling function on every call (an attention model unpacks ``x.shape`` in each block); its
+        unpacking sites are read once per code object here."""
         caller = sys._getframe(1)
         count = _unpack_counts(caller.f_code).get(caller.f_lasti)
         if count is not None:

@@ -35,6 +35,7 @@ from surgery.errors import CheckpointError, ConfigError, SurgeryError
 from surgery.graph import deepcopy_module, eval_mode
 from surgery.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
 from surgery.interrupt import Interrupted, signal_name
+from surgery.manifest import manifest_of
 from surgery.masks import (
     bake_masks,
     dense_weights,
@@ -42,7 +43,6 @@ from surgery.masks import (
     prunable_weights,
     save_masks,
 )
-from surgery.manifest import manifest_of
 from surgery.models import build_model, load_weights, python_spec
 from surgery.passes.deghost import deghost
 from surgery.preprocessing import Preprocessing
@@ -52,7 +52,6 @@ from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
 from surgery.train.masking import MaskPlan, given_masks, plan_masks, save_start_weights
 from surgery.train.pairing import pairing_section
-from surgery.verify import verify
 from surgery.train.progress import TaskProgress
 from surgery.train.record import (
     COMPLETED,
@@ -74,6 +73,7 @@ from surgery.train.report.story import describe_ghost_cost, describe_model, desc
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
+from surgery.verify import verify
 
 if TYPE_CHECKING:
     from surgery.init.lrsi import LRsIResult
@@ -528,6 +528,7 @@ def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphMo
                        files: RunFiles, record: RunRecord, preprocessing: Preprocessing | None = None):
     """Verify (verify.txt is the people's copy; the record holds the report as data), then export ONNX."""
     from surgery.export import export_onnx  # onnx loads only when a run exports
+
     report = info = None
     if config.export.verify:
         try:
