@@ -23,7 +23,7 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not signal.SIG_IGN:  # a signal the caller ignores stays ignored
             signal.signal(signum, _stop_while_starting)
-    from surgery.cli import main as run_command  # the slow import; cli.main installs its own handlers
+    from surgery.apps.cli import main as run_command  # the slow import; cli.main installs its own handlers
 
     return run_command()
 

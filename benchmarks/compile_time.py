@@ -96,9 +96,10 @@ def measure_one(spec: str, repeats: int, max_params: float) -> dict:
     """In the child process: build the model as conformance does, time the cold run and ``repeats`` warm ones."""
     import warnings
 
-    from surgery import conformance, zoo
-    from surgery.graph import as_tuple
-    from surgery.tasks import default_submodule, train_inputs
+    from surgery.apps import conformance
+    from surgery.zoo import catalog as zoo
+    from surgery.fx.graph import as_tuple
+    from surgery.zoo.tasks import default_submodule, train_inputs
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)  # one core, as a second job or the data loader leaves it

@@ -78,7 +78,7 @@ def run_logged(command: list[str], log: Path, limit: float, env: dict[str, str] 
 
 
 def surgery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "surgery.cli", *args]
+    return [sys.executable, "-m", "surgery", *args]
 
 
 def cuda_tests(out: Path, clock: Clock, share: float) -> None:

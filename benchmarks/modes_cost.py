@@ -2,7 +2,7 @@
 
 ``surgery.compile`` traces every model in train and in eval mode to find out whether its forward
 branches on ``self.training``. This measures, side by side in one run: a single ``surgery.trace``
-against ``surgery.modes.trace_modes`` on torchvision ResNet-50 (one graph: the extra cost is the
+against ``surgery.fx.modes.trace_modes`` on torchvision ResNet-50 (one graph: the extra cost is the
 second trace), and the eval forward of a de-ghosted GoogLeNet (two graphs) against a plain
 GraphModule of its eval program (the dispatch on ``self.training``). Medians of interleaved rounds,
 one thread. Writes the "modes" section of docs/benchmarks.md.
@@ -23,8 +23,8 @@ from report import write_section
 from torch import fx
 
 import surgery
-from surgery.modes import EVAL, mode_graph, trace_modes
-from surgery.tracing import trace
+from surgery.fx.modes import EVAL, mode_graph, trace_modes
+from surgery.fx.tracing import trace
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -37,7 +37,7 @@ from report import write_section
 from torch import nn
 
 import surgery
-from surgery.models import build_model
+from surgery.zoo.models import build_model
 from surgery.pruning import random_masks
 
 SPEC = "cifar:resnet18"

@@ -1,6 +1,6 @@
 """Where a run's time goes: `surgery demo` stage by stage, before and after the cuts of issue 22, side by side.
 
-The same command, ``python -m surgery.cli demo --no-progress`` (the 30-epoch demo: ResNet-20 on digits,
+The same command, ``python -m surgery.apps.cli demo --no-progress`` (the 30-epoch demo: ResNet-20 on digits,
 ToST with LRsI, verification in both modes, sparse ONNX with onnxruntime parity, the report), runs as its own
 process from two checkouts, alternating which goes first so load drift hits both alike:
 
@@ -76,7 +76,7 @@ def run_demo(tree: Path, out: Path, epochs: int, threads: int | None) -> dict[st
     env = {**os.environ, "PYTHONPATH": str(tree)}  # ahead of an editable install of the project
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    command = [sys.executable, "-m", "surgery.cli", "demo", "--no-progress", "--epochs", str(epochs), "--out", str(out)]
+    command = [sys.executable, "-m", "surgery_launch", "demo", "--no-progress", "--epochs", str(epochs), "--out", str(out)]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -185,7 +185,7 @@ def section(before: dict[str, float | None], after: dict[str, float | None], che
     cores = len(os.sched_getaffinity(0))
     shared = max(loads) > cores / 2  # other work on the cores: everything slower than on an idle machine
     return (
-        f"`python -m surgery.cli demo --no-progress` ({epochs} epochs: cifar:resnet20 on digits, the `tost` recipe "
+        f"`python -m surgery.apps.cli demo --no-progress` ({epochs} epochs: cifar:resnet20 on digits, the `tost` recipe "
         "with LRsI, verification in eval and train mode, sparse ONNX export with onnxruntime parity, the report) "
         f"from two checkouts, each its own process, alternating which starts, median of {rounds} rounds: "
         f"**before** is `{ref}` (stages timed, nothing cut), **after** this tree; "
@@ -202,7 +202,7 @@ def section(before: dict[str, float | None], after: dict[str, float | None], che
         f"iterations the recipe sets: {without_lrsi[0]:.1f} s -> {without_lrsi[1]:.1f} s "
         f"({without_lrsi[1] / without_lrsi[0]:.2f}x). Verify, check by check (after): "
         + ", ".join(f"{words} {checks[check]:.3f} s" for check, words in CHECKS.items() if check in checks) + ".\n\n"
-        "What was cut, every check kept: `import surgery.cli` no longer imports SciPy's stats (only a sweep's "
+        "What was cut, every check kept: `import surgery.apps.cli` no longer imports SciPy's stats (only a sweep's "
         "paired interval needs it); the digits are read from the file scikit-learn ships rather than through "
         "`sklearn.datasets`, which imports SciPy too; the CLI freezes the garbage collector as its command ends, "
         "so the interpreter's exit no longer walks every object torch, its ONNX exporter and matplotlib made.\n\n"

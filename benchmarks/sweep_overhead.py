@@ -39,7 +39,7 @@ TARGET = 0.02
 
 
 def surgery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "surgery.cli", *args]
+    return [sys.executable, "-m", "surgery", *args]
 
 
 def fixed(epochs: int) -> list[str]:

@@ -2,10 +2,10 @@
 
 Every torchvision classifier, one model per timm family, every builder of torchvision's
 segmentation, detection, video and optical-flow families and the Hugging Face transformers classes
-``surgery.hf`` has small configs for (``HF transformers``, at 32 x 32): the full round trip on a real
+``surgery.zoo.hf`` has small configs for (``HF transformers``, at 32 x 32): the full round trip on a real
 model at its default input size (trace, compile with conv1x1 skips + PSwish + 90% random
 masks, forward + backward, de-ghost, verify (a)-(d), ONNX parity). A model torch.fx cannot
-trace whole is compiled in its task's part (``surgery.tasks``: a detector's backbone, RAFT's
+trace whole is compiled in its task's part (``surgery.zoo.tasks``: a detector's backbone, RAFT's
 encoders), trained a step in train mode with synthetic targets, and verified as a whole.
 Models above ``--max-params`` run structurally on the meta device instead. Each model runs
 in its own process with a time limit; rows are cached in ``.zoo-cache/`` so an interrupted
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from surgery.zoo import TASK_FAMILIES
+from surgery.zoo.catalog import TASK_FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".zoo-cache"
@@ -43,8 +43,9 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
 
     import torch
 
-    from surgery import conformance, zoo
-    from surgery.tasks import default_submodule, task_of
+    from surgery.apps import conformance
+    from surgery.zoo import catalog as zoo
+    from surgery.zoo.tasks import default_submodule, task_of
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -54,7 +55,7 @@ def run_one(spec: str, max_params: float, meta_only: bool = False) -> dict:
     model, x = zoo.build(spec, "cpu") if on_cpu else (meta_model, meta_x)
     row = conformance.check_model(spec, model, x, numeric=True, onnx=True, submodule=default_submodule(spec),
                                   dynamic_batch=task_of(spec).dynamic_batch).to_dict()
-    if row.get("traced_for"):  # its forward reads the input's shape or dtype in Python (surgery.concrete)
+    if row.get("traced_for"):  # its forward reads the input's shape or dtype in Python (surgery.fx.concrete)
         row["note"] = f"traced for {row['traced_for']}" + ("; " + row["note"] if row["note"] else "")
     if params > max_params:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"meta only: {params / 1e6:.0f}M parameters"
@@ -179,7 +180,7 @@ def _write_benchmarks_summary(rates: list[str]) -> None:
 def _intro(max_params: float) -> list[str]:
     from report import machine
 
-    from surgery import zoo
+    from surgery.zoo import catalog as zoo
 
     exported_in_ci, hf = zoo.ONNX_IN_CI, {spec for spec in zoo.ONNX_IN_CI if spec.startswith("hf:")}
     return [
@@ -202,9 +203,9 @@ def _intro(max_params: float) -> list[str]:
         f"here and the numeric part on {len(zoo.NUMERIC)} models (`tests/test_zoo.py`), ONNX parity on "
         f"{len(exported_in_ci - hf)} of those and {len(exported_in_ci & hf)} HF classes (one model per mix of "
         "exporter ops, `zoo.ONNX_IN_CI`). "
-        "HF transformers: each class `surgery.hf` has a small config for (`hf:<ModelClass>`, 32 x 32 images), "
+        "HF transformers: each class `surgery.zoo.hf` has a small config for (`hf:<ModelClass>`, 32 x 32 images), "
         "compiled whole; where the forward reads the input's shape or dtype in Python, traced specialized to "
-        "the example's shape (note 'traced for': '*' is the free batch; `surgery.concrete`). CI runs every one "
+        "the example's shape (note 'traced for': '*' is the free batch; `surgery.fx.concrete`). CI runs every one "
         "numerically.\n",
         f"Machine: {machine()}\n",
     ]
@@ -212,7 +213,7 @@ def _intro(max_params: float) -> list[str]:
 
 def zoo_groups() -> dict[str, list[str]]:
     """``{section of docs/zoo.md: [model spec, ...]}``: the whole zoo."""
-    from surgery import zoo
+    from surgery.zoo import catalog as zoo
 
     return {
         "torchvision": zoo.torchvision_models(),
@@ -237,7 +238,7 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.max_params, args.meta_only)))
         return
 
-    from surgery import zoo
+    from surgery.zoo import catalog as zoo
 
     if args.families:
         unknown = set(args.families) - set(TASK_GROUPS)

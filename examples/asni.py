@@ -15,7 +15,7 @@ import json
 
 from workflow import load, parser, percent, scaled, table
 
-from surgery.masks import load_masks
+from surgery.compiler.masks import load_masks
 from surgery.train import run
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 import surgery
-from surgery.masks import overall_sparsity
-from surgery.models import build_model
+from surgery.compiler.masks import overall_sparsity
+from surgery.zoo.models import build_model
 from surgery.pruning import random_masks
-from surgery.tasks import detection_targets
+from surgery.zoo.tasks import detection_targets
 
 SPEC = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
 NUM_CLASSES = 3  # background and two kinds of box

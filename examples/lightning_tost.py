@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from surgery.cifar import he_cifar_resnet
+from surgery.zoo.cifar import he_cifar_resnet
 from surgery.integrations.lightning import ToSTCallback
 from surgery.pruning import random_masks
 from surgery.train.data import ImageDataset, load_dataset

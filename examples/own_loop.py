@@ -17,8 +17,8 @@ import argparse
 import torch
 
 import surgery
-from surgery.cifar import he_cifar_resnet
-from surgery.masks import overall_sparsity
+from surgery.zoo.cifar import he_cifar_resnet
+from surgery.compiler.masks import overall_sparsity
 from surgery.pruning import random_masks
 from surgery.train.data import load_dataset, make_loader
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import surgery
-from surgery.masks import save_masks
+from surgery.compiler.masks import save_masks
 from surgery.pruning import random_masks
 
 RECIPE = Path(__file__).parent / "configs" / "tost.yaml"
@@ -58,7 +58,7 @@ def main() -> None:
 
     fresh = torchvision.models.resnet18(num_classes=10)
     fresh.load_state_dict(clean.state_dict())  # strict: the original architecture, sparse weights
-    print("weights zero:", f"{surgery.masks.weight_sparsity(fresh):.1%}")
+    print("weights zero:", f"{surgery.compiler.masks.weight_sparsity(fresh):.1%}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Training (schedules, de-ghosting before the first LR decay, checkpoints, DDP, re
 ``surgery.train``: ``surgery.train.run(surgery.train.RunConfig.from_yaml(path))``.
 """
 
-from surgery.compiler import compile
+from surgery.compiler.driver import compile
 from surgery.errors import (
     CheckpointError,
     ConfigError,
@@ -37,14 +37,14 @@ from surgery.errors import (
     UnknownModelError,
     VerificationError,
 )
-from surgery.ghosts import ghost_parameters, set_ghost_strength
-from surgery.manifest import Manifest, compiled_submodules, manifest_of
-from surgery.passes.deghost import deghost
-from surgery.preprocessing import Preprocessing
-from surgery.recipe import Recipe
-from surgery.tost import ToST
-from surgery.tracing import trace
-from surgery.verify import VerifyReport, verify
+from surgery.compiler.ghosts import ghost_parameters, set_ghost_strength
+from surgery.compiler.manifest import Manifest, compiled_submodules, manifest_of
+from surgery.compiler.passes.deghost import deghost
+from surgery.compiler.preprocessing import Preprocessing
+from surgery.compiler.recipe import Recipe
+from surgery.apps.tost import ToST
+from surgery.fx.tracing import trace
+from surgery.compiler.verify import VerifyReport, verify
 
 from surgery.version import __version__  # noqa: F401 (the public face's version)
 
@@ -52,7 +52,7 @@ from surgery.version import __version__  # noqa: F401 (the public face's version
 def __getattr__(name: str):
     """``export_onnx`` / ``ExportInfo`` load onnx on first use, so ``import surgery`` (and the CLI) stays quick."""
     if name in ("ExportInfo", "export_onnx"):
-        from surgery import export
+        from surgery.compiler import export
 
         return getattr(export, name)
     raise AttributeError(f"module 'surgery' has no attribute {name!r}")

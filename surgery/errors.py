@@ -55,7 +55,7 @@ class InputSizeError(SurgeryError):
 
 
 class SpecializedInputError(SurgeryError):
-    """A model traced specialized to its example inputs' shapes and dtypes (``surgery.concrete``),
+    """A model traced specialized to its example inputs' shapes and dtypes (``surgery.fx.concrete``),
     called with an input of another shape or dtype."""
 
 

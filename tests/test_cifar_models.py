@@ -10,9 +10,9 @@ from conftest import seeded
 from torch import nn
 
 import surgery
-from surgery.cifar import CIFAR_MODELS, he_cifar_resnet
+from surgery.zoo.cifar import CIFAR_MODELS, he_cifar_resnet
 from surgery.errors import UnknownModelError
-from surgery.models import build_model, default_input_size, input_channels
+from surgery.zoo.models import build_model, default_input_size, input_channels
 from surgery.pruning import random_masks
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

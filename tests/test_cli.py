@@ -1,4 +1,4 @@
-"""The `surgery` command, driven through surgery.cli.main([...]) and once as the installed script."""
+"""The `surgery` command, driven through surgery.apps.cli.main([...]) and once as the installed script."""
 
 import json
 import re
@@ -14,10 +14,10 @@ import torch
 import yaml
 
 import surgery
-from surgery.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
-from surgery.masks import load_masks, save_masks
-from surgery.models import build_model
-from surgery.preprocessing import Preprocessing
+from surgery.apps.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
+from surgery.compiler.masks import load_masks, save_masks
+from surgery.zoo.models import build_model
+from surgery.compiler.preprocessing import Preprocessing
 from surgery.pruning import random_masks
 from surgery.train.config import RunConfig
 
@@ -559,7 +559,7 @@ def test_demo_trains_verifies_and_exports(capsys, tmp_path):
         "masks.safetensors", "model.onnx", "model.onnx.json", "summary.md", "curves.png", "verify.txt"}
     masks, metadata = load_masks(tmp_path / "masks.safetensors")
     assert metadata["method"] == "random" and abs(float(metadata["sparsity"]) - 0.9) < 1e-3
-    assert "cifar:resnet20 (surgery.cifar.CifarResNet" in out and "epoch 2/2" in out and "learned in 3 iterations" in out
+    assert "cifar:resnet20 (surgery.zoo.cifar.CifarResNet" in out and "epoch 2/2" in out and "learned in 3 iterations" in out
     assert "(c) outputs equal" in out and "90.0% of conv/linear weights" in out
     code, out, _ = run(capsys, "demo", "--out", tmp_path, "--epochs", "2", "--set", "lrsi.iterations=3", "--resume")
     assert code == 0 and f"demo is already complete: its results are in {tmp_path}" in out and "epoch" not in out
@@ -713,6 +713,6 @@ def test_a_mask_file_for_another_model_lists_what_differs(capsys, tmp_path):
 
 
 def test_demo_takes_no_progress_like_the_other_run_commands():
-    from surgery.demo import demo_config
+    from surgery.apps.demo import demo_config
 
     assert configured(demo_config(), build_parser().parse_args(["demo", "--no-progress"])).train.progress is False

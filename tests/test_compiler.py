@@ -13,9 +13,9 @@ from conftest import MLP, SmallCNN, requires_cuda, seeded
 from torch import fx, nn
 
 import surgery
-from surgery.ghosts import ghosts
-from surgery.passes import REGISTRY
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.compiler.ghosts import ghosts
+from surgery.compiler.passes import REGISTRY
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))

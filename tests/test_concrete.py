@@ -1,4 +1,4 @@
-"""Shape-specialized tracing (surgery.concrete): forwards that compute with their input's shape or dtype."""
+"""Shape-specialized tracing (surgery.fx.concrete): forwards that compute with their input's shape or dtype."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgery
-from surgery.concrete import Specialization
-from surgery.tracing import ConcreteValueNeeded, needs_concrete_values, trace_options_of
+from surgery.fx.concrete import Specialization
+from surgery.fx.tracing import ConcreteValueNeeded, needs_concrete_values, trace_options_of
 
 
 class ShapeReading(nn.Module):

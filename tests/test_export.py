@@ -15,9 +15,9 @@ from onnx import TensorProto, numpy_helper
 from torch import nn
 
 import surgery
-import surgery.export as export_module
-from surgery.ghosts import ghosts
-from surgery.masks import attach_mask, masked_parameters
+import surgery.compiler.export as export_module
+from surgery.compiler.ghosts import ghosts
+from surgery.compiler.masks import attach_mask, masked_parameters
 from surgery.pruning import random_masks
 
 

@@ -9,7 +9,7 @@ from conftest import SmallCNN, seeded
 from torch import fx, nn
 
 import surgery
-from surgery.ghosts import (
+from surgery.compiler.ghosts import (
     ConvProjection,
     GhostSkip,
     Mish,
@@ -20,7 +20,7 @@ from surgery.ghosts import (
     ghosts,
     match_channels,
 )
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 
 # ------------------------------------------------------------------ GhostSkip
 

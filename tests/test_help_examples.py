@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery.cli import build_parser, configured
-from surgery.models import build_model
+from surgery.apps.cli import build_parser, configured
+from surgery.zoo.models import build_model
 from surgery.pruning.registry import method
 from surgery.train.config import RunConfig
 
@@ -60,6 +60,6 @@ def test_help_example_is_valid(command, line):
         else:
             configured(RunConfig.from_yaml(ROOT / args.config), args)
     elif args.command == "demo":
-        from surgery import demo
+        from surgery.apps import demo
 
         configured(demo.demo_config(), args)

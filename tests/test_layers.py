@@ -7,7 +7,7 @@ from torch import nn
 
 import surgery
 from surgery.init.zero import zero_init
-from surgery.masks import prunable_weights, validate_masks
+from surgery.compiler.masks import prunable_weights, validate_masks
 from surgery.pruning import find_masks, prunable_for
 
 SPARSITY = 0.5

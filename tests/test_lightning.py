@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from conftest import SmallCNN, seeded
 
 from surgery.errors import MissingExtraError, ToSTError
-from surgery.ghosts import ghosts
-from surgery.masks import masked_parameters
+from surgery.compiler.ghosts import ghosts
+from surgery.compiler.masks import masked_parameters
 from surgery.pruning import random_masks
 from surgery.train.data import load_dataset
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 import surgery
-from surgery.masks import (
+from surgery.compiler.masks import (
     Mask,
     attach_mask,
     baked_copy,

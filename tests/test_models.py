@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from surgery.errors import MissingExtraError, SurgeryError, UnknownModelError
-from surgery.models import build_model, default_input_size, input_channels, load_weights
+from surgery.zoo.models import build_model, default_input_size, input_channels, load_weights
 
 MODEL_FILE = textwrap.dedent(
     """

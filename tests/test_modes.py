@@ -1,4 +1,4 @@
-"""One graph per mode: a forward that branches on ``self.training`` in Python (``surgery.modes``).
+"""One graph per mode: a forward that branches on ``self.training`` in Python (``surgery.fx.modes``).
 
 ``surgery.compile`` traces the model in train and in eval mode. Where the two programs differ it
 returns a ``ModeGraphModule``: one union graph, passes run once on it (one ghost per site, masks
@@ -23,11 +23,11 @@ from conftest import seeded
 from torch import fx, nn
 
 import surgery
-from surgery.branches import Branch
-from surgery.ghosts import Ghost, ghost_parameters, ghosts
-from surgery.masks import masked_parameters
-from surgery.modes import EVAL, MODE_KEY, TRAIN, ModeGraphModule, editing, graphs_by_mode
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.fx.branches import Branch
+from surgery.compiler.ghosts import Ghost, ghost_parameters, ghosts
+from surgery.compiler.masks import masked_parameters
+from surgery.fx.modes import EVAL, MODE_KEY, TRAIN, ModeGraphModule, editing, graphs_by_mode
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))

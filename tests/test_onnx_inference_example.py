@@ -74,7 +74,7 @@ def test_a_file_without_preprocessing_is_refused_with_the_fix(tmp_path):
 
 
 def test_a_python_model_with_other_outputs_than_classes_records_no_names_and_exports(tmp_path):
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     model = build_model("cifar:resnet20", 12, input_size=8)  # 12 outputs, the data's 10 classes
     result = run(tiny_run_config(tmp_path, export={"onnx": True}), model=model)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 import surgery
 from conftest import tiny_run_config
-from surgery.cli import build_parser, configured
-from surgery.demo import demo_config
+from surgery.apps.cli import build_parser, configured
+from surgery.apps.demo import demo_config
 from surgery.errors import ConfigError, SurgeryError
-from surgery.ghosts import ConvProjection, GhostSkip, PSwish, ghosts
-from surgery.models import build_model
-from surgery.presets import PRESETS
+from surgery.compiler.ghosts import ConvProjection, GhostSkip, PSwish, ghosts
+from surgery.zoo.models import build_model
+from surgery.compiler.presets import PRESETS
 from surgery.train import RunConfig, pipeline
 from surgery.train.losses import classification_loss
 from surgery.train.run_files import RunFiles

@@ -9,8 +9,8 @@ import torch
 from conftest import SmallCNN, seeded
 
 import surgery
-from surgery.masks import masked_parameters, save_masks
-from surgery.passes import GhostSkipOptions, MaskOptions, SoftActivationOptions
+from surgery.compiler.masks import masked_parameters, save_masks
+from surgery.compiler.passes import GhostSkipOptions, MaskOptions, SoftActivationOptions
 from surgery.pruning import random_masks
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from surgery.errors import ConfigError
-from surgery.schedules import Clock, GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
+from surgery.compiler.schedules import Clock, GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 
 def test_linear_is_the_pipeline_papers_formula():

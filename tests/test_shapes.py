@@ -7,7 +7,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 import surgery
-from surgery.graph import propagate_shapes
+from surgery.fx.graph import propagate_shapes
 
 
 class Seen(nn.Module):

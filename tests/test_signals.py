@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from surgery.interrupt import ACKNOWLEDGEMENT
+from surgery.train.interrupt import ACKNOWLEDGEMENT
 
 pytestmark = pytest.mark.slow  # sends signals to real runs in subprocesses
 
@@ -64,7 +64,7 @@ def start(tmp_path: Path, **sections) -> tuple[subprocess.Popen, Path]:
     config = {**CONFIG, **sections, "name": "run", "output": str(tmp_path / "run")}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "surgery.cli", "run", str(path)]
+    command = [sys.executable, "-m", "surgery", "run", str(path)]
     return spawn(command), tmp_path / "run"
 
 
@@ -141,7 +141,7 @@ def test_sigint_to_a_sweep_is_passed_on_once_and_its_runs_checkpoint(tmp_path):
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump({**CONFIG, "name": "base", "train": {**CONFIG["train"], "epochs": 20}}))
     out = tmp_path / "sweep"
-    command = [sys.executable, "-m", "surgery.cli", "sweep", str(path), "--grid", "mask.sparsity=0.5,0.8",
+    command = [sys.executable, "-m", "surgery", "sweep", str(path), "--grid", "mask.sparsity=0.5,0.8",
                "--jobs", "2", "--out", str(out)]
     process = spawn(command)
     runs = [out / "runs" / f"sparsity-{s}_seed-0" for s in (0.5, 0.8)]

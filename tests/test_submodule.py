@@ -7,8 +7,8 @@ import torch
 from torch import fx, nn
 
 import surgery
-from surgery.ghosts import ghosts
-from surgery.masks import masked_parameters
+from surgery.compiler.ghosts import ghosts
+from surgery.compiler.masks import masked_parameters
 
 TOST = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))

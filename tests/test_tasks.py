@@ -6,10 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.errors import InputSizeError
-from surgery.models import build_model
-from surgery.tasks import (
+from surgery.zoo.models import build_model
+from surgery.zoo.tasks import (
     TASKS,
     builders,
     default_submodule,
@@ -203,7 +203,7 @@ def test_prune_of_a_detector_masks_its_backbone_and_export_names_the_part_onnx_c
     spec, masks = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "m.safetensors"
     assert main(["prune", spec, "--method", "synflow", "--option", "rounds=2", "--sparsity", "0.9",  # 2 rounds empty the
                  "--input-size", "64", "--allow-empty-layers", "-o", str(masks)]) == 0          # FPN's lateral convs
-    from surgery.masks import load_masks
+    from surgery.compiler.masks import load_masks
 
     names = list(load_masks(masks)[0])
     assert names and all(name.startswith("backbone.") for name in names)

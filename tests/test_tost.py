@@ -11,10 +11,10 @@ from conftest import SmallCNN, seeded
 
 import surgery
 from surgery.errors import ToSTError
-from surgery.ghosts import GhostSkip, PSwish, ghost_parameters, ghosts
-from surgery.masks import masked_parameters
+from surgery.compiler.ghosts import GhostSkip, PSwish, ghost_parameters, ghosts
+from surgery.compiler.masks import masked_parameters
 from surgery.pruning import random_masks
-from surgery.schedules import Clock, GhostPlan
+from surgery.compiler.schedules import Clock, GhostPlan
 
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

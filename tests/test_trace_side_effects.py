@@ -14,10 +14,11 @@ from conftest import seeded
 from torch import fx, nn
 
 import surgery
-from surgery import conformance, zoo
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.apps import conformance
+from surgery.zoo import catalog as zoo
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import METHODS, find_masks, method
-from surgery.python_state import python_state_kept
+from surgery.fx.python_state import python_state_kept
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 RECIPE = {"ghost_skip": {"targets": list(CONV_KINDS)}, "soft_activation": {}}

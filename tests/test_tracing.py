@@ -16,7 +16,7 @@ from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
 import surgery
-from surgery.tracing import trace_options_of
+from surgery.fx.tracing import trace_options_of
 
 # ------------------------------------------------------------------ test models
 

@@ -11,9 +11,9 @@ from conftest import SmallCNN, seeded
 from torch import nn
 
 import surgery
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
-from surgery.verify import check_graph, node_label, to_networkx
+from surgery.compiler.verify import check_graph, node_label, to_networkx
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 EVERY_CONV = {"targets": list(CONV_KINDS)}  # small models whose convs are stems: wrap them anyway

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 import surgery
 from surgery.errors import VerificationError
-from surgery.verify import check_graph, describe, node_label
+from surgery.compiler.verify import check_graph, describe, node_label
 
 
 class Residual(nn.Module):

@@ -7,7 +7,7 @@ torchvision classifier, one model per timm family and every segmentation, detect
 and optical-flow builder (compiled whole, or in its task's part: a detector's backbone,
 trained a step on synthetic targets), on the meta device (detectors on the CPU at 64 x 64).
 Numeric parity (c, d) on real models at small resolution (``zoo.NUMERIC``), and on every Hugging
-Face transformers class ``surgery.hf`` has a small config for (whole, 32 x 32); ONNX parity on one
+Face transformers class ``surgery.zoo.hf`` has a small config for (whole, 32 x 32); ONNX parity on one
 model per mix of exporter ops among them (``zoo.ONNX_IN_CI``).
 ``make zoo`` runs everything, ONNX parity of every model included, and writes docs/zoo.md.
 """
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-from surgery import conformance, zoo
-from surgery.tasks import default_submodule
+from surgery.apps import conformance
+from surgery.zoo import catalog as zoo
+from surgery.zoo.tasks import default_submodule
 
 # Models without a ReLU (ViTs, EfficientNets) have nothing for soft_activation to replace: expected here.
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore:soft_activation found no")]
@@ -68,7 +69,7 @@ def test_real_model_outputs_and_onnx_match(spec, size):
 
 
 def test_the_models_exported_in_ci_are_zoo_models():
-    from surgery.hf import SMALL_CONFIGS
+    from surgery.zoo.hf import SMALL_CONFIGS
 
     assert zoo.ONNX_IN_CI <= {spec for spec, _ in zoo.NUMERIC} | {f"hf:{name}" for name in SMALL_CONFIGS}
 

@@ -55,11 +55,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import ConfigError, MaskError, did_you_mean
-from surgery.ghosts import GHOSTS_ROOT
+from surgery.compiler.ghosts import GHOSTS_ROOT
 from surgery.init.rewind import plain_state_dict
 from surgery.init.zero import NORM_TYPES
-from surgery.layers import LAYER_TYPES
-from surgery.masks import Mask, load_masks, masked_parameters, owner_of
+from surgery.fx.layers import LAYER_TYPES
+from surgery.compiler.masks import Mask, load_masks, masked_parameters, owner_of
 
 Centroids = dict[str, tuple[float, float]]  # parameter name -> (c_plus, c_minus)
 METADATA_KEY = "asni.centroids"

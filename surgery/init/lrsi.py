@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from surgery.errors import ConfigError, DataError, DivergedError
-from surgery.ghosts import GHOSTS_ROOT
-from surgery.layers import LAYER_TYPES
-from surgery.masks import direct_parameters
+from surgery.compiler.ghosts import GHOSTS_ROOT
+from surgery.fx.layers import LAYER_TYPES
+from surgery.compiler.masks import direct_parameters
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]

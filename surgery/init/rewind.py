@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import CheckpointError
-from surgery.ghosts import GHOSTS_ROOT
-from surgery.masks import Mask
+from surgery.compiler.ghosts import GHOSTS_ROOT
+from surgery.compiler.masks import Mask
 
 Source = str | os.PathLike | Mapping[str, Any] | nn.Module
 STATE_DICT_FILES = (".pt", ".pth", ".bin")

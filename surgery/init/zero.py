@@ -62,10 +62,10 @@ from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
 from surgery.errors import ConfigError, TraceError
-from surgery.ghosts import GHOSTS_ROOT, Ghost
-from surgery.layers import LAYER_TYPES, PRUNABLE_KINDS, layer_of
-from surgery.masks import Mask
-from surgery.tracing import trace
+from surgery.compiler.ghosts import GHOSTS_ROOT, Ghost
+from surgery.fx.layers import LAYER_TYPES, PRUNABLE_KINDS, layer_of
+from surgery.compiler.masks import Mask
+from surgery.fx.tracing import trace
 
 IDENTITY, PARTIAL_IDENTITY, HADAMARD = "identity", "partial_identity", "hadamard"
 

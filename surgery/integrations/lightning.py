@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from surgery.errors import MissingExtraError, ToSTError, did_you_mean
-from surgery.graph import as_tuple
-from surgery.tost import Removal, ToST
+from surgery.fx.graph import as_tuple
+from surgery.apps.tost import Removal, ToST
 
 try:
     import lightning.pytorch as pl
@@ -117,7 +117,7 @@ class ToSTCallback(pl.Callback):
         self.clean = self.tost.finish(verify=self.verify)
         pl_module.set_submodule(self.path, self.clean)
         if self.export is not None:
-            from surgery.export import export_onnx
+            from surgery.compiler.export import export_onnx
 
             export_onnx(self.clean, self.tost.example_inputs, self.export, sparse=True,
                         keep_ghosts=self.tost.removal_step is None)

@@ -6,7 +6,7 @@ globally by magnitude to
     p_e = alpha * sigmoid((e - beta * E) / gamma)
 
 (pruned weights stay pruned: they are zero and their gradient is masked), under ASNI's
-cosine learning rate, stretched by delta (``surgery.schedules.LRSchedule``; ``lr_schedule: {kind: cosine,
+cosine learning rate, stretched by delta (``surgery.compiler.schedules.LRSchedule``; ``lr_schedule: {kind: cosine,
 delta: 0.06}``). ``alpha`` defaults to the value that makes p_E exactly the target
 sparsity; the paper's CIFAR runs use beta = 0.5 and gamma = 16 for 160 epochs, so gamma
 defaults to E / 10. At the end the learned sparse network yields ASNI's initialization:

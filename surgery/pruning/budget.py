@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError, did_you_mean
-from surgery.masks import prunable_weights
+from surgery.compiler.masks import prunable_weights
 
 SCOPES = ("global", "layer")
 DISTRIBUTIONS = ("uniform", "erk")
@@ -116,7 +116,7 @@ def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor
     """The stored tensors behind ``names`` (for a masked weight, the parametrization's original)."""
     from torch.nn.utils import parametrize
 
-    from surgery.masks import owner_of
+    from surgery.compiler.masks import owner_of
 
     out = {}
     for name in names:

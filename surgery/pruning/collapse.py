@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_flatten
 
 from surgery.errors import MaskError
 from surgery.hooks import TrainerView, TrainingHook
-from surgery.layers import layer_of
+from surgery.fx.layers import layer_of
 from surgery.pruning.budget import weights_of
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -175,7 +175,7 @@ def cuts_every_path(model: nn.Module, masks: Mapping[str, torch.Tensor], example
 
 def _connectivity_copy(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tuple[nn.Module, list[str]]:
     """The check's copy (see ``cuts_every_path``) and the list its layers append to when their output is all 0."""
-    from surgery.graph import deepcopy_module
+    from surgery.fx.graph import deepcopy_module
 
     net = deepcopy_module(model).float().eval()
     with torch.no_grad():
@@ -248,7 +248,7 @@ class EmptyLayerCheck(TrainingHook):
         self.what, self.cause, self.allow, self.can_allow = what, cause, allow, can_allow
 
     def on_train_end(self, trainer: TrainerView) -> None:
-        from surgery.masks import mask_parametrizations
+        from surgery.compiler.masks import mask_parametrizations
 
         found = mask_parametrizations(trainer.module)
         masks = {n: found[n][0].mask.detach().cpu() for n in self.names if n in found}

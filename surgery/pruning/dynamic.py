@@ -19,7 +19,7 @@ from torch import nn
 
 from surgery.errors import ConfigError
 from surgery.hooks import TrainerView, TrainingHook
-from surgery.masks import Mask, mask_parametrizations
+from surgery.compiler.masks import Mask, mask_parametrizations
 from surgery.pruning.budget import Budget, masks_from_scores
 
 

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 from surgery.errors import ConfigError
 from surgery.hooks import TrainerView, TrainingHook
-from surgery.masks import owner_of
+from surgery.compiler.masks import owner_of
 from surgery.pruning.budget import Budget, masks_from_scores, weights_of
 from surgery.pruning.registry import StageResult, register
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from surgery.masks import prunable_weights
+from surgery.compiler.masks import prunable_weights
 from surgery.pruning.budget import Budget, masks_from_scores, weights_of
 from surgery.pruning.registry import register
 

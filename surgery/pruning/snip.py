@@ -94,7 +94,7 @@ def logits_of(output: Any) -> torch.Tensor:
 
 def scoring_copy(model: nn.Module, batches: Batches) -> nn.Module:
     """A train-mode copy of ``model`` on the batches' device: scoring it leaves the user's model alone."""
-    from surgery.graph import deepcopy_module
+    from surgery.fx.graph import deepcopy_module
 
     return deepcopy_module(model).to(batches[0][0].device).train()
 

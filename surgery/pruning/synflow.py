@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError
-from surgery.layers import layer_of
+from surgery.fx.layers import layer_of
 from surgery.pruning.budget import Budget, layer_counts, weights_of
 from surgery.pruning.registry import register
 from surgery.pruning.snip import Batches, logits_of, reject_options
@@ -163,7 +163,7 @@ def exponential_density(sparsity: float, k: int, rounds: int) -> float:
 def linearized_copy(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """An eval-mode copy in ``dtype`` on ``device`` whose parameters and floating buffers are ``|.|``,
     with clamping activations (ReLU6, Hardtanh) made ReLUs."""
-    from surgery.graph import deepcopy_module
+    from surgery.fx.graph import deepcopy_module
 
     net = deepcopy_module(model).to(device=device, dtype=dtype).eval()
     with torch.no_grad():

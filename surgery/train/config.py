@@ -34,11 +34,11 @@ from typing import Any
 import yaml
 
 from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
-from surgery.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
-from surgery.recipe import RECIPE_PRESETS, Recipe, names_a_file
+from surgery.compiler.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
+from surgery.compiler.recipe import RECIPE_PRESETS, Recipe, names_a_file
 from surgery.train.losses import SPREADS
 from surgery.train.run_files import RunFiles
-from surgery.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
+from surgery.compiler.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SWEEP_SECTION = "sweep"  # a config file's grids and seeds for `surgery sweep`; a single run ignores it
@@ -201,7 +201,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     recipe: Any = field(default_factory=lambda: recipe_section(DEFAULT))  # the passes: a preset's, a file's or a mapping
-    preset: str | None = DEFAULT  # the preset the recipe names (surgery.presets); None: passes given as such
+    preset: str | None = DEFAULT  # the preset the recipe names (surgery.compiler.presets); None: passes given as such
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -217,7 +217,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, base: Path | None = None) -> RunConfig:
-        """A validated config. ``recipe`` names a preset (``surgery.presets``; missing: ``tost``), whose
+        """A validated config. ``recipe`` names a preset (``surgery.compiler.presets``; missing: ``tost``), whose
         fields come first and the mapping's own fields over them; or it gives passes (a mapping, or a recipe
         YAML path relative to ``base``), which train alone. Raises one ``ConfigError`` listing every problem."""
         data = dict(data or {})

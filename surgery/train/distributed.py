@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from surgery.masks import Mask
+from surgery.compiler.masks import Mask
 
 
 @dataclass

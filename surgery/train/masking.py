@@ -29,14 +29,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from surgery.compiler import compile
+from surgery.compiler.driver import compile
 from surgery.hooks import TrainingHook
-from surgery.masks import dense_weights, load_masks, overall_sparsity, save_masks
+from surgery.compiler.masks import dense_weights, load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
 from surgery.pruning.random import find_random
-from surgery.recipe import Recipe
+from surgery.compiler.recipe import Recipe
 from surgery.train.config import RunConfig
 from surgery.train.distributed import Distributed
 from surgery.train.run_files import RunFiles

@@ -30,22 +30,22 @@ import yaml
 from rich.console import Console
 from torch import fx, nn
 
-from surgery.compiler import compile
+from surgery.compiler.driver import compile
 from surgery.errors import CheckpointError, ConfigError, SurgeryError
-from surgery.graph import deepcopy_module, eval_mode
-from surgery.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
-from surgery.interrupt import Interrupted, signal_name
-from surgery.manifest import manifest_of
-from surgery.masks import (
+from surgery.fx.graph import deepcopy_module, eval_mode
+from surgery.compiler.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
+from surgery.train.interrupt import Interrupted, signal_name
+from surgery.compiler.manifest import manifest_of
+from surgery.compiler.masks import (
     bake_masks,
     dense_weights,
     masked_parameters,
     prunable_weights,
     save_masks,
 )
-from surgery.models import build_model, load_weights, python_spec
-from surgery.passes.deghost import deghost
-from surgery.preprocessing import Preprocessing
+from surgery.zoo.models import build_model, load_weights, python_spec
+from surgery.compiler.passes.deghost import deghost
+from surgery.compiler.preprocessing import Preprocessing
 from surgery.train.checkpoint import CheckpointStore, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
@@ -73,7 +73,7 @@ from surgery.train.report.story import describe_ghost_cost, describe_model, desc
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
-from surgery.verify import verify
+from surgery.compiler.verify import verify
 
 if TYPE_CHECKING:
     from surgery.init.lrsi import LRsIResult
@@ -527,7 +527,7 @@ def tweaks_of(config: RunConfig, manifest: Any, lrsi: dict[str, Any] | None = No
 def _verify_and_export(config: RunConfig, original: nn.Module, clean: fx.GraphModule, example: torch.Tensor,
                        files: RunFiles, record: RunRecord, preprocessing: Preprocessing | None = None):
     """Verify (verify.txt is the people's copy; the record holds the report as data), then export ONNX."""
-    from surgery.export import export_onnx  # onnx loads only when a run exports
+    from surgery.compiler.export import export_onnx  # onnx loads only when a run exports
 
     report = info = None
     if config.export.verify:
@@ -563,7 +563,7 @@ def _export_as_trained(config: RunConfig, model: nn.Module, example: torch.Tenso
     files.verify.write_text(f"SKIPPED\narchitecture {architecture_text(kept_ghosts)}: {record.data['verification']['message']}\n")
     if not config.export.onnx:
         return None
-    from surgery.export import export_onnx  # onnx loads only when a run exports
+    from surgery.compiler.export import export_onnx  # onnx loads only when a run exports
 
     with record.timed("export"):
         info = export_onnx(model, example, files.onnx, sparse=config.export.sparse, keep_ghosts=True,

@@ -53,11 +53,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from surgery.models import GIVEN_IN_PYTHON, qualified_name
+from surgery.zoo.models import GIVEN_IN_PYTHON, qualified_name
 from surgery.train.atomic import write_json_atomic
 from surgery.train.config import IGNORED_ON_RESUME, RunConfig
 from surgery.train.run_files import RunFiles
-from surgery.interrupt import Interrupted
+from surgery.train.interrupt import Interrupted
 from surgery.version import __version__
 
 RESULT_FORMAT = 1

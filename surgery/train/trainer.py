@@ -26,12 +26,12 @@ from rich.console import Console
 from torch import fx, nn
 
 from surgery.errors import ConfigError, DivergedError
-from surgery.ghosts import ghosts
+from surgery.compiler.ghosts import ghosts
 from surgery.hooks import TrainingHook
-from surgery.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
-from surgery.masks import masked_parameters, overall_sparsity
-from surgery.schedules import Clock
-from surgery.timeline import GhostTimeline
+from surgery.train.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
+from surgery.compiler.masks import masked_parameters, overall_sparsity
+from surgery.compiler.schedules import Clock
+from surgery.compiler.timeline import GhostTimeline
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.distributed import Distributed

@@ -21,8 +21,8 @@ from surgery.init.centroid import (
     signs_from_metadata,
     signs_to_metadata,
 )
-from surgery.masks import load_masks, masked_parameters, prunable_weights, save_masks
-from surgery.models import build_model
+from surgery.compiler.masks import load_masks, masked_parameters, prunable_weights, save_masks
+from surgery.zoo.models import build_model
 
 LEARNED = {
     "0.weight": torch.tensor([[0.5, -1.0, 2.0], [-3.0, 1.5, 0.25]]),

@@ -10,8 +10,8 @@ from torch import nn
 import surgery
 from surgery.errors import CheckpointError
 from surgery.init.rewind import plain_key, rewind
-from surgery.masks import masked_parameters, prunable_weights
-from surgery.models import build_model
+from surgery.compiler.masks import masked_parameters, prunable_weights
+from surgery.zoo.models import build_model
 from surgery.train.checkpoint import CheckpointStore
 
 RECIPE = {"ghost_skip": {"projection": "conv1x1"}, "soft_activation": {"kind": "pswish"}}

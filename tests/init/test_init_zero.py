@@ -11,8 +11,8 @@ from torch import nn
 import surgery
 from surgery.errors import ConfigError
 from surgery.init.zero import ZerOResult, residual_branch_ends, zero_init, zero_matrix
-from surgery.masks import masked_parameters, prunable_weights
-from surgery.models import build_model
+from surgery.compiler.masks import masked_parameters, prunable_weights
+from surgery.zoo.models import build_model
 
 # ZerO, Algorithm 1, for W of shape (out, in), written out by hand from the definitions.
 PARTIAL_IDENTITY_3x5 = [  # out < in: (I_3 | 0)

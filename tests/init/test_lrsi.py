@@ -15,7 +15,7 @@ from torch import nn
 import surgery
 from surgery.errors import ConfigError, DataError, DivergedError
 from surgery.init.lrsi import LRsIResult, lrsi
-from surgery.masks import masked_parameters, prunable_weights
+from surgery.compiler.masks import masked_parameters, prunable_weights
 from surgery.pruning import random_masks
 
 NUM_CLASSES = 5

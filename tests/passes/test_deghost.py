@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import surgery
-from surgery.ghosts import GHOSTS_ROOT, Ghost, ghosts
-from surgery.masks import masked_parameters
-from surgery.passes.ghost_skip import CONV_KINDS
+from surgery.compiler.ghosts import GHOSTS_ROOT, Ghost, ghosts
+from surgery.compiler.masks import masked_parameters
+from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
 # every conv kind: these tests are about stripping ghosts, on small models whose first conv is a stem

@@ -9,9 +9,9 @@ from conftest import MLP, SmallCNN, seeded
 from torch import nn
 
 import surgery
-from surgery.ghosts import ConvProjection, GhostSkip, LinearProjection, ghosts
-from surgery.graph import propagate_shapes
-from surgery.passes.ghost_skip import CONV_KINDS, GhostSkipOptions, ghost_skip
+from surgery.compiler.ghosts import ConvProjection, GhostSkip, LinearProjection, ghosts
+from surgery.fx.graph import propagate_shapes
+from surgery.compiler.passes.ghost_skip import CONV_KINDS, GhostSkipOptions, ghost_skip
 
 EVERY_CONV = list(CONV_KINDS)  # stem, pooled, pointwise and spatial body convs alike
 
@@ -251,7 +251,7 @@ def test_a_conv_is_pooled_when_it_reads_a_global_pool_through_ops_that_keep_it_p
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18"])
 def test_resnet18_gets_the_same_sixteen_skips_at_32_and_224_pixels(spec):
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     model = seeded(build_model, spec, 10).eval()
     body = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and n != "conv1"]
@@ -285,7 +285,7 @@ def squeeze_excite_convs(model: nn.Module) -> set[str]:
     ids=["timm:mobilenetv3_small_050", "torchvision:mobilenet_v3_small", "timm:efficientnet_b0", "timm:regnety_002"],
 )
 def test_squeeze_excite_convs_and_conv_heads_are_pooled_and_left_out(spec, heads, sides):
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     model = seeded(build_model, spec, 10).eval()
     gates = squeeze_excite_convs(model)
@@ -318,7 +318,7 @@ def test_no_ghost_adds_a_batch_norm_over_one_value_per_channel():
 )
 @pytest.mark.parametrize("targets", [["conv"], EVERY_CONV], ids=["default", "every-conv"])
 def test_models_with_se_blocks_and_conv_heads_train_on_a_batch_of_one(spec, targets):
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     model = seeded(build_model, spec, 10).train()
     one = torch.randn(1, 3, 64, 64)

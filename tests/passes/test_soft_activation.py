@@ -11,8 +11,8 @@ from conftest import MLP, AllReLUs, SmallCNN, seeded
 from torch import nn
 
 import surgery
-from surgery.ghosts import Mish, PSwish, SoftActivation, Swish, ghosts
-from surgery.passes.soft_activation import ACTIVATIONS
+from surgery.compiler.ghosts import Mish, PSwish, SoftActivation, Swish, ghosts
+from surgery.compiler.passes.soft_activation import ACTIVATIONS
 
 RELU_FUNCTIONS = set(ACTIVATIONS["relu"].functions)
 

@@ -18,9 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from surgery.cli import build_parser, flag_fields, main
+from surgery.apps.cli import build_parser, flag_fields, main
 from surgery.errors import ConfigError, MaskError
-from surgery.masks import attach_mask, prunable_weights
+from surgery.compiler.masks import attach_mask, prunable_weights
 from surgery.pruning import Budget, find_masks, masks_from_scores
 from surgery.pruning.collapse import EmptyLayerCheck, MaskWarning, check_masks, cuts_every_path
 
@@ -250,7 +250,7 @@ def test_the_flag_sets_the_config_field():
 def test_surgery_prune_refuses_a_mask_that_empties_a_layer(capsys, tmp_path):
     from safetensors.torch import save_file
 
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     model = build_model("cifar:resnet20")
     with torch.no_grad():
@@ -272,8 +272,8 @@ def test_surgery_prune_refuses_a_mask_that_empties_a_layer(capsys, tmp_path):
 def test_a_run_refuses_a_mask_file_that_empties_a_layer_unless_allowed(tmp_path):
     from rich.console import Console
 
-    from surgery.masks import save_masks
-    from surgery.models import build_model
+    from surgery.compiler.masks import save_masks
+    from surgery.zoo.models import build_model
     from surgery.pruning import random_masks
     from surgery.train import RunConfig
     from surgery.train.data import load_dataset, make_loader

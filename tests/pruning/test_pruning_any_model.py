@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import surgery
-from surgery.masks import masked_parameters
+from surgery.compiler.masks import masked_parameters
 from surgery.pruning import METHODS, Budget, method, prunable_for
 from surgery.train import RunConfig, Trainer
 from surgery.train.masking import starting_masks

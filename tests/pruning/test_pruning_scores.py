@@ -20,7 +20,7 @@ from torch import nn
 
 import surgery
 from surgery.errors import MaskError
-from surgery.masks import masked_parameters, prunable_weights
+from surgery.compiler.masks import masked_parameters, prunable_weights
 from surgery.pruning import METHODS, Budget, find_masks, masks_from_scores, prunable_for
 from surgery.pruning.budget import layer_densities, weights_of
 from surgery.pruning.grasp import grasp_keep_scores, hessian_gradient_product

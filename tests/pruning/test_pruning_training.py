@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from surgery.errors import ConfigError, MaskError
-from surgery.masks import load_masks, mask_parametrizations
+from surgery.compiler.masks import load_masks, mask_parametrizations
 from surgery.pruning import find_masks
 from surgery.pruning.asni import alpha_for, asni_sparsity
 from surgery.pruning.gmp import cubic_sparsity
@@ -130,7 +130,7 @@ def test_imp_rounds_that_cannot_reach_the_target_say_what_would():
 
 
 def test_training_methods_are_not_found_by_find_masks():
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
 
     with pytest.raises(MaskError, match="trains the model.*surgery prune"):
         find_masks(build_model("cifar:resnet20"), "imp", 0.9)
@@ -274,7 +274,7 @@ def json_float(text):
 
 def test_mask_parametrizations_name_masked_weights():
     import surgery
-    from surgery.models import build_model
+    from surgery.zoo.models import build_model
     from surgery.pruning import random_masks
 
     model = build_model("cifar:resnet20")

@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_run_config
 
 import surgery
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.errors import SweepError
-from surgery.models import build_model
-from surgery.presets import PRESETS
+from surgery.zoo.models import build_model
+from surgery.compiler.presets import PRESETS
 from surgery.pruning.budget import prunable_for
 from surgery.train import sweep
 from surgery.train.config import RunConfig

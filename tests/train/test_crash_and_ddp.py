@@ -38,7 +38,7 @@ def write_config(tmp_path: Path, name: str, **train) -> Path:
 
 
 def surgery_run(config: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "surgery.cli", "run", str(config), *extra]
+    command = [sys.executable, "-m", "surgery", "run", str(config), *extra]
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

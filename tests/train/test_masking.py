@@ -6,7 +6,7 @@ import dataclasses
 
 from rich.console import Console
 
-from surgery.models import build_model
+from surgery.zoo.models import build_model
 from surgery.pruning.registry import METHODS, method
 from surgery.train import RunConfig
 from surgery.train.data import load_dataset, make_loader

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import tiny_run_config
 
-from surgery.masks import load_masks
-from surgery.models import build_model
+from surgery.compiler.masks import load_masks
+from surgery.zoo.models import build_model
 from surgery.train import load_dataset
 from surgery.train.pairing import data_digest, tensors_digest
 from surgery.train.pipeline import run

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from surgery.errors import ReportError
-from surgery.export import ExportInfo
+from surgery.compiler.export import ExportInfo
 from surgery.train.record import export_section
 from surgery.train.report import (
     plot_curves,
@@ -200,7 +200,7 @@ def test_without_a_record_sparsity_is_the_mean_over_layers(run_dir: Path) -> Non
 def test_weighted_sparsity_comes_from_the_mask_file(run_dir: Path) -> None:
     import torch
 
-    from surgery.masks import save_masks
+    from surgery.compiler.masks import save_masks
 
     masks = {"big.weight": torch.zeros(90, dtype=torch.bool), "small.weight": torch.ones(10, dtype=torch.bool)}
     save_masks(masks, run_dir / "masks.safetensors")

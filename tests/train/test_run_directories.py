@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tiny_run_config
 
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.errors import CheckpointError
 from surgery.train import RunConfig, pipeline
 from surgery.train.run_files import RunFiles

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import tiny_run_config
 
 import surgery
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.errors import MaskError, VerificationError
 from surgery.train import RunConfig, pipeline
 from surgery.train.record import STAGES, config_hash
@@ -48,7 +48,7 @@ def test_a_completed_run_records_its_outcome_as_data(tmp_path):
     assert record["accuracy"]["test"] == result.history[-1]["test_acc"] == result.test_accuracy
     assert record["accuracy"]["selected"] == "last" and record["accuracy"]["best_val"] is None  # no val split
     assert record["sparsity"] == pytest.approx(0.8, abs=0.01)
-    assert record["weights"]["kept"] == sum(int(w.count_nonzero()) for w in surgery.masks.prunable_weights(
+    assert record["weights"]["kept"] == sum(int(w.count_nonzero()) for w in surgery.compiler.masks.prunable_weights(
         result.model).values())
     assert record["tweaks"]["ghost_skips"] == 18 and record["tweaks"]["soft_activations"] == 19
     assert record["verification"]["status"] == "passed"
@@ -90,7 +90,7 @@ def test_a_run_from_the_command_line_times_its_start_up(tmp_path):
     out_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}  # the summary's rows unwrapped
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "surgery.cli", *TINY_TRAIN, "--no-lrsi", "--set", "export.onnx=false",
+    done = subprocess.run([sys.executable, "-m", "surgery", *TINY_TRAIN, "--no-lrsi", "--set", "export.onnx=false",
                            "--out", str(out_dir)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
@@ -235,7 +235,7 @@ def test_prune_rounds_record_the_sparsity_of_each_round(capsys, tmp_path):
     assert record["mask_file"] == str(tmp_path / "imp.safetensors")
     assert [round_["sparsity"] for round_ in record["rounds"]] == pytest.approx([0.5, 0.75])
     assert record["sparsity"] == pytest.approx(0.75, abs=1e-3) and record["timings"]["seconds"] > 0
-    assert record["model"]["class"] == "surgery.cifar.CifarResNet" and record["model"]["spec"] == "cifar:resnet20"
+    assert record["model"]["class"] == "surgery.zoo.cifar.CifarResNet" and record["model"]["spec"] == "cifar:resnet20"
 
 
 def test_masks_given_in_python_are_checked_and_an_allowed_empty_layer_is_recorded(tmp_path):
@@ -273,8 +273,8 @@ def test_a_model_given_in_python_is_recorded_as_it_is_and_its_resume_needs_it_ag
     built = tiny_config(tmp_path, name="built", train={"epochs": 1}, lr_schedule={"milestones": []}, recipe="none")
     assert main(["run", str(_saved(built)), "--no-progress"]) == 0
     assert record_of(built)["model"]["source"] == "spec" and record_of(built)["model"]["spec"] == "cifar:resnet20"
-    assert record_of(built)["model"]["class"] == "surgery.cifar.CifarResNet" and record_of(built)["model"]["parameters"] > 0
-    assert "cifar:resnet20 (surgery.cifar.CifarResNet, " in capsys.readouterr().out
+    assert record_of(built)["model"]["class"] == "surgery.zoo.cifar.CifarResNet" and record_of(built)["model"]["parameters"] > 0
+    assert "cifar:resnet20 (surgery.zoo.cifar.CifarResNet, " in capsys.readouterr().out
 
 
 def _saved(config: RunConfig):

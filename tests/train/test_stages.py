@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_run_config
 
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.train.record import STAGES, RunRecord, command_line, startup_seconds
 from surgery.train.report.story import describe_time
 
@@ -55,7 +55,7 @@ def test_only_a_process_own_command_line_freezes_the_collector_as_it_ends(capsys
     called from Python leaves the caller's collector alone."""
     frozen = gc.get_freeze_count()
     assert main(["--version"]) == 0 and gc.get_freeze_count() == frozen
-    code = "import gc, sys; from surgery.cli import main; sys.argv = ['surgery', '--version']; main(); " \
+    code = "import gc, sys; from surgery.apps.cli import main; sys.argv = ['surgery', '--version']; main(); " \
            "print(gc.get_freeze_count() > 0)"
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import tiny_run_config
 
-from surgery.cli import main
+from surgery.apps.cli import main
 from surgery.errors import ConfigError, SweepError
-from surgery.interrupt import Interrupted
+from surgery.train.interrupt import Interrupted
 from surgery.train import sweep
 from surgery.train.record import COMPLETED, FAILED, RUNNING
 from surgery.train.run_files import RunFiles
@@ -301,7 +301,7 @@ def test_local_runs_split_the_cpu_cores_or_take_turns_on_the_gpus():
 def test_a_ddp_run_is_a_torchrun_command(base, tmp_path):
     run = plan(base, [{"mask.sparsity": [0.9]}], [0], tmp_path / "s")[0]
     plain = launch.command(launch.Job(run, resume=False))
-    assert plain[1:4] == ["-m", "surgery.cli", "run"] and "--resume" not in plain
+    assert plain[1:4] == ["-m", "surgery", "run"] and "--resume" not in plain
     ddp = launch.command(launch.Job(run, resume=True), nproc_per_run=4)
     assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4"] and ddp[-1] == "--resume"
 

@@ -12,8 +12,8 @@ from conftest import tiny_run_config
 
 import surgery
 from surgery.errors import CheckpointError, ConfigError, DivergedError
-from surgery.ghosts import ghost_parameters, ghosts
-from surgery.masks import masked_parameters
+from surgery.compiler.ghosts import ghost_parameters, ghosts
+from surgery.compiler.masks import masked_parameters
 from surgery.pruning import random_masks
 from surgery.train import pipeline
 from surgery.train.config import RunConfig

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from surgery.errors import DataError, did_you_mean
-from surgery.preprocessing import Preprocessing
+from surgery.compiler.preprocessing import Preprocessing
 from surgery.train.data.images import EVAL_CROP_FRACTION
 
 # Where each dataset's class names come from, for the exported model's metadata.

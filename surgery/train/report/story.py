@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from surgery.manifest import ghost_cost
+from surgery.compiler.manifest import ghost_cost
 
 
 def percent(value: float | None) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from surgery.errors import SweepError
-from surgery.presets import is_preset
+from surgery.compiler.presets import is_preset
 from surgery.train.config import RunConfig
 
 FIELD = "mask.sparsity"
@@ -111,8 +111,8 @@ def kept_ghost_parameters(arm: RunConfig, model: Any, dataset: Any) -> int:
     """The ghost parameters ``arm``'s final model keeps: all its recipe adds when it never removes them, else 0."""
     if not keeps_ghosts(arm):
         return 0
-    from surgery.compiler import compile as compile_model  # lazily: only a matched cell needs it
-    from surgery.manifest import manifest_of
+    from surgery.compiler.driver import compile as compile_model  # lazily: only a matched cell needs it
+    from surgery.compiler.manifest import manifest_of
     from surgery.train.pipeline import example_batch
 
     ghosted = compile_model(copy.deepcopy(model), example_batch(dataset), arm.recipe_object())

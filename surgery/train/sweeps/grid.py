@@ -3,7 +3,7 @@
 A grid maps dotted config fields to the values they take (``{"mask.sparsity": [0.95, 0.98]}``);
 its cells are their product. Several grids make one sweep whose cells are the union (the
 ToST table and its ablation in one directory). A value of ``recipe`` may name one of
-a preset (``surgery.presets``): ToST as the paper's text or the authors' code says, none of it, or
+a preset (``surgery.compiler.presets``): ToST as the paper's text or the authors' code says, none of it, or
 one tweak alone, each a set of fields.
 Every problem of a grid (unknown field, empty list, a value of the wrong type, a cell the
 config refuses) is found before anything runs and reported in one ``SweepError``.
@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from surgery.errors import ConfigError, SweepError, did_you_mean
-from surgery.presets import PRESETS, is_preset
-from surgery.recipe import names_a_file
+from surgery.compiler.presets import PRESETS, is_preset
+from surgery.compiler.recipe import names_a_file
 from surgery.train.config import RunConfig, listed
 from surgery.train.sweeps import capacity
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from surgery.errors import MissingExtraError, SweepError
-from surgery.interrupt import Interrupted, signal_name
+from surgery.train.interrupt import Interrupted, signal_name
 from surgery.train.run_files import RunFiles
 from surgery.train.sweeps.grid import PlannedRun
 
@@ -37,7 +37,7 @@ class Job:
 
 def command(job: Job, nproc_per_run: int = 1) -> list[str]:
     """The command line of one run: the CLI's ``run``, under torchrun for a DDP run."""
-    cli = ["-m", "surgery.cli", "run", str(RunFiles(job.run.run_dir).config)]
+    cli = ["-m", "surgery", "run", str(RunFiles(job.run.run_dir).config)]
     if job.resume:
         cli.append("--resume")
     if nproc_per_run > 1:

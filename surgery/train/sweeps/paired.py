@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from surgery.errors import SweepError
-from surgery.presets import BASELINE
+from surgery.compiler.presets import BASELINE
 from surgery.train.pairing import PARTS
 from surgery.train.record import COMPLETED
 
