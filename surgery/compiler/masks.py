@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from surgery.compiler.ghosts import GHOSTS_ROOT
 from surgery.errors import MaskError, did_you_mean
 from surgery.fx.graph import deepcopy_module
 from surgery.fx.layers import PRUNABLE_KINDS
@@ -63,8 +64,6 @@ def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
     Parameters of ghost modules are never prunable (they leave with the ghosts), nor are
     the model root's own parameters (``pos_embed``, ``cls_token``).
     """
-    from surgery.compiler.ghosts import GHOSTS_ROOT
-
     kinds = tuple(kinds)
     types = tuple(t for k in kinds if k != "all" for t in PRUNABLE_KINDS[k])
     found: dict[str, nn.Parameter] = {}

@@ -36,6 +36,9 @@ import yaml
 from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
 from surgery.compiler.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
 from surgery.compiler.recipe import RECIPE_PRESETS, Recipe, names_a_file
+from surgery.init.lrsi import check_options
+from surgery.pruning.registry import refuse_allow_empty_layers
+from surgery.train.data.specs import DATASETS_WITH_PATHS, check_subset
 from surgery.train.losses import SPREADS
 from surgery.train.run_files import RunFiles
 from surgery.compiler.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
@@ -269,8 +272,6 @@ class RunConfig:
     def absolute(self) -> RunConfig:
         """A copy whose paths (output, data, mask files, weights) are absolute, read from the working
         directory: what the pipeline runs, hashes and saves, so the run's config.yaml means the same anywhere."""
-        from surgery.train.data.specs import DATASETS_WITH_PATHS  # lazily: the data package imports torch
-
         config = copy.deepcopy(self)
         cwd = Path.cwd()
         config.resolve_paths(cwd)
@@ -399,8 +400,6 @@ class RunConfig:
     def _check_numbers(self) -> None:
         if self.optimizer.lr <= 0:
             raise ConfigError(f"optimizer.lr is {self.optimizer.lr}; it must be > 0 (ToST uses 0.1).")
-        from surgery.train.data.specs import check_subset  # lazily: the data package imports torch
-
         check_subset(self.data.subset)
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
@@ -418,14 +417,10 @@ class RunConfig:
         if self.init.centroids and not self.mask.file:
             raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
         if self.mask.allow_empty_layers and not self.mask.file:
-            from surgery.pruning.registry import refuse_allow_empty_layers  # lazily: pruning is heavy, never imports train
-
             refuse_allow_empty_layers(self.mask.method, self.mask.scope)
 
     def _check_lrsi(self) -> None:
         if self.lrsi.enabled:
-            from surgery.init.lrsi import check_options
-
             lrsi = self.lrsi
             check_options(self.lrsi_eta(), lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound, lrsi.min_scale,
                           prefix="lrsi.")  # iterations: None is resolved by the pipeline, from the training loader
