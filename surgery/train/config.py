@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
+from surgery.errors import CheckpointError, ConfigError, RecipeError, SurgeryError, did_you_mean
 from surgery.compiler.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
-from surgery.compiler.recipe import RECIPE_PRESETS, Recipe, names_a_file
+from surgery.compiler.recipe import Recipe, recipe_passes
 from surgery.init.lrsi import check_options
 from surgery.pruning.registry import refuse_allow_empty_layers
 from surgery.train.data.specs import DATASETS_WITH_PATHS, check_subset
@@ -203,7 +203,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    recipe: Any = field(default_factory=lambda: recipe_section(DEFAULT))  # the passes: a preset's, a file's or a mapping
+    recipe: Any = field(default_factory=lambda: recipe_passes(DEFAULT))  # the passes: a preset's, a file's or a mapping
     preset: str | None = DEFAULT  # the preset the recipe names (surgery.compiler.presets); None: passes given as such
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
@@ -232,8 +232,8 @@ class RunConfig:
             data["preset"] = None
         data = _under(_layer(recipe), data)
         try:
-            data["recipe"] = recipe_section(recipe, base)
-        except ConfigError as error:
+            data["recipe"] = recipe_passes(recipe, base)
+        except (ConfigError, RecipeError) as error:
             problems.append(str(error))
             del data["recipe"]
         config = _build(cls, data, "", problems)
@@ -485,24 +485,6 @@ def listed(problems: Sequence[str]) -> str:
     return f"the config has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:
-    """The ``recipe`` field as passes: a preset name, a recipe YAML file (relative to ``base``, default the
-    working directory), or a mapping (kept as written)."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str) and value in RECIPE_PRESETS:
-        return copy.deepcopy(RECIPE_PRESETS[value])
-    if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-        path = Path(value) if Path(value).is_absolute() else (base or Path.cwd()) / value
-        return Recipe.from_yaml(path).to_dict()
-    if isinstance(value, str) and not names_a_file(value):
-        preset(value)  # raises: an unknown preset, with the closest names
-    raise ConfigError(
-        f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}, a recipe YAML file, "
-        "or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
-    )
-
-
 # Fields that change what is computed: a resumed run must agree on all of them.
 IGNORED_ON_RESUME = (
     "name", "output", "data.root", "data.download", "data.workers", "data.eval_batch_size",
@@ -660,7 +642,7 @@ def _switched(data: dict[str, Any], recipe: Any) -> dict[str, Any]:
         _set_dotted(data, key, copy.deepcopy(_get_dotted(defaults, key)))
     for key, value in (PRESETS[recipe].fields if is_preset(recipe) else PASSES_ONLY).items():
         _set_dotted(data, key, copy.deepcopy(value))
-    data["recipe"] = recipe_section(recipe)  # passes, so that fields such as recipe.ghost_skip can follow
+    data["recipe"] = recipe_passes(recipe)  # passes, so that fields such as recipe.ghost_skip can follow
     data["preset"] = recipe if is_preset(recipe) else None
     return data
 
