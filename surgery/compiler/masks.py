@@ -384,7 +384,7 @@ def load_masks(
     spec: str | None = None,
     kinds: Iterable[str] = ("conv", "linear"),
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a mask file: ``(masks, metadata)``.
+    """Read a mask file: ``(masks, metadata)``, the metadata as stored (checked; ``MaskMetadata.read`` types it).
 
     With ``model``, check that the masks belong to it (``check_masks_fit``): every mask names one of its
     weights with the same shape and, unless ``partial``, every prunable weight (``kinds``) has a mask or
