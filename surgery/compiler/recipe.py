@@ -105,7 +105,8 @@ class Recipe:
         return f"Recipe({self.to_dict()})"
 
 
-def recipe_passes(value: Mapping[str, Any] | str | os.PathLike, base: str | os.PathLike | None = None) -> dict[str, Any]:
+def recipe_passes(value: Mapping[str, Any] | str | os.PathLike,
+                  base: str | os.PathLike | None = None) -> dict[str, Any]:
     """What a recipe value says, as ``{section: options}``: a mapping's passes as written, a preset's by name
     (``RECIPE_PRESETS``), or a recipe YAML file's, checked (a path, relative to ``base`` when given; mask paths in
     it relative to the file). An unknown preset name is a ``ConfigError`` naming the closest; a value of no
