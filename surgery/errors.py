@@ -76,7 +76,9 @@ class DataError(SurgeryError):
 
 
 class CheckpointError(SurgeryError):
-    """A checkpoint is truncated or corrupt, or does not match the config it is resumed with."""
+    """A weights or checkpoint file that is missing, unreadable or holds no state_dict (``surgery.compiler.
+    weight_files``), a checkpoint that is truncated or corrupt, or one that does not match the config it is
+    resumed with."""
 
 
 class DivergedError(SurgeryError):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SmallCNN, seeded
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
 import surgery
 from surgery.compiler.masks import (
+    MASK_FILE_FORMAT,
     Mask,
+    MaskMetadata,
     attach_mask,
     baked_copy,
     dense_weights,
@@ -159,6 +162,45 @@ def test_mask_file_round_trip_with_metadata(tmp_path):
     assert float(metadata["sparsity"]) == pytest.approx(0.9, abs=0.01)
     ghosted = surgery.compile(model, X, {"masks": str(path)})
     assert all(torch.equal(masked_parameters(ghosted)[n], masks[n]) for n in masks)
+
+
+def test_mask_file_metadata_is_one_typed_record_written_as_strings(tmp_path):
+    model, masks = model_and_masks(0.5)
+    given = MaskMetadata(method="imp", model="cifar:resnet20", seed=3, target_sparsity=0.5, options={"rounds": 2},
+                         round=2, trained=True, dense={"fc.weight": [5, 6]}, extra={"asni.centroids": "{}"})
+    path = save_masks(masks, tmp_path / "m.safetensors", given)
+    stored = load_masks(path)[1]
+    assert stored["seed"] == "3" and stored["options"] == '{"rounds": 2}' and stored["asni.centroids"] == "{}"
+    read = MaskMetadata.read(stored, path)
+    assert read.format == MASK_FILE_FORMAT and read.version == surgery.__version__
+    assert read.sparsity == pytest.approx(0.5, abs=0.01)
+    assert read == MaskMetadata(**{**vars(given), "sparsity": read.sparsity, "format": read.format,
+                                   "version": read.version})
+    keywords = save_masks(masks, tmp_path / "k.safetensors", method="imp", model="cifar:resnet20", seed=3,
+                          target_sparsity=0.5, options={"rounds": 2}, round=2, trained=True,
+                          dense={"fc.weight": [5, 6]}, **{"asni.centroids": "{}"})
+    assert load_masks(keywords)[1] == stored  # the keywords are the record's fields
+
+
+def test_mask_file_metadata_of_older_files_still_reads(tmp_path):
+    masks = model_and_masks(0.5)[1]
+    save_file({n: m.contiguous() for n, m in masks.items()}, str(tmp_path / "old.safetensors"),
+              metadata={"method": "random", "seed": "0", "target_sparsity": "null", "sparsity": "0.5"})
+    read = MaskMetadata.read(load_masks(tmp_path / "old.safetensors")[1])
+    assert (read.method, read.seed, read.target_sparsity, read.sparsity, read.format) == ("random", 0, None, 0.5, None)
+
+
+def test_mask_file_metadata_that_does_not_decode_is_a_mask_error_naming_file_and_field(tmp_path):
+    model, masks = model_and_masks(0.5)
+    with pytest.raises(surgery.MaskError, match=r"unwritable.safetensors' has unreadable 'seed' metadata 'three' "
+                                                r"\(not int\); write the file with save_masks\(masks, path, seed=...\)"):
+        save_masks(masks, tmp_path / "unwritable.safetensors", seed="three")
+    assert not (tmp_path / "unwritable.safetensors").exists()
+    save_file({n: m.contiguous() for n, m in masks.items()}, str(tmp_path / "bad.safetensors"),
+              metadata={"dense": "[1, 2]"})
+    with pytest.raises(surgery.MaskError, match=r"bad.safetensors' has unreadable 'dense' metadata '\[1, 2\]' "
+                                                r"\(not dict\).*dense=dense_weights\(model, masks\)"):
+        load_masks(tmp_path / "bad.safetensors", model=model)
 
 
 def test_a_mask_file_must_cover_every_prunable_weight_unless_partial(tmp_path):

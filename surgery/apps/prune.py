@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgery.compiler.masks import dense_in, dense_weights, load_masks, overall_sparsity, prunable_weights, save_masks
+from surgery.compiler.masks import (
+    MaskMetadata,
+    dense_in,
+    dense_weights,
+    load_masks,
+    overall_sparsity,
+    prunable_weights,
+    save_masks,
+)
 from surgery.pruning import find_masks, method
 from surgery.pruning.budget import achieved_sparsity
 
@@ -48,11 +56,11 @@ def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, sp
         found_masks = find_masks(part, name, sparsity, batches=batches, seed=seed, **budget_and_options, **options)
         masks.update({f"{path}.{k}" if path else k: mask for k, mask in found_masks.items()})
     found = method(name)
-    meta = {"method": name, "target_sparsity": sparsity, "model": spec, "seed": seed,
-            "scope": budget_and_options.get("scope") or found.scope,
-            "distribution": budget_and_options.get("distribution") or found.distribution,
-            "dense": dense_weights(model, masks)}
-    path = save_masks(masks, out, **meta)
+    meta = MaskMetadata(method=name, target_sparsity=sparsity, model=spec, seed=seed,
+                        scope=budget_and_options.get("scope") or found.scope,
+                        distribution=budget_and_options.get("distribution") or found.distribution,
+                        dense=dense_weights(model, masks))
+    path = save_masks(masks, out, meta)
     return PruneResult(masks, load_masks(path)[1], path, order=list(prunable_weights(model)))
 
 
@@ -103,9 +111,9 @@ def _rounds_only(config, out: Path, console=None) -> PruneResult:
             record.end(error)
         raise
     m = config.mask
-    path = save_masks(plan.masks, out, method=m.method, target_sparsity=m.sparsity, model=config.model.spec,
-                      seed=config.train.seed, scope=m.scope or method(m.method).scope, options=m.options,
-                      dense=dense_weights(model, plan.masks))
+    path = save_masks(plan.masks, out, MaskMetadata(
+        method=m.method, target_sparsity=m.sparsity, model=config.model.spec, seed=config.train.seed,
+        scope=m.scope or method(m.method).scope, options=m.options, dense=dense_weights(model, plan.masks)))
     if plan.weights is not None and dist.is_main:  # IMP's rewind point / learned masks' folded weights
         save_start_weights(config.run_dir, plan.weights)
     record.update(rounds=plan.rounds, sparsity=overall_sparsity(plan.masks), mask_file=str(path))

@@ -9,23 +9,28 @@ Removing the parametrization with ``leave_parametrized=True`` bakes the mask in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from surgery.compiler.ghosts import GHOSTS_ROOT
 from surgery.errors import MaskError, did_you_mean
 from surgery.fx.graph import deepcopy_module
 from surgery.fx.layers import PRUNABLE_KINDS
 from surgery.version import __version__
 
 PRUNABLE_CHOICES = (*PRUNABLE_KINDS, "all")
-MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes
+MASK_FILE_FORMAT = "tost-surgery-mask"  # the ``format`` metadata of every file save_masks writes (MaskMetadata)
 SPARSE_THRESHOLD = 0.7  # export: a weight with at least this fraction of zeros is stored sparse (with sparse=True)
 
 
@@ -63,8 +68,6 @@ def prunable_weights(model: nn.Module, kinds: Iterable[str] = ("conv", "linear")
     Parameters of ghost modules are never prunable (they leave with the ghosts), nor are
     the model root's own parameters (``pos_embed``, ``cls_token``).
     """
-    from surgery.compiler.ghosts import GHOSTS_ROOT
-
     kinds = tuple(kinds)
     types = tuple(t for k in kinds if k != "all" for t in PRUNABLE_KINDS[k])
     found: dict[str, nn.Parameter] = {}
@@ -279,19 +282,89 @@ def _restore_order(params: dict[str, nn.Parameter | None], order: tuple[str, ...
 # ------------------------------------------------------------------------ files
 
 
-def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, **metadata: object) -> Path:
-    """Write masks as safetensors (bool tensors) with string metadata: method, target_sparsity, model, seed...
-    as given, plus the achieved ``sparsity`` and the software ``version``. Give ``dense=dense_weights(model,
-    masks)`` when the masks leave prunable weights dense on purpose: a file must otherwise cover them all."""
+@dataclass(frozen=True)
+class MaskMetadata:
+    """What a mask file says about its masks: its safetensors metadata, typed; None is "not recorded".
+
+    On disk every entry is a string (a str field as it is, any other value as JSON), so any safetensors
+    reader sees it; ``save_masks`` writes it and ``MaskMetadata.read`` checks it for every reader.
+    ``extra`` holds the other entries as stored, e.g. ASNI's ``asni.centroids`` and ``asni.signs``.
+    """
+
+    method: str | None = None  # the mask method that made the masks ("file": given as a file)
+    model: str | None = None  # the spec of the model they were made for
+    seed: int | None = None
+    target_sparsity: float | None = None
+    sparsity: float | None = None  # achieved over the masked weights (save_masks computes it)
+    scope: str | None = None  # the budget's scope: global or layer
+    distribution: str | None = None  # the layer budgets: uniform, erk, ...
+    options: dict[str, Any] | None = None  # the method's own options
+    round: int | None = None  # the pruning round (IMP) that made them
+    trained: bool | None = None  # the masks a training run ended with
+    dense: dict[str, list[int]] | None = None  # prunable weights left dense on purpose: {name: shape}
+    format: str | None = None  # MASK_FILE_FORMAT (save_masks sets it)
+    version: str | None = None  # the tost-surgery version that wrote the file (save_masks sets it)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def updated(self, **entries: object) -> MaskMetadata:
+        """A copy with keyword entries set: the fields by name, any other name into ``extra``."""
+        known = {k: v for k, v in entries.items() if k in _FIELD_TYPES}
+        extra = {k: _as_text(v) for k, v in entries.items() if k not in _FIELD_TYPES}
+        return dataclasses.replace(self, **known, extra={**self.extra, **extra})
+
+    @classmethod
+    def read(cls, stored: Mapping[str, str], path: object = "the mask file") -> MaskMetadata:
+        """The record a file's metadata holds; a field that does not decode as its type is a ``MaskError``."""
+        known = {k: _decoded(k, text, path) for k, text in stored.items() if k in _FIELD_TYPES}
+        return cls(**known, extra={k: text for k, text in stored.items() if k not in _FIELD_TYPES})
+
+    def strings(self) -> dict[str, str]:
+        """The entries as stored: recorded fields, then ``extra``."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**{k: _as_text(v) for k, v in fields.items() if v is not None}, **self.extra}
+
+
+_FIELD_TYPES = {name: hint for name, hint in typing.get_type_hints(MaskMetadata).items() if name != "extra"}
+
+
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _decoded(name: str, text: str, path: object) -> object:
+    """``text`` as field ``name``'s type: a str field's as it is, any other's JSON (``null``: not recorded)."""
+    kind = next(t for t in typing.get_args(_FIELD_TYPES[name]) if t is not type(None))
+    if kind is str:
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    wanted = typing.get_origin(kind) or kind
+    accepted = (int, float) if wanted is float else wanted
+    if value is None or (isinstance(value, accepted) and (wanted is bool or not isinstance(value, bool))):
+        return value
+    raise MaskError(f"'{path}' has unreadable '{name}' metadata {text!r} (not {wanted.__name__}); write the file "
+                    f"with save_masks(masks, path, {name}=...)" + (", e.g. dense=dense_weights(model, masks)."
+                                                                    if name == "dense" else "."))
+
+
+def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: MaskMetadata | None = None,
+               **entries: object) -> Path:
+    """Write masks as safetensors (bool tensors) with their ``MaskMetadata``: ``metadata`` and/or its fields as
+    keywords (method, target_sparsity, model, seed...; other names go into ``extra``), plus the achieved
+    ``sparsity`` and the software ``version``. Give ``dense=dense_weights(model, masks)`` when the masks leave
+    prunable weights dense on purpose: a file must otherwise cover them all."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {name: torch.as_tensor(m).to(torch.bool).contiguous().cpu() for name, m in masks.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    meta.setdefault("format", MASK_FILE_FORMAT)
-    meta.setdefault("sparsity", json.dumps(round(overall_sparsity(tensors), 6)))  # achieved, over the masked weights
-    meta.setdefault("version", __version__)
-    save_file(tensors, str(path), metadata=meta)
+    given = (metadata or MaskMetadata()).updated(**entries)
+    record = dataclasses.replace(
+        given, format=given.format or MASK_FILE_FORMAT, version=given.version or __version__,
+        sparsity=given.sparsity if given.sparsity is not None else round(overall_sparsity(tensors), 6))
+    MaskMetadata.read(record.strings(), path)  # a file save_masks writes always reads back
+    save_file(tensors, str(path), metadata=record.strings())
     _usual_permissions(path)
     return path
 
@@ -311,7 +384,7 @@ def load_masks(
     spec: str | None = None,
     kinds: Iterable[str] = ("conv", "linear"),
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a mask file: ``(masks, metadata)``.
+    """Read a mask file: ``(masks, metadata)``, the metadata as stored (checked; ``MaskMetadata.read`` types it).
 
     With ``model``, check that the masks belong to it (``check_masks_fit``): every mask names one of its
     weights with the same shape and, unless ``partial``, every prunable weight (``kinds``) has a mask or
@@ -329,11 +402,13 @@ def load_masks(
             masks = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as error:
         raise MaskError(f"'{path}' is not a readable safetensors mask file: {error}") from error
-    if spec is not None and metadata.get("model") and metadata["model"] != spec:
-        warnings.warn(f"mask file '{path}' was made for {metadata['model']}, not for {spec}.", stacklevel=2)
+    record = MaskMetadata.read(metadata, path)
+    if spec is not None and record.model and record.model != spec:
+        warnings.warn(f"mask file '{path}' was made for {record.model}, not for {spec}.", stacklevel=2)
     if model is not None:
-        check_masks_fit(masks, model, source=f"mask file '{path}'" + _made_for(metadata), kinds=kinds,
-                        dense=dense_in(metadata, path), partial=partial)
+        made_for = f" (made for {record.model})" if record.model else ""
+        check_masks_fit(masks, model, source=f"mask file '{path}'{made_for}", kinds=kinds, dense=record.dense or {},
+                        partial=partial)
     return masks, metadata
 
 
@@ -345,14 +420,7 @@ def dense_weights(model: nn.Module, masks: Mapping[str, torch.Tensor],
 
 def dense_in(metadata: Mapping[str, str], path: object = "the mask file") -> dict[str, list[int]]:
     """The weights a mask file says it leaves dense on purpose (its ``dense`` metadata), by name with shape."""
-    try:
-        dense = json.loads(metadata.get("dense", "{}"))
-    except ValueError:
-        dense = None
-    if not isinstance(dense, dict):
-        raise MaskError(f"'{path}' has unreadable 'dense' metadata {metadata.get('dense')!r}; write the file with "
-                        "save_masks(masks, path, dense=dense_weights(model, masks)).")
-    return dense
+    return MaskMetadata.read(metadata, path).dense or {}
 
 
 def is_mask_file(path: str | os.PathLike) -> bool:
@@ -364,10 +432,6 @@ def is_mask_file(path: str | os.PathLike) -> bool:
             return (f.metadata() or {}).get("format") == MASK_FILE_FORMAT
     except (SafetensorError, OSError):  # not safetensors at all: not a mask file
         return False
-
-
-def _made_for(metadata: Mapping[str, str]) -> str:
-    return f" (made for {metadata['model']})" if metadata.get("model") else ""
 
 
 def check_masks_fit(

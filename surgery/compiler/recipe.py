@@ -11,6 +11,7 @@ Passes run in the order the sections are written. A section set to ``false`` or
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -71,17 +72,12 @@ class Recipe:
 
     @classmethod
     def coerce(cls, recipe: Recipe | Mapping[str, Any] | str | os.PathLike | None) -> Recipe:
+        """A recipe from any recipe value (``recipe_passes``); None is the empty recipe."""
         if recipe is None:
             return cls()
         if isinstance(recipe, Recipe):
             return recipe
-        if isinstance(recipe, str) and recipe in RECIPE_PRESETS:
-            return cls.from_dict(RECIPE_PRESETS[recipe])
-        if isinstance(recipe, str) and not names_a_file(recipe):
-            preset(recipe)  # raises: an unknown preset, with the closest names
-        if isinstance(recipe, (str, os.PathLike)):
-            return cls.from_yaml(recipe)
-        return cls.from_dict(recipe)
+        return cls.from_dict(recipe_passes(recipe))
 
     def replace(self, **sections: Any) -> Recipe:
         """A copy with these sections set: a new pass runs last, an existing one keeps its place,
@@ -107,6 +103,26 @@ class Recipe:
 
     def __repr__(self) -> str:
         return f"Recipe({self.to_dict()})"
+
+
+def recipe_passes(value: Mapping[str, Any] | str | os.PathLike,
+                  base: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a recipe value says, as ``{section: options}``: a mapping's passes as written, a preset's by name
+    (``RECIPE_PRESETS``), or a recipe YAML file's, checked (a path, relative to ``base`` when given; mask paths in
+    it relative to the file). An unknown preset name is a ``ConfigError`` naming the closest; a value of no
+    recipe form, a ``RecipeError``."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value in RECIPE_PRESETS:
+        return copy.deepcopy(RECIPE_PRESETS[value])
+    if isinstance(value, str) and not names_a_file(value):
+        preset(value)  # raises: an unknown preset, with the closest names
+    if isinstance(value, (str, os.PathLike)):
+        return Recipe.from_yaml(Path(base or "") / value).to_dict()
+    raise RecipeError(
+        f"recipe {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}, a recipe YAML file, "
+        "or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
+    )
 
 
 def names_a_file(text: str) -> bool:

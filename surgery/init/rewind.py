@@ -5,8 +5,7 @@ of ``source`` into ``model`` in place, where ``model`` may be plain, traced, or 
 masks and ghosts, and ``source`` may be saved from any of those forms:
 
 - a state_dict mapping, or a file holding one: ``.safetensors``, or ``.pt`` / ``.pth`` /
-  ``.bin`` (read with the trainer's ``load_checkpoint``: ``torch.load(weights_only=True)``,
-  verified against the directory's checkpoint index when there is one);
+  ``.bin`` (read by ``surgery.compiler.weight_files``: ``torch.load(weights_only=True)``);
 - a trainer checkpoint (a dict whose ``"model"`` is the ghosted or de-ghosted model's
   state_dict, see ``surgery.train.checkpoint``), as a file or a dict; ``{"state_dict": ...}``
   works too;
@@ -41,12 +40,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from surgery.errors import CheckpointError
 from surgery.compiler.ghosts import GHOSTS_ROOT
 from surgery.compiler.masks import Mask
+from surgery.compiler.weight_files import read_state_dict, state_dict_in
+from surgery.errors import CheckpointError
 
 Source = str | os.PathLike | Mapping[str, Any] | nn.Module
-STATE_DICT_FILES = (".pt", ".pth", ".bin")
 _FIX = (
     "Pass a state_dict of the same architecture and num_classes, e.g. the dense run's checkpoint "
     "at the rewind epoch (runs/NAME/checkpoints/epochEEEE-stepSSSSSS.pt) or the model.safetensors "
@@ -88,50 +87,13 @@ def read_source(source: Source) -> tuple[dict[str, Tensor], str]:
     if isinstance(source, nn.Module):
         return dict(source.state_dict()), f"a {type(source).__name__}'s state_dict"
     if isinstance(source, Mapping):
-        return _state_of(source, "the given mapping"), "the given mapping"
+        return state_dict_in(source, "the mapping given to rewind"), "the given mapping"
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        return _state_of(_read_file(path), f"'{path}'"), f"'{path}'"
+        return read_state_dict(source), f"'{Path(source)}'"
     raise CheckpointError(
         f"rewind's source is a {type(source).__name__}; give a state_dict mapping, a trainer checkpoint "
         "dict, an nn.Module, or a path to a .pt / .pth / .safetensors file."
     )
-
-
-def _read_file(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"rewind source '{path}' does not exist (or is not a file). {_FIX}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:
-            raise CheckpointError(f"rewind source '{path}' is not a readable safetensors file: {error}") from error
-    if path.suffix in STATE_DICT_FILES:
-        from surgery.train.checkpoint import load_checkpoint
-
-        return load_checkpoint(path)
-    raise CheckpointError(
-        f"rewind source '{path}' is neither .safetensors nor one of {list(STATE_DICT_FILES)} "
-        "(a torch.save-d state_dict or trainer checkpoint)."
-    )
-
-
-def _state_of(obj: Mapping[str, Any], where: str) -> dict[str, Tensor]:
-    """The state_dict inside a trainer checkpoint (``"model"``) or ``{"state_dict": ...}``, else ``obj``."""
-    for key in ("model", "state_dict"):
-        if isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    not_tensors = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not torch.is_tensor(v)]
-    if not_tensors:
-        raise CheckpointError(
-            f"rewind source {where} is not a state_dict: {', '.join(not_tensors[:5])}"
-            f"{', ...' if len(not_tensors) > 5 else ''} {'is' if len(not_tensors) == 1 else 'are'} not tensors. "
-            "Give a state_dict, or a trainer checkpoint whose 'model' entry is one."
-        )
-    return dict(obj)
 
 
 # ------------------------------------------------------------------------- keys

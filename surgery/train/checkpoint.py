@@ -64,6 +64,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from surgery.compiler.weight_files import UnreadableTorchFile, load_torch_file, torch_refusal
 from surgery.errors import CheckpointError, ConfigError
 from surgery.train.atomic import atomic_write, fsync_directory, is_temp_file, write_json_atomic
 
@@ -197,15 +198,6 @@ def _first_refused_value(obj: Any, where: str = "state") -> tuple[str, str] | No
     return where, f"{kind.__module__}.{kind.__qualname__}"
 
 
-def _torch_refusal(exc: Exception) -> str:
-    """The one informative sentence of torch's long weights_only error."""
-    text = str(exc)
-    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use|\n|$)", text)
-    if match:
-        return match.group(1).strip()
-    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
-
-
 def _verify_loadable(tmp: Path, obj: Any, path: Path) -> None:
     """Refuse to publish a file that `load_checkpoint` would not be able to read."""
     try:
@@ -215,7 +207,7 @@ def _verify_loadable(tmp: Path, obj: Any, path: Path) -> None:
         where = f" The first suspicious value is {culprit[0]} of type {culprit[1]}." if culprit else ""
         raise CheckpointError(
             f"refusing to write checkpoint {path}: torch.load(weights_only=True) could not read it back "
-            f"({_torch_refusal(exc)}).{where} Store only tensors, numbers, strings, None and "
+            f"({torch_refusal(exc)}).{where} Store only tensors, numbers, strings, None and "
             "dicts/lists/tuples of them: convert paths and enums with str(), numpy values with .item() or "
             "torch.from_numpy(), configs with a to-dict, and use rng_state() for generator states."
         ) from exc
@@ -287,12 +279,9 @@ def _torch_load(path: Path) -> dict:
         raise _BadCheckpoint("torch.load cannot read it: it is not the zip archive torch.save writes "
                              "(truncated, or not a checkpoint)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # a readable archive whose objects the safe unpickler refuses
-        raise _BadCheckpoint(f"holds objects torch.load(weights_only=True) refuses ({_torch_refusal(exc)})") from exc
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _BadCheckpoint(f"torch.load cannot read it ({first_line})") from exc
+        state = load_torch_file(path)
+    except UnreadableTorchFile as exc:
+        raise _BadCheckpoint(str(exc)) from exc
     if not isinstance(state, dict):
         raise _BadCheckpoint(f"holds a {type(state).__name__}, not a dict of training state")
     return state

@@ -33,9 +33,12 @@ from typing import Any
 
 import yaml
 
-from surgery.errors import CheckpointError, ConfigError, SurgeryError, did_you_mean
+from surgery.errors import CheckpointError, ConfigError, RecipeError, SurgeryError, did_you_mean
 from surgery.compiler.presets import DEFAULT, PASSES_ONLY, PRESETS, contradictions, is_preset, preset
-from surgery.compiler.recipe import RECIPE_PRESETS, Recipe, names_a_file
+from surgery.compiler.recipe import Recipe, recipe_passes
+from surgery.init.lrsi import check_options
+from surgery.pruning.registry import refuse_allow_empty_layers
+from surgery.train.data.specs import DATASETS_WITH_PATHS, check_subset
 from surgery.train.losses import SPREADS
 from surgery.train.run_files import RunFiles
 from surgery.compiler.schedules import GhostPlan, LRSchedule, Schedule, SmoothingPlan, scaled_milestones
@@ -200,7 +203,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    recipe: Any = field(default_factory=lambda: recipe_section(DEFAULT))  # the passes: a preset's, a file's or a mapping
+    recipe: Any = field(default_factory=lambda: recipe_passes(DEFAULT))  # the passes: a preset's, a file's or a mapping
     preset: str | None = DEFAULT  # the preset the recipe names (surgery.compiler.presets); None: passes given as such
     init: InitConfig = field(default_factory=InitConfig)
     lrsi: LRsIConfig = field(default_factory=LRsIConfig)
@@ -229,8 +232,8 @@ class RunConfig:
             data["preset"] = None
         data = _under(_layer(recipe), data)
         try:
-            data["recipe"] = recipe_section(recipe, base)
-        except ConfigError as error:
+            data["recipe"] = recipe_passes(recipe, base)
+        except (ConfigError, RecipeError) as error:
             problems.append(str(error))
             del data["recipe"]
         config = _build(cls, data, "", problems)
@@ -269,8 +272,6 @@ class RunConfig:
     def absolute(self) -> RunConfig:
         """A copy whose paths (output, data, mask files, weights) are absolute, read from the working
         directory: what the pipeline runs, hashes and saves, so the run's config.yaml means the same anywhere."""
-        from surgery.train.data.specs import DATASETS_WITH_PATHS  # lazily: the data package imports torch
-
         config = copy.deepcopy(self)
         cwd = Path.cwd()
         config.resolve_paths(cwd)
@@ -399,8 +400,6 @@ class RunConfig:
     def _check_numbers(self) -> None:
         if self.optimizer.lr <= 0:
             raise ConfigError(f"optimizer.lr is {self.optimizer.lr}; it must be > 0 (ToST uses 0.1).")
-        from surgery.train.data.specs import check_subset  # lazily: the data package imports torch
-
         check_subset(self.data.subset)
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size is {self.data.batch_size}; it must be >= 1 (ToST uses 128).")
@@ -418,14 +417,10 @@ class RunConfig:
         if self.init.centroids and not self.mask.file:
             raise ConfigError("init.centroids starts from the centroids stored in a mask file; give mask.file (an ASNI mask).")
         if self.mask.allow_empty_layers and not self.mask.file:
-            from surgery.pruning.registry import refuse_allow_empty_layers  # lazily: pruning is heavy, never imports train
-
             refuse_allow_empty_layers(self.mask.method, self.mask.scope)
 
     def _check_lrsi(self) -> None:
         if self.lrsi.enabled:
-            from surgery.init.lrsi import check_options
-
             lrsi = self.lrsi
             check_options(self.lrsi_eta(), lrsi.iterations, lrsi.scale_lr, lrsi.grad_norm_bound, lrsi.min_scale,
                           prefix="lrsi.")  # iterations: None is resolved by the pipeline, from the training loader
@@ -488,24 +483,6 @@ def listed(problems: Sequence[str]) -> str:
     if len(problems) == 1:
         return problems[0]
     return f"the config has {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
-
-
-def recipe_section(value: Any, base: Path | None = None) -> dict[str, Any]:
-    """The ``recipe`` field as passes: a preset name, a recipe YAML file (relative to ``base``, default the
-    working directory), or a mapping (kept as written)."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str) and value in RECIPE_PRESETS:
-        return copy.deepcopy(RECIPE_PRESETS[value])
-    if isinstance(value, str) and value.endswith((".yaml", ".yml")):
-        path = Path(value) if Path(value).is_absolute() else (base or Path.cwd()) / value
-        return Recipe.from_yaml(path).to_dict()
-    if isinstance(value, str) and not names_a_file(value):
-        preset(value)  # raises: an unknown preset, with the closest names
-    raise ConfigError(
-        f"recipe: {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}, a recipe YAML file, "
-        "or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
-    )
 
 
 # Fields that change what is computed: a resumed run must agree on all of them.
@@ -665,7 +642,7 @@ def _switched(data: dict[str, Any], recipe: Any) -> dict[str, Any]:
         _set_dotted(data, key, copy.deepcopy(_get_dotted(defaults, key)))
     for key, value in (PRESETS[recipe].fields if is_preset(recipe) else PASSES_ONLY).items():
         _set_dotted(data, key, copy.deepcopy(value))
-    data["recipe"] = recipe_section(recipe)  # passes, so that fields such as recipe.ghost_skip can follow
+    data["recipe"] = recipe_passes(recipe)  # passes, so that fields such as recipe.ghost_skip can follow
     data["preset"] = recipe if is_preset(recipe) else None
     return data
 

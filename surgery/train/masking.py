@@ -31,7 +31,7 @@ from torch import nn
 
 from surgery.compiler.driver import compile
 from surgery.hooks import TrainingHook
-from surgery.compiler.masks import dense_weights, load_masks, overall_sparsity, save_masks
+from surgery.compiler.masks import MaskMetadata, dense_weights, load_masks, overall_sparsity, save_masks
 from surgery.pruning import Budget, find_masks, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
@@ -171,9 +171,9 @@ def write_rounds(config: RunConfig, rounds: list[dict[str, Any]], model: nn.Modu
             path = ""
             if row.get("mask"):
                 path = folder / f"{config.mask.method}-round{row['round']}-mask.safetensors"
-                save_masks(row["mask"], path, method=config.mask.method, round=row["round"], model=config.model.spec,
-                           seed=config.train.seed, target_sparsity=row["sparsity"],
-                           dense=dense_weights(model, row["mask"]))
+                save_masks(row["mask"], path, MaskMetadata(
+                    method=config.mask.method, round=row["round"], model=config.model.spec, seed=config.train.seed,
+                    target_sparsity=row["sparsity"], dense=dense_weights(model, row["mask"])))
             accuracy = row.get("accuracy")
             writer.writerow([row["round"], f"{row['trained_sparsity']:.6f}", "" if accuracy is None else f"{accuracy:.6f}",
                              f"{row['sparsity']:.6f}", str(path)])

@@ -37,6 +37,7 @@ from surgery.compiler.ghosts import ghost_parameters as parameters_of_ghosts, gh
 from surgery.train.interrupt import Interrupted, signal_name
 from surgery.compiler.manifest import manifest_of
 from surgery.compiler.masks import (
+    MaskMetadata,
     bake_masks,
     dense_weights,
     masked_parameters,
@@ -358,9 +359,9 @@ def write_run_files(config: RunConfig, run_dir: Path, masks: dict[str, torch.Ten
     files.root.mkdir(parents=True, exist_ok=True)
     files.config.write_text(config.to_yaml())
     if masks:
-        save_masks(masks, files.masks, method=config.mask.method if not config.mask.file else "file",
-                   model=config.model.spec, seed=config.train.seed, target_sparsity=config.mask.sparsity,
-                   dense=dense_weights(model, masks))
+        save_masks(masks, files.masks, MaskMetadata(
+            method=config.mask.method if not config.mask.file else "file", model=config.model.spec,
+            seed=config.train.seed, target_sparsity=config.mask.sparsity, dense=dense_weights(model, masks)))
 
 
 def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
@@ -445,9 +446,10 @@ def finish(config: RunConfig, original: nn.Module, trained: TrainResult, example
         result = RunResult(run_dir, model, record.data, trained.history, events=trained.events)
         if dist.is_main:
             if final_masks:
-                save_masks(final_masks, files.masks, method=config.mask.method, model=config.model.spec,
-                           seed=config.train.seed, target_sparsity=config.mask.sparsity, trained=True,
-                           dense=dense_weights(original, final_masks), **(mask_metadata or {}))
+                save_masks(final_masks, files.masks, MaskMetadata(
+                    method=config.mask.method, model=config.model.spec, seed=config.train.seed,
+                    target_sparsity=config.mask.sparsity, trained=True, dense=dense_weights(original, final_masks),
+                    extra=mask_metadata or {}))
             _save_weights(model, files.weights)
     if not dist.is_main:
         return result

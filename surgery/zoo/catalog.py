@@ -85,7 +85,7 @@ def torchvision_models() -> list[str]:
 
 def hf_models() -> list[str]:
     """``hf:<ModelClass>`` for every class ``surgery.zoo.hf`` has a small config for (none without transformers)."""
-    from surgery.zoo.hf import SMALL_CONFIGS
+    from surgery.zoo.hf import SMALL_CONFIGS  # lazily: the optional transformers side (the [hf] extra)
 
     return [f"hf:{name}" for name in SMALL_CONFIGS] if importlib.util.find_spec("transformers") else []
 

@@ -25,8 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgery.compiler.ghosts import GHOSTS_ROOT
+from surgery.compiler.masks import is_mask_file
+from surgery.compiler.weight_files import SAFETENSORS_SUFFIX, read_state_dict
 from surgery.errors import SurgeryError, UnknownModelError, did_you_mean
 from surgery.fx.layers import FORWARD_CONV_TYPES
+from surgery.init.rewind import plain_key
+from surgery.zoo.cifar import CIFAR_INPUT_SIZE, CIFAR_MODELS
 from surgery.zoo.tasks import TASKS, builder_kwargs, builders, task_of
 
 FORMS = "torchvision:NAME, timm:NAME, cifar:NAME, hf:ModelClass[:config.json] or path/to/file.py:factory"
@@ -111,8 +116,6 @@ def build_timm(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.M
 
 def build_cifar(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
     """One of surgery's CIFAR networks (``surgery.zoo.cifar``); ``num_classes=None`` means 10."""
-    from surgery.zoo.cifar import CIFAR_MODELS
-
     if name not in CIFAR_MODELS:
         raise UnknownModelError(
             f"surgery has no CIFAR model '{name}'." + did_you_mean(name, CIFAR_MODELS)
@@ -149,13 +152,13 @@ def build_from_file(path: Path, factory: str, num_classes: int | None = None, **
 
 def build_hf(name: str, num_classes: int | None = None, **fields: Any) -> nn.Module:
     """A Hugging Face transformers model (``surgery.zoo.hf``); ``fields`` are its config's."""
-    from surgery.zoo import hf
+    from surgery.zoo import hf  # lazily: the optional transformers side (the [hf] extra)
 
     return hf.build_hf(name, num_classes, **fields)
 
 
 def hf_size_arguments(name: str, input_size: int) -> dict[str, Any]:
-    from surgery.zoo import hf
+    from surgery.zoo import hf  # lazily: the optional transformers side (the [hf] extra)
 
     return hf.hf_size_arguments(name, input_size)
 
@@ -270,10 +273,8 @@ def _bad_form_message(spec: str) -> str:
 def _bare_name_hint(name: str) -> str:
     """Suggest the prefixed spec when a bare name is a torchvision, timm, CIFAR or supported hf: model."""
     import timm
-    import torchvision
 
-    from surgery.zoo.cifar import CIFAR_MODELS
-    from surgery.zoo.hf import SMALL_CONFIGS
+    from surgery.zoo.hf import SMALL_CONFIGS  # lazily: the optional transformers side (the [hf] extra)
 
     hits = [f"torchvision:{name}"] if name in torchvision_models() else []
     if timm.is_model(name):
@@ -308,13 +309,11 @@ def default_input_size(model: nn.Module, spec: str = "") -> int:
         return int(cfg["input_size"][-1])
     source, _, name = spec.partition(":")
     if source == "cifar":
-        from surgery.zoo.cifar import CIFAR_INPUT_SIZE
-
         return CIFAR_INPUT_SIZE
     if source == "torchvision":
         return TORCHVISION_INPUT_SIZES.get(name, DEFAULT_INPUT_SIZE)
     if source == "hf":
-        from surgery.zoo.hf import hf_input_size
+        from surgery.zoo.hf import hf_input_size  # lazily: the optional transformers side (the [hf] extra)
 
         return hf_input_size(model)
     return DEFAULT_INPUT_SIZE
@@ -336,43 +335,18 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     with ``torch.load(weights_only=True)``) or a trainer checkpoint (its model's weights, masks baked in).
     A mask file, or weights that do not fit, is a ``SurgeryError`` saying what the file is and what to do."""
     path = Path(path)
+    if path.suffix == SAFETENSORS_SUFFIX and is_mask_file(path):
+        raise SurgeryError(f"'{path}' is a mask file, not weights: pass it as --masks {path} "
+                           "(Python: load_masks, or a recipe's masks section).")
     state = plain_weights(read_state_dict(path), path)
     _check_weights_fit(model, state, path)
     model.load_state_dict(state, strict=True)
     return model
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict in a weights file, or the model's in a trainer checkpoint."""
-    from surgery.compiler.masks import is_mask_file
-
-    if not path.is_file():
-        raise SurgeryError(f"weights file '{path}' does not exist.")
-    if path.suffix == ".safetensors":
-        if is_mask_file(path):
-            raise SurgeryError(f"'{path}' is a mask file, not weights: pass it as --masks {path} "
-                               "(Python: load_masks, or a recipe's masks section).")
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix not in (".pt", ".pth", ".bin"):
-        raise SurgeryError(f"weights file '{path}' is neither .safetensors nor .pt/.pth (a torch.save-d state_dict).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):  # a trainer checkpoint; a {"state_dict": ...} wrapper
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict):
-        raise SurgeryError(f"weights file '{path}' holds a {type(state).__name__}, not a state_dict.")
-    return state
-
-
 def plain_weights(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """``state`` keyed as the plain model's: masks baked into their weights (``x.parametrizations.weight.
     original * ...0.mask`` -> ``x.weight``, as a trainer checkpoint stores them), ghosts left out."""
-    from surgery.compiler.ghosts import GHOSTS_ROOT
-    from surgery.init.rewind import plain_key
-
     if any(key.split(".")[0] == GHOSTS_ROOT for key in state):
         warnings.warn(f"checkpoint '{path}' was saved while the ghosts were still in; the model loaded from it "
                       "leaves them out (load a checkpoint from after they left, or the run's model.safetensors).")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from surgery.errors import ConfigError
+from surgery.compiler.recipe import Recipe
+from surgery.errors import ConfigError, RecipeError
 from surgery.train.config import RunConfig, config_differences
 
 
@@ -50,6 +51,17 @@ def test_recipe_by_name_or_file(tmp_path):
     assert [n for n, _ in RunConfig.from_dict({"recipe": "tost"}).recipe_object().passes] == ["ghost_skip", "soft_activation"]
     with pytest.raises(ConfigError, match=r"unknown recipe preset 'tots'.*Did you mean 'tost'"):
         RunConfig.from_dict({"recipe": "tots"})
+
+
+def test_a_run_config_reads_a_recipe_value_as_compile_does(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "skips").write_text("ghost_skip: {projection: parameter_free}\n")  # a path, any suffix
+    for value in ("tost", "none", {"soft_activation": {"kind": "mish"}}, str(tmp_path / "recipes" / "skips")):
+        assert RunConfig.from_dict({"recipe": value}).recipe_object().passes == Recipe.coerce(value).passes
+    with pytest.raises(RecipeError, match=r"recipe 5 is not a recipe; give one of \['tost'"):
+        Recipe.coerce(5)
+    with pytest.raises(ConfigError, match=r"recipe 5 is not a recipe; give one of \['tost'"):
+        RunConfig.from_dict({"recipe": 5})
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from surgery.compiler.masks import (
     validate_masks,
 )
 from surgery.compiler.options import check_subset
+from surgery.compiler.weight_files import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, read_weights_file
 
 SOURCES_FROM_MODEL = ("from_prune", "from_zeros")
 
@@ -86,13 +87,12 @@ def resolve_source(gm: fx.GraphModule, options: MaskOptions) -> Mapping[str, tor
 
 
 def _from_file(gm: fx.GraphModule, path: Path, options: MaskOptions) -> Mapping[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    if path.suffix == SAFETENSORS_SUFFIX:
         return load_masks(path, model=gm, partial=options.partial, kinds=options.prunable)[0]
-    if path.suffix in (".pt", ".pth"):
-        if not path.is_file():
-            raise MaskError(f"state_dict file '{path}' does not exist.")
-        return _from_state_dict(gm, path, torch.load(path, map_location="cpu", weights_only=True), options)
-    raise MaskError(f"mask file '{path}' is neither .safetensors (a mask file) nor .pt/.pth (a state_dict).")
+    if path.suffix in TORCH_SUFFIXES:
+        return _from_state_dict(gm, path, read_weights_file(path), options)
+    raise MaskError(f"mask file '{path}' is neither .safetensors (a mask file) nor "
+                    f"{' / '.join(TORCH_SUFFIXES)} (a state_dict).")
 
 
 def _from_state_dict(gm: fx.GraphModule, path: Path, state: Any, options: MaskOptions) -> Mapping[str, torch.Tensor]:

@@ -8,13 +8,14 @@ without a record gets the rows its CSV files can give.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from surgery.compiler.masks import MaskMetadata
+from surgery.errors import MaskError
 from surgery.train.record import COMPLETED, read_record, recorded_holdings
 from surgery.train.report.plots import (
     checked_sparsity,
@@ -175,10 +176,10 @@ def _mask_file_sparsity(path: Path) -> float | None:
 
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            value = float(json.loads((handle.metadata() or {})["sparsity"]))
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+            value = MaskMetadata.read(handle.metadata() or {}, path).sparsity
+    except (SafetensorError, OSError, MaskError):
         return None  # an unreadable or foreign mask file only costs the report this one number
-    return value if 0.0 <= value <= 1.0 else None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
 def _sparsity_rows(

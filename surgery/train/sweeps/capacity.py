@@ -24,9 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from surgery.errors import SweepError
+from surgery.compiler.driver import compile as compile_model
+from surgery.compiler.manifest import manifest_of
 from surgery.compiler.presets import is_preset
+from surgery.errors import SweepError
+from surgery.pruning.budget import prunable_for
 from surgery.train.config import RunConfig
+from surgery.train.pipeline import build, example_batch, load_data
 
 FIELD = "mask.sparsity"
 KINDS = ("match", "parameters")
@@ -82,8 +86,6 @@ def matched_sparsity(config: RunConfig, target: Mapping[str, Any], *, arm: RunCo
     """The sparsity at which plain training of ``config``'s model holds as many trainable parameters as ``arm``
     (a ``{match: ...}`` target: the arm's run config) or as ``target['parameters']``; a ``SweepError`` names
     the range plain training can reach when nothing in [0, 1) does."""
-    from surgery.train.pipeline import build, load_data  # lazily: the data and the models are heavy
-
     dataset = load_data(config, hold_out=False)
     model = build(config, dataset)
     total = sum(p.numel() for p in model.parameters())
@@ -111,10 +113,6 @@ def kept_ghost_parameters(arm: RunConfig, model: Any, dataset: Any) -> int:
     """The ghost parameters ``arm``'s final model keeps: all its recipe adds when it never removes them, else 0."""
     if not keeps_ghosts(arm):
         return 0
-    from surgery.compiler.driver import compile as compile_model  # lazily: only a matched cell needs it
-    from surgery.compiler.manifest import manifest_of
-    from surgery.train.pipeline import example_batch
-
     ghosted = compile_model(copy.deepcopy(model), example_batch(dataset), arm.recipe_object())
     return manifest_of(ghosted).ghost_parameters
 
@@ -129,8 +127,6 @@ def keeps_ghosts(config: RunConfig) -> bool:
 
 
 def _budget(config: RunConfig, model: Any) -> dict[str, Any]:
-    from surgery.pruning.budget import prunable_for  # lazily: the pruning package is heavy, and sweeps plan without it
-
     m = config.mask
     return prunable_for(model, m.prunable, dense_first=m.dense_first, dense_last=m.dense_last, exclude=m.exclude)
 
