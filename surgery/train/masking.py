@@ -41,6 +41,7 @@ from surgery.compiler.recipe import Recipe
 from surgery.train.config import MaskConfig, RunConfig
 from surgery.train.distributed import Distributed
 from surgery.train.run_files import RunFiles
+from surgery.train.trainer import Trainer
 
 DENSE = "dense"
 
@@ -128,8 +129,6 @@ class RoundRunner:
 
     def __call__(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, *, tag: str,
                  hooks: list[TrainingHook] = ()) -> Any:
-        from surgery.train.trainer import Trainer
-
         compiled = compile(model, self.example, Recipe.from_dict({}).replace(masks=masks or None))
         self.dist.broadcast_masks(compiled)
         run_dir = RunFiles(self.config.run_dir).rounds / tag
