@@ -15,6 +15,7 @@ import yaml
 
 import surgery
 from surgery.apps.cli import FLAG_FIELDS, build_parser, configured, flag_fields, main
+from surgery.apps.cli.flags import FLAGS
 from surgery.compiler.masks import load_masks, save_masks
 from surgery.zoo.models import build_model
 from surgery.compiler.preprocessing import Preprocessing
@@ -582,6 +583,19 @@ def _subparsers():
 def test_every_flag_of_a_config_command_maps_through_the_one_table(command):
     mapped = {dest for dest, _, _ in FLAG_FIELDS}
     assert {a.dest for a in _subparsers()[command]._actions} - mapped <= NOT_CONFIG_FLAGS
+
+
+def test_each_flag_is_offered_as_the_one_table_spells_it():
+    """A flag is declared once: every config command offers the table's option for it, never one of its own."""
+    offered: dict[str, set] = {}
+    for command in CONFIG_COMMANDS:
+        for action in _subparsers()[command]._actions:
+            if action.dest in FLAGS:
+                offered.setdefault(action.dest, set()).add(tuple(action.option_strings))
+    assert set(offered) == set(FLAGS)  # no flag in the table that no command offers
+    for dest, spellings in offered.items():
+        option = FLAGS[dest].option
+        assert spellings == {(option,) if option.startswith("-") else ()}, dest
 
 
 def test_flags_become_typed_config_fields_and_set_overrides_win():

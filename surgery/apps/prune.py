@@ -1,9 +1,10 @@
 """`surgery prune`: one mask file for a model, from any method in the registry.
 
-One-shot methods (random, magnitude / OMP, SNIP, GraSP, SynFlow) score the model
-directly, on batches of the dataset when they need data. Methods that train (IMP,
-learned masks, GMP, RigL, ASNI, OptG) run as a plain training run (``surgery.train``,
-no ghosts, no export) in a run directory, and the mask they end with is the file.
+One-shot methods (random, magnitude / OMP, SNIP, GraSP, SynFlow) score the model (or
+its parts) once through ``surgery.pruning.oneshot``, as a run's mask stage does, on
+batches of the dataset when they need data. Methods that train (IMP, learned masks,
+GMP, RigL, ASNI, OptG) run as a plain training run (``surgery.train``, no ghosts, no
+export) in a run directory, and the mask they end with is the file.
 Either way the file carries its metadata: method, target and achieved sparsity, budget,
 model, seed, software version (and, for ASNI, the centroids).
 """
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from torch import nn
 
 from surgery.compiler.masks import (
@@ -29,8 +32,19 @@ from surgery.compiler.masks import (
     prunable_weights,
     save_masks,
 )
-from surgery.pruning import find_masks, method
+from surgery.errors import ConfigError
+from surgery.pruning import Method, method
 from surgery.pruning.budget import achieved_sparsity
+from surgery.pruning.oneshot import oneshot_masks
+from surgery.train import pipeline
+from surgery.train.config import RunConfig
+from surgery.train.data import make_loader
+from surgery.train.distributed import Distributed
+from surgery.train.masking import mask_budget, plan_masks, save_start_weights, training_batches
+from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord
+from surgery.train.run_files import RunFiles
+from surgery.zoo.models import build_model, default_input_size, input_channels, load_weights
+from surgery.zoo.tasks import Size, example_inputs, input_size, train_inputs
 
 
 @dataclass
@@ -42,38 +56,91 @@ class PruneResult:
     order: list[str] | None = None  # the model's prunable weights in module order (None: the file's order)
 
 
-def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, spec: str, batches=None, seed: int = 0,
-                  parts: dict[str, dict[str, Any]] | None = None, **budget_and_options: Any) -> PruneResult:
-    """Score ``model`` with a one-shot method and write the mask file ``out``.
+def prune(config: RunConfig, out: Path, *, with_data: bool, parts: Sequence[str] | None = None,
+          size: Size | None = None, allow_untrained: bool = False, console: Console | None = None) -> PruneResult:
+    """``surgery prune``: the mask file ``out`` of ``config.mask``'s method for ``config.model``.
 
-    ``parts``: ``{submodule path: method options}`` scores only those submodules, each to ``sparsity``
-    on its own, the part ``surgery.compile(..., submodule=...)`` ghosts ('' is the whole model); the
-    masks keep the whole model's parameter names and the file lists every weight outside as dense.
+    ``with_data``: whether ``config.data`` was given (a method that trains or scores on data needs it);
+    ``parts``: the submodules a one-shot method scores (None: the whole model); ``size``: the input size
+    of data-free SynFlow; ``allow_untrained``: let a method that scores trained weights score the init.
     """
-    masks: dict[str, torch.Tensor] = {}
-    for path, options in (parts or {"": {}}).items():
-        part = model.get_submodule(path)
-        found_masks = find_masks(part, name, sparsity, batches=batches, seed=seed, **budget_and_options, **options)
-        masks.update({f"{path}.{k}" if path else k: mask for k, mask in found_masks.items()})
+    found = method(config.mask.method)
+    if found.training:
+        if not with_data:
+            raise ConfigError(f"mask method '{found.name}' trains the model: give --data DATASET (e.g. --data digits).")
+        return prune_by_training(config, out, console)
+    return _prune_model_oneshot(config, found, out, with_data=with_data, parts=parts, size=size,
+                                allow_untrained=allow_untrained)
+
+
+def _prune_model_oneshot(config: RunConfig, found: Method, out: Path, *, with_data: bool,
+                         parts: Sequence[str] | None, size: Size | None, allow_untrained: bool) -> PruneResult:
+    """Build the config's model (seeded) and score it once (on ``mask.batches`` batches of its data when the
+    method needs data)."""
+    m, seed = config.mask, config.train.seed
+    _check_oneshot(config, found, with_data=with_data, parts=parts, allow_untrained=allow_untrained)
+    batches, num_classes = None, config.model.num_classes
+    if with_data:
+        dataset = pipeline.load_data(config, hold_out=False)
+        num_classes, size = num_classes or dataset.num_classes, size or (dataset.image_size,)
+        if found.data:
+            loader = make_loader(dataset, "train", config.data.batch_size, train=True, seed=seed, workers=0)
+            batches = training_batches(loader, m.batches)
+    torch.manual_seed(seed)
+    spec, size = config.model.spec, input_size(config.model.spec, size)
+    model = build_model(spec, num_classes, input_size=size)
+    if config.model.weights:
+        load_weights(model, config.model.weights)
+    inputs = example_inputs(spec, size or (default_input_size(model, spec),), batch=1, channels=input_channels(model))
+    return prune_oneshot(model, m.method, m.sparsity, out, spec=spec, batches=batches, inputs=train_inputs(model, inputs),
+                         parts=parts, seed=seed, options=m.options, **mask_budget(m))
+
+
+def _check_oneshot(config: RunConfig, found: Method, *, with_data: bool, parts: Sequence[str] | None,
+                   allow_untrained: bool) -> None:
+    """Refuse what a one-shot method cannot score: a part without a classification loss, data it lacks,
+    an initialization it would take for trained weights."""
+    name = found.name
+    if found.data and parts:
+        raise ConfigError(f"mask method '{name}' scores weights by a classification loss on labelled images, "
+                          f"which {', '.join(parts)} of {config.model.spec} does not compute: use random, magnitude "
+                          "or synflow (data-free) to prune a model compiled in parts.")
+    if found.data and not with_data:
+        raise ConfigError(f"mask method '{name}' scores weights with gradients on real data: give --data DATASET "
+                          "(e.g. --data cifar10-jpeg:PATH or --data digits).")
+    if found.trained and not config.model.weights and not allow_untrained:
+        raise ConfigError(f"mask method '{name}' scores trained weights, but no --weights were given: it would "
+                          "score the random initialization. Give --weights FILE (the trained model's state_dict), or "
+                          "--allow-untrained if a mask of the initialization is what you mean.")
+
+
+def prune_oneshot(model: nn.Module, name: str, sparsity: float, out: Path, *, spec: str, batches=None,
+                  inputs: tuple | None = None, parts: Sequence[str] | None = None, seed: int = 0,
+                  options: dict[str, Any] | None = None, **budget: Any) -> PruneResult:
+    """Score ``model`` with a one-shot method (``surgery.pruning.oneshot``) and write the mask file ``out``.
+
+    ``parts``: score only those submodules, each to ``sparsity`` on its own, the part ``surgery.compile(...,
+    submodule=...)`` ghosts; the file lists every weight outside them as dense. ``inputs``: what a training
+    forward of ``model`` takes (the shape SynFlow's made-up input and the path check use).
+    """
+    masks = oneshot_masks(model, name, sparsity, batches=batches, inputs=inputs, parts=parts, seed=seed,
+                          options=options, **budget)
     found = method(name)
     meta = MaskMetadata(method=name, target_sparsity=sparsity, model=spec, seed=seed,
-                        scope=budget_and_options.get("scope") or found.scope,
-                        distribution=budget_and_options.get("distribution") or found.distribution,
+                        scope=budget.get("scope") or found.scope,
+                        distribution=budget.get("distribution") or found.distribution,
                         dense=dense_weights(model, masks))
     path = save_masks(masks, out, meta)
     return PruneResult(masks, load_masks(path)[1], path, order=list(prunable_weights(model)))
 
 
-def prune_by_training(config, out: Path, console=None) -> PruneResult:
+def prune_by_training(config: RunConfig, out: Path, console: Console | None = None) -> PruneResult:
     """A training method's mask: a ``before`` method's rounds (IMP, learned), or a whole ``during``
     run (GMP, RigL, ASNI, OptG) through ``surgery.train.run``; the mask is copied to ``out``."""
     found = method(config.mask.method)
     if found.stage == "before":
         return _rounds_only(config, out, console)
-    from surgery.train import run
-    from surgery.train.run_files import RunFiles
-
-    result = run(config, console=console)
+    result = pipeline.run(config, console=console)
     trained = RunFiles(result.run_dir).masks
     out.parent.mkdir(parents=True, exist_ok=True)
     if trained.resolve() != out.resolve():
@@ -82,27 +149,16 @@ def prune_by_training(config, out: Path, console=None) -> PruneResult:
     return PruneResult(masks, metadata, out, result.run_dir)
 
 
-def _rounds_only(config, out: Path, console=None) -> PruneResult:
+def _rounds_only(config: RunConfig, out: Path, console: Console | None = None) -> PruneResult:
     """Run the method's own training rounds and keep their mask (no retraining of it); the run
     directory's result.json records how it ended, the sparsity each round reached and the timings."""
-    from rich.console import Console
-
-    from surgery.train import pipeline
-    from surgery.train.distributed import Distributed
-    from surgery.train.masking import plan_masks, save_start_weights
-    from surgery.train.record import COMPLETED, MASK_ROUNDS, RunRecord, model_section
-    from surgery.train.run_files import RunFiles
-
     console = console or Console(stderr=True)
     dist = Distributed.from_env(config.train.device)
     files = RunFiles(config.run_dir)
     record = RunRecord(config, files, kind=MASK_ROUNDS, enabled=dist.is_main)
     try:
-        torch.manual_seed(config.train.seed)
-        dataset = pipeline.load_data(config)
-        model = pipeline.initialized(config, pipeline.build(config, dataset))
-        record.update(model=model_section(config.model.spec, model))
-        train_loader, eval_loaders = pipeline.loaders(config, dataset, dist)
+        _, original, train_loader, eval_loaders = pipeline.set_up(config, record, dist)
+        model = pipeline.initialized(config, original)
         record.stage = "training"
         plan = plan_masks(config, model, train_loader=train_loader, eval_loaders=eval_loaders, dist=dist,
                           console=console)

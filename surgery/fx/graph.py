@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any

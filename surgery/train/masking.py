@@ -1,7 +1,7 @@
 """The mask stage of a run: where ``config.mask`` becomes masks, hooks and starting weights.
 
 - a mask file: its masks (checked against the model, every difference listed);
-- a ``oneshot`` method (random, magnitude, SNIP, GraSP, SynFlow): ``find_masks`` on the
+- a ``oneshot`` method (random, magnitude, SNIP, GraSP, SynFlow): ``oneshot_masks`` of the
   model, on ``mask.batches`` training batches when it needs data;
 - a ``during`` method (GMP, RigL, ASNI, OptG): the run starts dense (RigL: random at
   the target, ERK) and the method's training hook rewrites the masks while it trains;
@@ -32,14 +32,16 @@ from torch import nn
 from surgery.compiler.driver import compile
 from surgery.hooks import TrainingHook
 from surgery.compiler.masks import MaskMetadata, dense_weights, load_masks, overall_sparsity, save_masks
-from surgery.pruning import Budget, find_masks, method, prunable_for
+from surgery.pruning import Budget, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
+from surgery.pruning.oneshot import oneshot_masks
 from surgery.pruning.random import find_random
 from surgery.compiler.recipe import Recipe
-from surgery.train.config import RunConfig
+from surgery.train.config import MaskConfig, RunConfig
 from surgery.train.distributed import Distributed
 from surgery.train.run_files import RunFiles
+from surgery.train.trainer import Trainer
 
 DENSE = "dense"
 
@@ -68,14 +70,9 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     options = dict(m.options)
     batches = training_batches(train_loader, m.batches) if found.data else None
     example = (batches or training_batches(train_loader, 1))[0][0][:1]  # the real input's shape, for the checks
-    if found.stage == "oneshot":
-        if found.input_shape:  # a made-up input of the data's shape, not the method's CIFAR-sized default
-            options.setdefault("input_shape", tuple(example.shape[1:]))
-        masks = find_masks(model, m.method, m.sparsity, batches=batches, scope=budget.scope,
-                           distribution=budget.distribution, prunable=m.prunable, dense_first=m.dense_first,
-                           dense_last=m.dense_last, exclude=m.exclude, seed=config.train.seed,
-                           allow_empty_layers=m.allow_empty_layers, example_input=example, **options)
-        return MaskPlan(masks)
+    if found.stage == "oneshot":  # SynFlow's made-up input takes the data's shape, not its CIFAR-sized default
+        return MaskPlan(oneshot_masks(model, m.method, m.sparsity, batches=batches, inputs=(example,),
+                                      seed=config.train.seed, options=options, **mask_budget(m)))
     check = {"what": f"mask method '{m.method}' at sparsity {m.sparsity:g}", "allow": m.allow_empty_layers,
              "cause": found.collapse_cause(m.sparsity, budget.scope), "can_allow": found.can_empty_layers(budget.scope),
              "example": path_input(model, example)}
@@ -89,6 +86,13 @@ def plan_masks(config: RunConfig, model: nn.Module, *, train_loader: Any, eval_l
     check_masks(model, result.masks, **check)
     rounds = [{key: value for key, value in row.items() if key != "mask"} for row in result.rounds]
     return MaskPlan(result.masks, weights=result.weights, rounds=rounds)
+
+
+def mask_budget(m: MaskConfig) -> dict[str, Any]:
+    """The keywords of ``oneshot_masks`` / ``find_masks`` that say which weights a mask covers and how the
+    sparsity spreads over them."""
+    return {"scope": m.scope, "distribution": m.distribution, "prunable": m.prunable, "dense_first": m.dense_first,
+            "dense_last": m.dense_last, "exclude": m.exclude, "allow_empty_layers": m.allow_empty_layers}
 
 
 def given_masks(config: RunConfig, model: nn.Module, masks: dict[str, torch.Tensor], train_loader: Any, *,
@@ -125,8 +129,6 @@ class RoundRunner:
 
     def __call__(self, model: nn.Module, masks: dict[str, torch.Tensor] | None, *, tag: str,
                  hooks: list[TrainingHook] = ()) -> Any:
-        from surgery.train.trainer import Trainer
-
         compiled = compile(model, self.example, Recipe.from_dict({}).replace(masks=masks or None))
         self.dist.broadcast_masks(compiled)
         run_dir = RunFiles(self.config.run_dir).rounds / tag

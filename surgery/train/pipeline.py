@@ -220,14 +220,9 @@ def _end_early(files: RunFiles, record: RunRecord, error: BaseException, *, crea
 def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distributed, console: Console, *,
          model: nn.Module | None, masks: dict[str, torch.Tensor] | None, resume: bool | str | Path) -> RunResult:
     run_dir = files.root
-    torch.manual_seed(config.train.seed)
-    with record.timed("data"):
-        dataset = load_data(config)
-        example = example_batch(dataset)
-        train_loader, eval_loaders = loaders(config, dataset, dist)  # own generators: the init below is as seeded
-    with record.timed("model"):
-        original = model if model is not None else build(config, dataset)
-    record.update(model=model_section(config.model.spec, original), data=data_section(config, dataset))
+    dataset, original, train_loader, eval_loaders = set_up(config, record, dist, model)
+    example = example_batch(dataset)
+    record.update(data=data_section(config, dataset))
     if resume is True and files.config.is_file():  # before anything here is rewritten
         check_resumable(yaml.safe_load(files.config.read_text()) or {}, config, files.config)
     checkpoint = resumed_from(config, files, resume)  # a resume that cannot start fails before anything is written
@@ -274,6 +269,19 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
     return finish(config, original, trained, example, run_dir, dist, console, mask_metadata, record=record,
                   tweaks=tweaks_of(config, manifest, record.data.get("lrsi")), ghost_parameters=manifest.ghost_parameters,
                   preprocessing=dataset.preprocessing())
+
+
+def set_up(config: RunConfig, record: RunRecord, dist: Distributed, model: nn.Module | None = None):
+    """The seeded start of a run and of a mask method's rounds alone (``surgery prune``): the dataset, the model
+    (``model``, else the config's) and the loaders; the record names the model."""
+    torch.manual_seed(config.train.seed)
+    with record.timed("data"):
+        dataset = load_data(config)
+        train_loader, eval_loaders = loaders(config, dataset, dist)  # own generators: the init below is as seeded
+    with record.timed("model"):
+        model = model if model is not None else build(config, dataset)
+    record.update(model=model_section(config.model.spec, model))
+    return dataset, model, train_loader, eval_loaders
 
 
 def resumed_from(config: RunConfig, files: RunFiles, resume: bool | str | Path) -> tuple[dict, Path] | None:
