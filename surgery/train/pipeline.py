@@ -72,6 +72,7 @@ from surgery.train.report import write_report
 from surgery.train.report.story import describe_ghost_cost, describe_model, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
+from surgery.train.settings import TrainerSettings
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
 from surgery.compiler.verify import verify
 
@@ -263,8 +264,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
         record.write(RUNNING)  # so a resume after a crash still finds what LRsI did
     record.stage = "training"
     with record.timed("training"):
-        trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
-                          teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
+        trainer = Trainer(ghosted, TrainerSettings.from_config(config), train_loader, eval_loaders, dist=dist,
+                          run_dir=run_dir, teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
         trained = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.stage = "finish"
     record.update(num_classes=config.model.num_classes or dataset.num_classes,

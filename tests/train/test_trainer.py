@@ -17,6 +17,8 @@ from surgery.compiler.masks import masked_parameters
 from surgery.pruning import random_masks
 from surgery.train import pipeline
 from surgery.train.config import RunConfig
+from surgery.train.selection import BestValidation
+from surgery.train.settings import TrainerSettings
 from surgery.train.trainer import Interrupted, Trainer
 
 
@@ -34,7 +36,7 @@ def build_trainer(config: RunConfig) -> Trainer:
     ghosted = surgery.compile(model, pipeline.example_batch(dataset), config.recipe_object().replace(masks=masks))
     train, evals = pipeline.loaders(config, dataset, pipeline.Distributed())
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(ghosted, config, train, evals, run_dir=config.run_dir)
+    return Trainer(ghosted, TrainerSettings.from_config(config), train, evals, run_dir=config.run_dir)
 
 
 def read_csv(path):
@@ -100,13 +102,13 @@ def test_best_validation_weights_come_from_an_epoch_without_ghosts(tmp_path, mon
     scripted_evaluation(monkeypatch, val=[0.9, 0.5, 0.7, 0.6], test=[0.1, 0.2, 0.3, 0.4])
     trainer = build_trainer(tiny_config(tmp_path, data={"val_split": 0.2}, train={"epochs": 4}))
     snapshots = {}
-    track = Trainer._track_best
+    track = BestValidation.after_epoch
 
-    def snapshot(self, row):
-        snapshots[row["epoch"]] = weights(self.module)
-        track(self, row)
+    def snapshot(self, trainer):
+        snapshots[trainer.history[-1]["epoch"]] = weights(trainer.module)
+        track(self, trainer)
 
-    monkeypatch.setattr(Trainer, "_track_best", snapshot)
+    monkeypatch.setattr(BestValidation, "after_epoch", snapshot)
     result = trainer.fit()
     assert result.selected == "best_val" and result.best == {"epoch": 3, "val_acc": 0.7, "test_acc": 0.3}
     final = weights(result.model)
@@ -143,7 +145,7 @@ def test_removing_ghosts_keeps_every_other_parameters_momentum(tmp_path):
     leaving = {id(p) for p in ghost_parameters(trainer.module)}
     kept = [p for g in trainer.optimizer.param_groups if g["name"] == "weights" for p in g["params"]]
     momentum = {id(p): trainer.optimizer.state[p]["momentum_buffer"].clone() for p in kept}
-    trainer.remove_ghosts()
+    trainer.ghosts.remove(trainer)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["weights"]
     assert not leaving & {id(p) for p in trainer.optimizer.state}
     assert all(p is q for p, q in zip(kept, trainer.optimizer.param_groups[0]["params"]))
