@@ -15,7 +15,7 @@ and its clock (``trainer.epoch``, ``trainer.batch``, ``trainer.step``).
     setup           once, after the optimizer exists and before a checkpoint is restored:
                     add parametrizations and optimizer groups here
     on_epoch_start  before the first batch of an epoch (not when resuming mid-epoch)
-    schedule        the values the hook's own schedules take at a step (the ghosts' alpha and
+    schedule_values the values the hook's own schedules take at a step (the ghosts' alpha and
                     beta), logged with that step, and with an epoch at its last step
     before_step     before the forward of each step
     loss            an extra term added to the training loss (or None)
@@ -88,7 +88,7 @@ class TrainingHook:
     def on_epoch_start(self, trainer: TrainerView) -> None:
         pass
 
-    def schedule(self, step: int) -> dict[str, float | None]:
+    def schedule_values(self, step: int) -> dict[str, float | None]:
         return {}
 
     def before_step(self, trainer: TrainerView) -> None:

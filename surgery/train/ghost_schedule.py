@@ -49,7 +49,7 @@ class GhostSchedule(TrainingHook):
         """The model now is the architecture the run ends with: no ghosts, or ghosts that stay."""
         return not self.ghosted or self.removal_epoch is None
 
-    def schedule(self, step: int) -> dict[str, float | None]:
+    def schedule_values(self, step: int) -> dict[str, float | None]:
         return self.timeline.strength(step)
 
     def before_step(self, trainer: TrainerView) -> None:

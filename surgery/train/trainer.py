@@ -213,7 +213,7 @@ class Trainer:
 
     def _schedules(self, clock: Clock) -> dict[str, Any]:
         lr = self.settings.optimizer.lr * self.settings.lr_plan.factor(clock.fractional_epoch, self.epochs)
-        hooks = {k: v for hook in self.all_hooks for k, v in hook.schedule(clock.step).items()}
+        hooks = {k: v for hook in self.all_hooks for k, v in hook.schedule_values(clock.step).items()}
         return {"lr": lr, **hooks, "label_smoothing": self.settings.smoothing.at(clock, self.epochs)}
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -14,8 +14,10 @@ import surgery
 from surgery.errors import CheckpointError, ConfigError, DivergedError
 from surgery.compiler.ghosts import ghost_parameters, ghosts
 from surgery.compiler.masks import masked_parameters
+from surgery.hooks import TrainingHook
 from surgery.pruning import random_masks
 from surgery.train import pipeline
+from surgery.train.checkpoint import load_checkpoint
 from surgery.train.config import RunConfig
 from surgery.train.selection import BestValidation
 from surgery.train.settings import TrainerSettings
@@ -28,7 +30,7 @@ def tiny_config(tmp_path, name="tiny", **sections):
     return tiny_run_config(tmp_path, name, label_smoothing=smoothing, **sections)
 
 
-def build_trainer(config: RunConfig) -> Trainer:
+def build_trainer(config: RunConfig, hooks=()) -> Trainer:
     torch.manual_seed(config.train.seed)
     dataset = pipeline.load_data(config)
     model = pipeline.build(config, dataset)
@@ -36,7 +38,7 @@ def build_trainer(config: RunConfig) -> Trainer:
     ghosted = surgery.compile(model, pipeline.example_batch(dataset), config.recipe_object().replace(masks=masks))
     train, evals = pipeline.loaders(config, dataset, pipeline.Distributed())
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(ghosted, TrainerSettings.from_config(config), train, evals, run_dir=config.run_dir)
+    return Trainer(ghosted, TrainerSettings.from_config(config), train, evals, run_dir=config.run_dir, hooks=hooks)
 
 
 def read_csv(path):
@@ -117,6 +119,18 @@ def test_best_validation_weights_come_from_an_epoch_without_ghosts(tmp_path, mon
     assert state["best"]["epoch"] == 3 and all(torch.equal(state["best_state"][k], snapshots[3][k]) for k in final)
 
 
+def test_ghosts_leaving_at_the_runs_end_leave_no_epoch_to_select_and_the_final_checkpoint_without_them(
+        tmp_path, monkeypatch):
+    # every epoch trains with the ghosts, which leave after the last one: no epoch is the final architecture
+    scripted_evaluation(monkeypatch, val=[0.5, 0.6, 0.9], test=[0.1, 0.2, 0.3])
+    trainer = build_trainer(tiny_config(tmp_path, data={"val_split": 0.2}, ghosts={"remove_at": 3}))
+    result = trainer.fit()
+    assert (result.selected, result.best) == ("last", None) and not ghosts(result.model)
+    assert result.ghosts_removed_at == (3 * trainer.steps_per_epoch, 3)
+    state, _ = trainer.store.load_latest()
+    assert state["deghosted"] and state["ghosts_removed_at"] == result.ghosts_removed_at
+
+
 def test_the_run_reports_last_and_best_validation_test_accuracy(tmp_path, monkeypatch):
     scripted_evaluation(monkeypatch, val=[0.5, 0.8, 0.6], test=[0.2, 0.35, 0.4])
     config = tiny_config(tmp_path, data={"val_split": 0.2}, lr_schedule={"milestones": [1]})
@@ -176,6 +190,32 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path
     with pytest.raises(DivergedError, match=r"became nan at step 14 \(epoch 2\).*last good checkpoint is .*epoch0001"):
         trainer.fit()
     assert [p.name for p in trainer.store.checkpoints()] == ["epoch0001-step000010.pt"]
+
+
+class EpochWatcher(TrainingHook):
+    """Notes the clock and the logged row at every ``after_epoch``; its notes travel in checkpoints."""
+
+    name = "watcher"
+    changes_mask = False
+
+    def __init__(self):
+        self.seen = []
+
+    def after_epoch(self, trainer):
+        self.seen.append((trainer.epoch, trainer.batch, trainer.history[-1]["epoch"]))
+
+    def state_dict(self):
+        return {"seen": list(self.seen)}
+
+
+def test_a_hook_sees_each_epoch_logged_and_what_it_does_then_is_in_that_epochs_checkpoint(tmp_path):
+    watcher = EpochWatcher()
+    config = tiny_config(tmp_path, train={"epochs": 2, "keep_checkpoints": 3}, lr_schedule={"milestones": [1]})
+    trainer = build_trainer(config, hooks=[watcher])
+    trainer.fit()
+    assert watcher.seen == [(1, 0, 1), (2, 0, 2)]  # after the epoch's row, the clock at the next epoch
+    saved = [load_checkpoint(path)["hooks"]["watcher"]["seen"] for path in trainer.store.checkpoints()]
+    assert saved == [watcher.seen[:1], watcher.seen]  # epoch 1's checkpoint, then the final one
 
 
 def test_sigterm_checkpoints_mid_epoch_and_the_resumed_run_is_bit_identical(tmp_path):
