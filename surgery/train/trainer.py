@@ -350,7 +350,7 @@ class Trainer:
         for hook in self.hooks:
             hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         set_rng_state(state["rng"])
-        self.module_changed()
+        self.module_changed()  # a hook's state may have changed the module (the ghosts left)
         if self.dist.is_main:
             self.console.print(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step})")
 

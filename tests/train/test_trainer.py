@@ -242,6 +242,29 @@ def test_sigterm_checkpoints_mid_epoch_and_the_resumed_run_is_bit_identical(tmp_
     assert len(read_csv(config.run_dir / "steps.csv")) == 30  # the re-run part is not logged twice
 
 
+def test_a_run_stopped_at_the_last_step_before_the_ghosts_leave_resumes_to_the_same_removal(tmp_path):
+    reference = build_trainer(tiny_config(tmp_path, "reference")).fit()  # the ghosts leave after epoch 2, step 20
+
+    config = tiny_config(tmp_path, "interrupted")
+    first = build_trainer(config)
+    loss_fn = first.loss_fn
+
+    def interrupt_at_step_20(logits, y, x, ls):
+        if first.step == 19:
+            first._signal = signal.SIGTERM
+        return loss_fn(logits, y, x, ls)
+
+    first.loss_fn = interrupt_at_step_20
+    with pytest.raises(Interrupted):
+        first.fit()
+    resumed = build_trainer(config).fit(resume=True)
+    assert resumed.ghosts_removed_at == reference.ghosts_removed_at == (20, 2)
+    assert [row["ghosts"] for row in resumed.history] == ["on", "on", "removed"]
+    assert [row["ghosts"] for row in read_csv(config.run_dir / "metrics.csv")] == ["on", "on", "removed"]
+    expected, got = weights(reference.model), weights(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 def test_resuming_with_a_different_config_lists_the_fields(tmp_path):
     config = tiny_config(tmp_path, train={"epochs": 2}, lr_schedule={"milestones": [1]})
     build_trainer(config).fit()
