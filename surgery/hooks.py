@@ -29,6 +29,11 @@ and its clock (``trainer.epoch``, ``trainer.batch``, ``trainer.step``).
     values          values logged with every epoch (e.g. ``{"sparsity": 0.42}``)
     mask_metadata   strings stored with the final mask file (ASNI's centroids and signs)
 
+At each point the Trainer calls the best-validation selection first (it judges an epoch
+before the ghosts leave at the run's end), then the ghosts (their optimizer group comes
+before any method's), the mask methods in the order given, and the checkpoints last (so a
+checkpoint holds what the others did at that point).
+
 A hook that changes ``trainer.module``'s parameters in place (the ghosts' removal) calls
 ``trainer.module_changed()`` afterwards, so the DDP and ``torch.compile`` wrappers are
 rebuilt around the new parameters. ``trainer.state()`` is everything a checkpoint holds.
