@@ -26,14 +26,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from surgery.compiler.driver import compile
-from surgery.errors import ToSTError
 from surgery.compiler.ghosts import ghosts
 from surgery.compiler.masks import bake_masks
 from surgery.compiler.passes.deghost import deghost
@@ -43,9 +42,8 @@ from surgery.compiler.schedules import NEVER, GhostPlan, LRSchedule, Schedule, s
 from surgery.compiler.timeline import GhostTimeline
 from surgery.compiler.verify import VerifyReport
 from surgery.compiler.verify import verify as verify_against
-
-if TYPE_CHECKING:
-    from surgery.init.lrsi import LRsIResult
+from surgery.errors import ToSTError
+from surgery.init.lrsi import LRsIResult, lrsi
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,7 @@ class ToST:
     def criterion(self) -> nn.Module:
         """Cross-entropy with the preset's label smoothing (``tost``: 0.1 spread as a / K; ``tost-official``:
         a / (K - 1) on the wrong classes; passes alone: none)."""
-        from surgery.train.losses import SmoothedCrossEntropy
+        from surgery.train.losses import SmoothedCrossEntropy  # the training runtime: `import surgery` stays without it
 
         smoothing = self.settings.label_smoothing
         return SmoothedCrossEntropy(smoothing.start, smoothing.spread)
@@ -143,8 +141,6 @@ class ToST:
         length). ``iterations``: the preset's (``tost-official``: 180), else one pass over ``loader``.
         ``loss_fn`` (default cross-entropy) and ``options`` (``scale_lr``, ``grad_norm_bound``, ``normalize``,
         ``min_scale``, ``half_batches``) override the preset's: see ``surgery.init.lrsi.lrsi``."""
-        from surgery.init.lrsi import lrsi
-
         if self.steps:
             raise ToSTError(f"tost.lrsi() after {self.steps} steps: LRsI rescales the initialization, so call it "
                             "before the first optimizer step.")
@@ -252,7 +248,7 @@ class ToST:
 def preset_settings(recipe: Any) -> Any:
     """The run config a recipe value implies (``surgery.compiler.presets`` through ``RunConfig``, the one place presets
     become fields): its passes, ghost schedules, LRsI and label smoothing."""
-    from surgery.train.config import RunConfig
+    from surgery.train.config import RunConfig  # the training runtime: `import surgery` stays without it
 
     named = isinstance(recipe, str) and is_preset(recipe)
     if isinstance(recipe, str) and not named and not names_a_file(recipe):

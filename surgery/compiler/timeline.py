@@ -1,6 +1,7 @@
 """The ghosts of a model being trained, on a timeline of steps: their strength, their removal.
 
-One piece that both ``surgery.ToST`` (the user's own loop) and ``surgery.train.Trainer`` drive:
+One piece that both ``surgery.ToST`` (the user's own loop) and the trainer's ghost hook
+(``surgery.train.ghost_schedule.GhostSchedule``) drive:
 ``apply(step)`` sets alpha and beta from a ``GhostPlan`` for the step about to run, ``due(step)``
 says the removal step has come, and ``remove()`` strips the ghosts in place
 (``deghost(inplace=True, keep_masks=True)``) and takes the ghost parameters out of the attached

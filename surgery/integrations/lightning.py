@@ -117,7 +117,7 @@ class ToSTCallback(pl.Callback):
         self.clean = self.tost.finish(verify=self.verify)
         pl_module.set_submodule(self.path, self.clean)
         if self.export is not None:
-            from surgery.compiler.export import export_onnx
+            from surgery.compiler.export import export_onnx  # onnx loads only when the callback exports
 
             export_onnx(self.clean, self.tost.example_inputs, self.export, sparse=True,
                         keep_ghosts=self.tost.removal_step is None)

@@ -509,9 +509,9 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pre
     return out
 
 
-def check_resumable(saved: Mapping[str, Any], current: RunConfig, source: Path) -> None:
+def check_resumable(saved: Mapping[str, Any], current: RunConfig | Mapping[str, Any], source: Path) -> None:
     """Refuse to resume ``source`` (a checkpoint, or the run directory's config.yaml) with another config."""
-    differences = config_differences(saved, current.to_dict())
+    differences = config_differences(saved, current.to_dict() if isinstance(current, RunConfig) else current)
     if differences:
         raise CheckpointError(
             f"cannot resume from {source}: the config differs from the one it was trained with:\n  - "

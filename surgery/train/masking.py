@@ -41,6 +41,7 @@ from surgery.compiler.recipe import Recipe
 from surgery.train.config import MaskConfig, RunConfig
 from surgery.train.distributed import Distributed
 from surgery.train.run_files import RunFiles
+from surgery.train.settings import TrainerSettings
 from surgery.train.trainer import Trainer
 
 DENSE = "dense"
@@ -136,8 +137,8 @@ class RoundRunner:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.console.print(f"{tag}: training {self.config.train.epochs} epochs"
                                + (f" at sparsity {overall_sparsity(masks):.1%}" if masks else " dense"))
-        trainer = Trainer(compiled, self.config, self.train_loader, self.eval_loaders, dist=self.dist,
-                          run_dir=run_dir, console=self.console, hooks=list(hooks))
+        trainer = Trainer(compiled, TrainerSettings.from_config(self.config), self.train_loader, self.eval_loaders,
+                          dist=self.dist, run_dir=run_dir, console=self.console, hooks=list(hooks))
         resume = self.resume and trainer.store.latest() is not None
         return trainer.fit(resume=resume)
 

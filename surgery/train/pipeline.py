@@ -23,7 +23,7 @@ import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import yaml
@@ -31,10 +31,7 @@ from rich.console import Console
 from torch import fx, nn
 
 from surgery.compiler.driver import compile
-from surgery.errors import CheckpointError, ConfigError, SurgeryError
-from surgery.fx.graph import deepcopy_module, eval_mode
 from surgery.compiler.ghosts import ghost_parameters as parameters_of_ghosts, ghosts
-from surgery.train.interrupt import Interrupted, signal_name
 from surgery.compiler.manifest import manifest_of
 from surgery.compiler.masks import (
     MaskMetadata,
@@ -44,13 +41,21 @@ from surgery.compiler.masks import (
     prunable_weights,
     save_masks,
 )
-from surgery.zoo.models import build_model, load_weights, python_spec
 from surgery.compiler.passes.deghost import deghost
 from surgery.compiler.preprocessing import Preprocessing
+from surgery.compiler.verify import verify
+from surgery.errors import CheckpointError, ConfigError, SurgeryError
+from surgery.fx.graph import deepcopy_module, eval_mode
+from surgery.init.centroid import apply_centroids_from_metadata
+from surgery.init.lrsi import LRsIResult, lrsi
+from surgery.init.rewind import rewind
+from surgery.init.zero import zero_init
 from surgery.train.checkpoint import CheckpointStore, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
+from surgery.train.interrupt import Interrupted, signal_name
+from surgery.train.losses import with_auxiliary
 from surgery.train.masking import MaskPlan, given_masks, plan_masks, save_start_weights
 from surgery.train.pairing import pairing_section
 from surgery.train.progress import TaskProgress
@@ -73,11 +78,9 @@ from surgery.train.report import write_report
 from surgery.train.report.story import describe_ghost_cost, describe_model, describe_tweaks
 from surgery.train.report.tables import epoch_rows
 from surgery.train.run_files import RunFiles
+from surgery.train.settings import TrainerSettings
 from surgery.train.trainer import Trainer, TrainResult, resume_hint, uses_channels_last
-from surgery.compiler.verify import verify
-
-if TYPE_CHECKING:
-    from surgery.init.lrsi import LRsIResult
+from surgery.zoo.models import build_model, load_weights, python_spec
 
 
 @dataclass
@@ -259,8 +262,8 @@ def _run(config: RunConfig, files: RunFiles, record: RunRecord, dist: Distribute
         record.write(RUNNING)  # so a resume after a crash still finds what LRsI did
     record.stage = "training"
     with record.timed("training"):
-        trainer = Trainer(ghosted, config, train_loader, eval_loaders, dist=dist, run_dir=run_dir,
-                          teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
+        trainer = Trainer(ghosted, TrainerSettings.from_config(config), train_loader, eval_loaders, dist=dist,
+                          run_dir=run_dir, teacher=teacher(config, dataset), console=console, hooks=plan.hooks)
         trained = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.stage = "finish"
     record.update(num_classes=config.model.num_classes or dataset.num_classes,
@@ -336,8 +339,6 @@ def initialized(config: RunConfig, model: nn.Module) -> nn.Module:
     """The model the run starts from: ``model`` itself, or a ZerO-initialized copy (init.zero)."""
     if not config.init.zero:
         return model
-    from surgery.init.zero import zero_init
-
     start = deepcopy_module(model)
     zero_init(start, zero_residual_branches=config.init.zero_residual, prunable=config.mask.prunable)
     return start
@@ -353,12 +354,8 @@ def with_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 def start_from(config: RunConfig, ghosted: fx.GraphModule, plan: MaskPlan) -> None:
     """Initializers that act on the masked model: rewinding (init.rewind) and ASNI centroids (init.centroids)."""
     if config.init.rewind:
-        from surgery.init.rewind import rewind
-
         rewind(ghosted, config.init.rewind)
     if config.init.centroids:
-        from surgery.init.centroid import apply_centroids_from_metadata
-
         apply_centroids_from_metadata(ghosted, plan.metadata, config.mask.file)
 
 
@@ -385,9 +382,6 @@ def loaders(config: RunConfig, dataset: ImageDataset, dist: Distributed):
 
 def rescale(config: RunConfig, ghosted: fx.GraphModule, train_loader: Any, dist: Distributed, console: Console) -> LRsIResult:
     """LRsI (GradInit): learn one scale per conv / Linear / norm tensor on fresh training batches, fold it in."""
-    from surgery.init.lrsi import lrsi
-    from surgery.train.losses import with_auxiliary
-
     ghosted.to(dist.device)
     options = config.lrsi
     iterations = len(train_loader) if options.iterations is None else options.iterations  # None: an epoch

@@ -1,12 +1,14 @@
-"""The training loop: schedules in motion, ghosts removed mid-run, checkpoints, DDP, AMP.
+"""The training loop: forward, backward, the optimizer step, evaluation, logging; DDP, AMP, signals.
 
-``Trainer(model, config, train_loader, eval_loaders).fit()`` trains a compiled
-(ghosted, masked) model. Every step it sets the learning rate, alpha, beta and the
-label-smoothing factor from pure functions of (epoch, batch), so a resumed run
-computes exactly what an uninterrupted one would. Before the removal epoch (by
-default the first LR decay) it strips the ghosts in place with ``surgery.deghost``:
-the ghost parameter group leaves the optimizer, every other parameter keeps its
-identity and its momentum, and the DDP / compiled wrappers are rebuilt. Masks stay
+``Trainer(model, TrainerSettings.from_config(config), train_loader, eval_loaders).fit()``
+trains a compiled (ghosted, masked) model. Every step it sets the learning rate and the
+label-smoothing factor from pure functions of (epoch, batch), so a resumed run computes
+exactly what an uninterrupted one would. Whatever else acts on the run is a training hook
+(``surgery.hooks``), called at fixed points in this order: the best-validation selection
+(``selection.BestValidation``: it judges an epoch before the ghosts' removal at the run's
+end), the ghosts' alpha / beta and removal (``ghost_schedule.GhostSchedule``: its optimizer
+group comes before any method's), the mask methods given as ``hooks``, and the checkpoints
+(``checkpointing.Checkpointing``: last, so they hold what the others did). Masks stay
 attached until the end, so pruned weights are exactly zero after every step.
 """
 
@@ -25,22 +27,21 @@ import torch
 from rich.console import Console
 from torch import fx, nn
 
-from surgery.errors import ConfigError, DivergedError
-from surgery.compiler.ghosts import ghosts
-from surgery.hooks import TrainingHook
-from surgery.train.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
 from surgery.compiler.masks import masked_parameters, overall_sparsity
 from surgery.compiler.schedules import Clock
-from surgery.compiler.timeline import GhostTimeline
+from surgery.errors import ConfigError, DivergedError
+from surgery.hooks import TrainingHook
 from surgery.train.checkpoint import CheckpointStore, rng_state, set_rng_state
-from surgery.train.config import RunConfig, check_resumable
+from surgery.train.checkpointing import Checkpointing
 from surgery.train.distributed import Distributed
+from surgery.train.ghost_schedule import GhostSchedule
+from surgery.train.interrupt import Interrupted, acknowledge, signal_name, stop_after_step
 from surgery.train.losses import Distillation, classification_loss, main_and_auxiliary
 from surgery.train.metrics import MetricsLog
 from surgery.train.progress import EpochProgress
 from surgery.train.run_files import RunFiles
-
-CHECKPOINT_FORMAT = 1
+from surgery.train.selection import BestValidation
+from surgery.train.settings import TrainerSettings
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Trainer:
     def __init__(
         self,
         model: fx.GraphModule,
-        config: RunConfig,
+        settings: TrainerSettings,
         train_loader: Any,
         eval_loaders: Mapping[str, Any],
         *,
@@ -69,48 +70,41 @@ class Trainer:
         console: Console | None = None,
         hooks: Sequence[TrainingHook] = (),
     ):
-        self.config, self.settings = config, config.train
+        self.settings = settings
         self.dist = dist or Distributed()
         self.device = self.dist.device
         self.console = console or Console(stderr=True)
         self.train_loader, self.eval_loaders = train_loader, dict(eval_loaders)
-        self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
+        self.run_dir = Path(run_dir) if run_dir is not None else settings.run_dir
         self.steps_per_epoch = len(train_loader)
         if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"the training split yields no batch of {config.data.batch_size} images; lower data.batch_size."
-            )
-        self.epochs = self.settings.epochs
-        self.lr_plan, self.ghost_plan, self.smoothing = config.lr_plan(), config.ghost_plan(), config.smoothing_plan()
-        self.amp_dtype = _amp_dtype(self.settings.amp, self.device)
-        self.channels_last = uses_channels_last(self.settings.channels_last, self.device)
+            raise ConfigError("the training loader yields no batch: its split is smaller than one batch; "
+                              "lower data.batch_size.")
+        self.epochs = settings.epochs
+        self.amp_dtype = _amp_dtype(settings.amp, self.device)
+        self.channels_last = uses_channels_last(settings.channels_last, self.device)
 
         self.module = model.to(self.device)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.ghosted_at_start = bool(ghosts(self.module))
-        self.removal_epoch = self.ghost_plan.removal_epoch(self.lr_plan, self.epochs) if self.ghosted_at_start else None
-        removal_step = None if self.removal_epoch is None else self.removal_epoch * self.steps_per_epoch
-        self.timeline = GhostTimeline(self.module, self.ghost_plan, removal_step, self.steps_per_epoch)  # shared with surgery.ToST
         self.loss_fn = self._loss(teacher)
         self.optimizer = self._optimizer()
-        self.timeline.attach(self.optimizer)  # the ghost parameters in a group of their own, to leave at removal
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.hooks = list(hooks)
+        self.hooks = list(hooks)  # the mask methods
         self._check_hook_names()
+        self.ghosts = GhostSchedule(settings.ghost_plan, settings.lr_plan)
+        self.selection = BestValidation(settings.select, validated="val" in self.eval_loaders, mask_hooks=self.hooks,
+                                        ghosts=self.ghosts)
+        self.checkpoints = Checkpointing(RunFiles(self.run_dir).checkpoints, settings.run_config,
+                                         every=settings.checkpoint_every, keep=settings.keep_checkpoints)
+        self.all_hooks = [self.selection, self.ghosts, *self.hooks, self.checkpoints]
         self.epoch = self.batch = self.step = 0
-        for hook in self.hooks:  # before wrapping: a hook may add parameters (OptG's scores)
+        self.history: list[dict[str, Any]] = []
+        for hook in self.all_hooks:  # before wrapping: a hook may add parameters (OptG's scores)
             hook.setup(self)
         self.net = self._wrapped()
 
-        self.keep_best = self._keeps_best_weights()
-        self.best: dict[str, Any] | None = None  # {epoch, val_acc, test_acc} of the best eligible epoch
-        self.best_state: dict[str, torch.Tensor] | None = None  # its weights (only when they become the result)
-
         self.sums = _Sums()
-        self.history: list[dict[str, Any]] = []
-        self.ghosts_removed_at: tuple[int, int] | None = None  # (step, epoch) when remove_ghosts ran
-        self.store = CheckpointStore(RunFiles(self.run_dir).checkpoints, keep=self.settings.keep_checkpoints)
         self._signal: int | None = None
         self._pending: list[tuple[int, dict[str, Any], torch.Tensor]] = []
         self.seconds_before = 0.0
@@ -118,15 +112,15 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _loss(self, teacher: nn.Module | None):
-        d, spread = self.config.distill, self.config.label_smoothing.spread
+        s, spread = self.settings, self.settings.smoothing_spread
         if teacher is None:
             return lambda logits, y, x, ls: classification_loss(logits, y, label_smoothing=ls, spread=spread)
-        distill = Distillation(teacher.to(self.device), temperature=d.temperature, weight=d.weight)
+        distill = Distillation(teacher.to(self.device), temperature=s.distill_temperature, weight=s.distill_weight)
         return lambda logits, y, x, ls: distill(logits, y, x, label_smoothing=ls, spread=spread)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.module.parameters() if p.requires_grad], "name": "weights"}]
-        o = self.config.optimizer
+        o = self.settings.optimizer
         if o.name == "sgd":
             return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
         kind = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -137,42 +131,20 @@ class Trainer:
         if len(set(names)) != len(names):
             raise ConfigError(f"training hooks {names} share a name; each keeps its own checkpoint state under its name.")
 
-    def _keeps_best_weights(self) -> bool:
-        """``train.select``: auto and best_val pick the best-validation epoch when the run has a val split.
-
-        Only epochs whose model is the one the run ends with compete: after the ghosts left
-        (or all of them, when ghosts are kept), and none while a mask method changes the mask.
-        """
-        select = self.settings.select
-        if select == "last" or "val" not in self.eval_loaders:
-            return False
-        changing = [hook.name for hook in self.hooks if hook.changes_mask]
-        if changing:
-            if select == "best_val":
-                raise ConfigError(
-                    f"train.select: best_val needs a fixed mask, but {', '.join(changing)} changes "
-                    "the mask during training (its paper reports the last epoch); use train.select: last."
-                )
-            return False
-        return True
-
     def _wrapped(self) -> nn.Module:
         net = self.dist.wrap(self.module)
         if self.settings.compile:
             net = torch.compile(net)
         return net
 
-    # ------------------------------------------------------------------ ghosts
+    def module_changed(self) -> None:
+        """A hook changed the module's parameters in place (the ghosts left): rebuild the wrappers around them."""
+        self.net = self._wrapped()
 
     @property
-    def has_ghosts(self) -> bool:
-        return self.timeline.ghosted
-
-    def remove_ghosts(self) -> None:
-        """Strip every ghost in place; the ghost group leaves the optimizer, the rest keeps its state."""
-        self.timeline.remove()
-        self.net = self._wrapped()
-        self.ghosts_removed_at = (self.step, self.epoch)
+    def store(self) -> CheckpointStore:
+        """This run's checkpoints."""
+        return self.checkpoints.store
 
     # ------------------------------------------------------------------ the loop
 
@@ -180,7 +152,7 @@ class Trainer:
         """Train to the last epoch; ``resume``: True (this run's latest good checkpoint) or a file;
         ``checkpoint``: that file's (state, path), already loaded."""
         if resume:
-            self.restore(resume, checkpoint)
+            self.restore(*(checkpoint or self.checkpoints.load(resume)))
         self.log = MetricsLog(self.run_dir, tensorboard=self.settings.tensorboard, resume_step=self.step if resume else None,
                               resume_epoch=self.epoch) if self.dist.is_main else None
         start = time.perf_counter() - self.seconds_before
@@ -188,56 +160,31 @@ class Trainer:
         try:
             with self._signals():
                 self._loop()
-                if self.timeline.due(self.step):
-                    self.remove_ghosts()  # removal scheduled at the very end of the run
-                path = self._save_checkpoint()
                 if self.dist.any(self._signal is not None):  # asked during the last step: the final checkpoint
-                    raise self._interrupted(path)
+                    raise self._interrupted(self.checkpoints.saved)
         finally:
             if self.log:
                 self.log.close()
-        for hook in self.hooks:  # after the checkpoint, which a resume must load into the hooked model
+        for hook in self.all_hooks:  # after the final checkpoint, which a resume must load into the hooked model
             hook.on_train_end(self)
-        selected = self._select_best()
         return TrainResult(self.module, self.history, self.plot_events(), self.step, time.perf_counter() - start,
-                           best=self.best, selected=selected, ghosts_removed_at=self.ghosts_removed_at)
-
-    def _select_best(self) -> str:
-        """Load the best-validation weights into the model when they are the run's result."""
-        if not (self.keep_best and self.best_state is not None):
-            return "last"
-        if self.best["epoch"] != self.epochs:
-            self.module.load_state_dict(self.best_state)
-        return "best_val"
-
-    def _track_best(self, row: dict[str, Any]) -> None:
-        """Remember the epoch with the best validation accuracy among those that end as the final model."""
-        val = row.get("val_acc")
-        final_structure = not self.hooks and (not self.has_ghosts or self.removal_epoch is None)
-        if val is None or not final_structure or (self.best is not None and val <= self.best["val_acc"]):
-            return
-        self.best = {"epoch": row["epoch"], "val_acc": val, "test_acc": row.get("test_acc")}
-        if self.keep_best:
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+                           best=self.selection.best, selected=self.selection.selected,
+                           ghosts_removed_at=self.ghosts.removed_at)
 
     def _loop(self) -> None:
         while self.epoch < self.epochs:
-            if self.timeline.due(self.step):  # at an epoch's start: the removal step is an epoch boundary
-                self.remove_ghosts()
             self._train_epoch()
-            row = self._finish_epoch()
-            self.history.append(row)
+            self.history.append(self._finish_epoch())
             self.epoch, self.batch, self.sums = self.epoch + 1, 0, _Sums()
-            every = self.settings.checkpoint_every
-            if every and self.epoch % every == 0 and self.epoch < self.epochs:
-                self._save_checkpoint()
+            for hook in self.all_hooks:  # the final checkpoint comes after the last epoch's
+                hook.after_epoch(self)
 
     def _train_epoch(self) -> None:
         self.module.train()
         self.train_loader.set_epoch(self.epoch)
         epoch_start = time.perf_counter()
         if self.batch == 0:
-            for hook in self.hooks:
+            for hook in self.all_hooks:
                 hook.on_epoch_start(self)
         with EpochProgress(self.console, self.epoch, self.epochs, self.steps_per_epoch, self.batch,
                            enabled=self.settings.progress and self.dist.is_main) as bar:
@@ -246,7 +193,7 @@ class Trainer:
                 self._pending.append((self.step, values, self._train_step(x, y, values["label_smoothing"])))
                 self.batch += 1
                 self.step += 1
-                for hook in self.hooks:
+                for hook in self.all_hooks:
                     hook.after_step(self)
                 synced = self.batch % self.settings.log_every == 0 or self.batch == self.steps_per_epoch
                 if synced:
@@ -254,19 +201,23 @@ class Trainer:
                 if self._stop_requested(synced):
                     if self._pending:
                         self._sync(bar)
-                    raise self._interrupted(self._save_checkpoint())
+                    raise self._interrupted(self.checkpoints.save(self))
             self.sums.seconds += time.perf_counter() - epoch_start
 
     def _set_schedules(self, clock: Clock) -> dict[str, Any]:
-        lr_factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
+        """The learning rate into every param group; the values of every schedule at ``clock``, to log."""
+        values = self._schedules(clock)
         for group in self.optimizer.param_groups:  # lr_scale: a hook's group on its own schedule (OptG's masks)
-            group["lr"] = self.config.optimizer.lr * lr_factor * group.get("lr_scale", 1.0)
-        values = {"lr": self.config.optimizer.lr * lr_factor, **self.timeline.apply(clock.step)}
-        values["label_smoothing"] = self.smoothing.at(clock, self.epochs)
+            group["lr"] = values["lr"] * group.get("lr_scale", 1.0)
         return values
 
+    def _schedules(self, clock: Clock) -> dict[str, Any]:
+        lr = self.settings.optimizer.lr * self.settings.lr_plan.factor(clock.fractional_epoch, self.epochs)
+        hooks = {k: v for hook in self.all_hooks for k, v in hook.schedule_values(clock.step).items()}
+        return {"lr": lr, **hooks, "label_smoothing": self.settings.smoothing.at(clock, self.epochs)}
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
-        for hook in self.hooks:
+        for hook in self.all_hooks:
             hook.before_step(self)
         with _autocast(self.device, self.amp_dtype):
             logits, auxiliary = main_and_auxiliary(self.net(x))
@@ -274,8 +225,8 @@ class Trainer:
         total = loss
         for aux in auxiliary:  # GoogLeNet's and Inception's aux heads, in train mode only
             total = total + self.settings.aux_loss_weight * classification_loss(
-                aux.float(), y, label_smoothing=smoothing, spread=self.config.label_smoothing.spread)
-        for hook in self.hooks:
+                aux.float(), y, label_smoothing=smoothing, spread=self.settings.smoothing_spread)
+        for hook in self.all_hooks:
             extra = hook.loss(self)
             total = total if extra is None else total + extra
         self.optimizer.zero_grad(set_to_none=True)
@@ -302,35 +253,32 @@ class Trainer:
         bar.update(self.batch, loss=losses[-1], acc=self.sums.accuracy(), rate=rate, **values)
 
     def _diverged(self, bad: tuple[int, float] | None) -> None:
-        latest = self.store.latest()
+        latest = self.checkpoints.latest()
         where = f"step {bad[0] + 1} (epoch {self.epoch + 1})" if bad else "another rank's step"
         kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise DivergedError(
             f"the training loss became {bad[1] if bad else 'non-finite'} at {where}; training stopped and "
-            f"{kept}. Lower optimizer.lr (now {self.config.optimizer.lr}), add lr_schedule.warmup_epochs, or "
+            f"{kept}. Lower optimizer.lr (now {self.settings.optimizer.lr}), add lr_schedule.warmup_epochs, or "
             "check the data and the mask (a layer pruned to nothing)."
         )
 
     def _finish_epoch(self) -> dict[str, Any]:
-        for hook in self.hooks:
+        for hook in self.all_hooks:
             hook.on_epoch_end(self)
         self._sync_buffers()
-        clock = Clock(self.epoch, max(self.steps_per_epoch - 1, 0), self.steps_per_epoch)
-        values = self._set_schedules_readonly(clock)
+        values = self._schedules(Clock(self.epoch, max(self.steps_per_epoch - 1, 0), self.steps_per_epoch))
         train = self.sums.reduced(self.dist)
         row: dict[str, Any] = {
             "epoch": self.epoch + 1, "step": self.step, **values,
-            "ghosts": "on" if self.has_ghosts else ("removed" if self.ghosted_at_start else "none"),
             "train_loss": train["loss"], "train_acc": train["acc"],
             "images_per_s": train["count"] / max(self.sums.seconds, 1e-9),
             "sparsity": self.mask_sparsity(),
         }
-        for hook in self.hooks:
+        for hook in self.all_hooks:
             row.update(hook.values())
         if (self.epoch + 1) % self.settings.eval_every == 0 or self.epoch + 1 == self.epochs:
             for split, loader in self.eval_loaders.items():
                 row[f"{split}_loss"], row[f"{split}_acc"] = self.evaluate(loader)
-        self._track_best(row)
         row["seconds"] = time.perf_counter() - self.started
         if self.log:
             self.log.log_epoch(row)
@@ -342,11 +290,6 @@ class Trainer:
         """Fraction of the masked weights pruned now (None: no masks)."""
         masks = masked_parameters(self.module)
         return overall_sparsity(masks) if masks else None
-
-    def _set_schedules_readonly(self, clock: Clock) -> dict[str, Any]:
-        factor = self.lr_plan.factor(clock.fractional_epoch, self.epochs)
-        return {"lr": self.config.optimizer.lr * factor, **self.timeline.strength(clock.step),
-                "label_smoothing": self.smoothing.at(clock, self.epochs)}
 
     @torch.no_grad()
     def evaluate(self, loader: Any) -> tuple[float, float]:
@@ -374,57 +317,40 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
+        """What a checkpoint holds of the run (``Checkpointing`` adds the config). The ghosts' and the
+        selection's state sit at the top level, the mask methods' under ``hooks``: checkpoint format 1."""
         return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "deghosted": self.ghosted_at_start and not self.has_ghosts,
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sums": self.sums.state(),
-            "ghosts_removed_at": self.ghosts_removed_at,
+            **self.ghosts.state_dict(),
             "history": list(self.history),
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
-            "best": self.best, "best_state": self.best_state,
+            **self.selection.state_dict(),
             "seconds": time.perf_counter() - self.started if hasattr(self, "started") else 0.0,
             "rng": rng_state(),
         }
 
-    def _save_checkpoint(self) -> Path | None:
-        path = None
-        if self.dist.is_main:
-            path = self.store.save(self.state(), epoch=self.epoch, step=self.step)
-        self.dist.barrier()
-        return path
-
-    def restore(self, resume: bool | str | Path, checkpoint: tuple[dict, Path] | None = None) -> None:
-        """Load a checkpoint: model (de-ghosting first when it was saved de-ghosted), optimizer, clocks, RNG."""
-        if checkpoint is not None:
-            state, path = checkpoint
-        elif resume is True:
-            state, path = self.store.load_latest()
-        else:
-            from surgery.train.checkpoint import load_checkpoint
-
-            path = Path(resume)
-            state = load_checkpoint(path)
-        check_resumable(state.get("config", {}), self.config, path)
-        if state["deghosted"] and self.has_ghosts:
-            self.remove_ghosts()
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Load checkpoint ``state`` (read from ``path``, checked against the run's config): the ghosts first
+        (a checkpoint saved without them loads into a model without them), then the model, optimizer, clocks,
+        every hook's state and the RNG."""
+        self.checkpoints.check(state, path)
+        self.ghosts.load_state_dict(state)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.sums = _Sums.from_state(state["sums"], self.device)
-        removed = state.get("ghosts_removed_at")
-        self.ghosts_removed_at = tuple(removed) if removed is not None else None
         self.history = list(state["history"])
         self.seconds_before = float(state.get("seconds", 0.0))
-        self.best, self.best_state = state.get("best"), state.get("best_state")
+        self.selection.load_state_dict(state)
         for hook in self.hooks:
             hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         set_rng_state(state["rng"])
+        self.module_changed()  # a hook's state may have changed the module (the ghosts left)
         if self.dist.is_main:
             self.console.print(f"resumed from {path} at epoch {self.epoch + 1}, batch {self.batch} (step {self.step})")
 
@@ -453,17 +379,18 @@ class Trainer:
                            f"{where}; {resume_hint(self.run_dir)}.", checkpoint=checkpoint)
 
     def _aborted(self, signum: int) -> Interrupted:
-        latest = self.store.latest()
+        latest = self.checkpoints.latest()
         left = f"the latest is {latest}; {resume_hint(self.run_dir)}" if latest else "nothing to resume"
         return Interrupted(signum, f"aborted by a second {signal_name(signum)}: no checkpoint written; {left}.",
                            checkpoint=latest)
 
     def plot_events(self) -> list[tuple[int, str]]:
         """(step, label) of what the plots mark: the ghosts' removal and the LR decays."""
-        decays = [m for m in self.lr_plan.milestones if m < self.epochs] if self.lr_plan.kind == "step" else []
-        events = [(m * self.steps_per_epoch, f"LR x{self.lr_plan.gamma:g}") for m in decays]
-        if self.ghosts_removed_at is not None:
-            events.append((self.ghosts_removed_at[0], "ghosts removed"))
+        lr = self.settings.lr_plan
+        decays = [m for m in lr.milestones if m < self.epochs] if lr.kind == "step" else []
+        events = [(m * self.steps_per_epoch, f"LR x{lr.gamma:g}") for m in decays]
+        if self.ghosts.removed_at is not None:
+            events.append((self.ghosts.removed_at[0], "ghosts removed"))
         return sorted(set(events))
 
 

@@ -14,6 +14,7 @@ import surgery
 from surgery.compiler.masks import masked_parameters
 from surgery.pruning import METHODS, Budget, method, prunable_for
 from surgery.train import RunConfig, Trainer
+from surgery.train.settings import TrainerSettings
 from surgery.train.masking import starting_masks
 
 pytestmark = pytest.mark.slow  # trains every method on real architectures
@@ -64,7 +65,8 @@ def config(tmp_path, name: str) -> RunConfig:
 
 def train_round(tmp_path, model, masks, *, tag, hooks=()):
     compiled = surgery.compile(model, X, surgery.Recipe.from_dict({}).replace(masks=masks or None))
-    return Trainer(compiled, config(tmp_path, tag), TinyLoader(), {}, run_dir=tmp_path / tag, hooks=list(hooks)).fit()
+    settings = TrainerSettings.from_config(config(tmp_path, tag))
+    return Trainer(compiled, settings, TinyLoader(), {}, run_dir=tmp_path / tag, hooks=list(hooks)).fit()
 
 
 @pytest.mark.parametrize("arch", MODELS)

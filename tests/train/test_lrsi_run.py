@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 import json
 import os
@@ -19,15 +18,14 @@ from surgery.train.progress import TaskProgress
 from surgery.train.run_files import RunFiles
 from surgery.train.trainer import Interrupted, Trainer
 
-lrsi_module = importlib.import_module("surgery.init.lrsi")  # surgery.init.lrsi is the function
 
 pytestmark = pytest.mark.slow  # trains a tiny run
 
 
 def test_lrsi_runs_an_epoch_of_iterations_shows_progress_and_is_recorded_across_a_resume(tmp_path, monkeypatch):
     calls = []
-    original = lrsi_module.lrsi
-    monkeypatch.setattr(lrsi_module, "lrsi", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    original = pipeline.lrsi
+    monkeypatch.setattr(pipeline, "lrsi", lambda *a, **kw: calls.append(kw) or original(*a, **kw))  # where the run looks it up
     monkeypatch.setattr(pipeline, "TaskProgress", functools.partial(TaskProgress, plain_every=0))
     step = Trainer._train_step
 

@@ -14,9 +14,13 @@ import surgery
 from surgery.errors import CheckpointError, ConfigError, DivergedError
 from surgery.compiler.ghosts import ghost_parameters, ghosts
 from surgery.compiler.masks import masked_parameters
+from surgery.hooks import TrainingHook
 from surgery.pruning import random_masks
 from surgery.train import pipeline
+from surgery.train.checkpoint import load_checkpoint
 from surgery.train.config import RunConfig
+from surgery.train.selection import BestValidation
+from surgery.train.settings import TrainerSettings
 from surgery.train.trainer import Interrupted, Trainer
 
 
@@ -26,7 +30,7 @@ def tiny_config(tmp_path, name="tiny", **sections):
     return tiny_run_config(tmp_path, name, label_smoothing=smoothing, **sections)
 
 
-def build_trainer(config: RunConfig) -> Trainer:
+def build_trainer(config: RunConfig, hooks=()) -> Trainer:
     torch.manual_seed(config.train.seed)
     dataset = pipeline.load_data(config)
     model = pipeline.build(config, dataset)
@@ -34,7 +38,7 @@ def build_trainer(config: RunConfig) -> Trainer:
     ghosted = surgery.compile(model, pipeline.example_batch(dataset), config.recipe_object().replace(masks=masks))
     train, evals = pipeline.loaders(config, dataset, pipeline.Distributed())
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(ghosted, config, train, evals, run_dir=config.run_dir)
+    return Trainer(ghosted, TrainerSettings.from_config(config), train, evals, run_dir=config.run_dir, hooks=hooks)
 
 
 def read_csv(path):
@@ -100,19 +104,31 @@ def test_best_validation_weights_come_from_an_epoch_without_ghosts(tmp_path, mon
     scripted_evaluation(monkeypatch, val=[0.9, 0.5, 0.7, 0.6], test=[0.1, 0.2, 0.3, 0.4])
     trainer = build_trainer(tiny_config(tmp_path, data={"val_split": 0.2}, train={"epochs": 4}))
     snapshots = {}
-    track = Trainer._track_best
+    track = BestValidation.after_epoch
 
-    def snapshot(self, row):
-        snapshots[row["epoch"]] = weights(self.module)
-        track(self, row)
+    def snapshot(self, trainer):
+        snapshots[trainer.history[-1]["epoch"]] = weights(trainer.module)
+        track(self, trainer)
 
-    monkeypatch.setattr(Trainer, "_track_best", snapshot)
+    monkeypatch.setattr(BestValidation, "after_epoch", snapshot)
     result = trainer.fit()
     assert result.selected == "best_val" and result.best == {"epoch": 3, "val_acc": 0.7, "test_acc": 0.3}
     final = weights(result.model)
     assert all(torch.equal(final[k], snapshots[3][k]) for k in final)
     state, _ = trainer.store.load_latest()  # a resumed run knows the best epoch and its weights
     assert state["best"]["epoch"] == 3 and all(torch.equal(state["best_state"][k], snapshots[3][k]) for k in final)
+
+
+def test_ghosts_leaving_at_the_runs_end_leave_no_epoch_to_select_and_the_final_checkpoint_without_them(
+        tmp_path, monkeypatch):
+    # every epoch trains with the ghosts, which leave after the last one: no epoch is the final architecture
+    scripted_evaluation(monkeypatch, val=[0.5, 0.6, 0.9], test=[0.1, 0.2, 0.3])
+    trainer = build_trainer(tiny_config(tmp_path, data={"val_split": 0.2}, ghosts={"remove_at": 3}))
+    result = trainer.fit()
+    assert (result.selected, result.best) == ("last", None) and not ghosts(result.model)
+    assert result.ghosts_removed_at == (3 * trainer.steps_per_epoch, 3)
+    state, _ = trainer.store.load_latest()
+    assert state["deghosted"] and state["ghosts_removed_at"] == result.ghosts_removed_at
 
 
 def test_the_run_reports_last_and_best_validation_test_accuracy(tmp_path, monkeypatch):
@@ -143,7 +159,7 @@ def test_removing_ghosts_keeps_every_other_parameters_momentum(tmp_path):
     leaving = {id(p) for p in ghost_parameters(trainer.module)}
     kept = [p for g in trainer.optimizer.param_groups if g["name"] == "weights" for p in g["params"]]
     momentum = {id(p): trainer.optimizer.state[p]["momentum_buffer"].clone() for p in kept}
-    trainer.remove_ghosts()
+    trainer.ghosts.remove(trainer)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["weights"]
     assert not leaving & {id(p) for p in trainer.optimizer.state}
     assert all(p is q for p, q in zip(kept, trainer.optimizer.param_groups[0]["params"]))
@@ -176,6 +192,32 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path
     assert [p.name for p in trainer.store.checkpoints()] == ["epoch0001-step000010.pt"]
 
 
+class EpochWatcher(TrainingHook):
+    """Notes the clock and the logged row at every ``after_epoch``; its notes travel in checkpoints."""
+
+    name = "watcher"
+    changes_mask = False
+
+    def __init__(self):
+        self.seen = []
+
+    def after_epoch(self, trainer):
+        self.seen.append((trainer.epoch, trainer.batch, trainer.history[-1]["epoch"]))
+
+    def state_dict(self):
+        return {"seen": list(self.seen)}
+
+
+def test_a_hook_sees_each_epoch_logged_and_what_it_does_then_is_in_that_epochs_checkpoint(tmp_path):
+    watcher = EpochWatcher()
+    config = tiny_config(tmp_path, train={"epochs": 2, "keep_checkpoints": 3}, lr_schedule={"milestones": [1]})
+    trainer = build_trainer(config, hooks=[watcher])
+    trainer.fit()
+    assert watcher.seen == [(1, 0, 1), (2, 0, 2)]  # after the epoch's row, the clock at the next epoch
+    saved = [load_checkpoint(path)["hooks"]["watcher"]["seen"] for path in trainer.store.checkpoints()]
+    assert saved == [watcher.seen[:1], watcher.seen]  # epoch 1's checkpoint, then the final one
+
+
 def test_sigterm_checkpoints_mid_epoch_and_the_resumed_run_is_bit_identical(tmp_path):
     reference = build_trainer(tiny_config(tmp_path, "reference")).fit()
 
@@ -198,6 +240,29 @@ def test_sigterm_checkpoints_mid_epoch_and_the_resumed_run_is_bit_identical(tmp_
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert len(read_csv(config.run_dir / "steps.csv")) == 30  # the re-run part is not logged twice
+
+
+def test_a_run_stopped_at_the_last_step_before_the_ghosts_leave_resumes_to_the_same_removal(tmp_path):
+    reference = build_trainer(tiny_config(tmp_path, "reference")).fit()  # the ghosts leave after epoch 2, step 20
+
+    config = tiny_config(tmp_path, "interrupted")
+    first = build_trainer(config)
+    loss_fn = first.loss_fn
+
+    def interrupt_at_step_20(logits, y, x, ls):
+        if first.step == 19:
+            first._signal = signal.SIGTERM
+        return loss_fn(logits, y, x, ls)
+
+    first.loss_fn = interrupt_at_step_20
+    with pytest.raises(Interrupted):
+        first.fit()
+    resumed = build_trainer(config).fit(resume=True)
+    assert resumed.ghosts_removed_at == reference.ghosts_removed_at == (20, 2)
+    assert [row["ghosts"] for row in resumed.history] == ["on", "on", "removed"]
+    assert [row["ghosts"] for row in read_csv(config.run_dir / "metrics.csv")] == ["on", "on", "removed"]
+    expected, got = weights(reference.model), weights(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_resuming_with_a_different_config_lists_the_fields(tmp_path):
