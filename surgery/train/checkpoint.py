@@ -306,6 +306,17 @@ def _warn_unindexed(path: Path, stacklevel: int) -> None:
     )
 
 
+def check_against_index(path: str | Path) -> None:
+    """Refuse a file its directory's checkpoint index records with other bytes (a run's checkpoint
+    given as weights elsewhere, e.g. ``init.rewind``); a file no index records passes unchecked."""
+    path = Path(path)
+    index = _read_index(path.parent) if path.is_file() else None
+    entry = index.get(path.name) if index is not None else None
+    if entry is not None and (problem := _integrity_problem(path, entry)):
+        raise CheckpointError(f"checkpoint {path} is unusable: {problem}. Give an intact copy of it, "
+                              f"or another checkpoint of the run in {path.parent}.")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file to the CPU after verifying it against its directory's index.
 

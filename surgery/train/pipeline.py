@@ -50,7 +50,7 @@ from surgery.init.centroid import apply_centroids_from_metadata
 from surgery.init.lrsi import LRsIResult, lrsi
 from surgery.init.rewind import rewind
 from surgery.init.zero import zero_init
-from surgery.train.checkpoint import CheckpointStore, load_checkpoint
+from surgery.train.checkpoint import CheckpointStore, check_against_index, load_checkpoint
 from surgery.train.config import RunConfig, check_resumable
 from surgery.train.data import ImageDataset, load_dataset, make_loader
 from surgery.train.distributed import Distributed
@@ -354,6 +354,7 @@ def with_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 def start_from(config: RunConfig, ghosted: fx.GraphModule, plan: MaskPlan) -> None:
     """Initializers that act on the masked model: rewinding (init.rewind) and ASNI centroids (init.centroids)."""
     if config.init.rewind:
+        check_against_index(config.init.rewind)  # a run's checkpoint: the bytes its index recorded
         rewind(ghosted, config.init.rewind)
     if config.init.centroids:
         apply_centroids_from_metadata(ghosted, plan.metadata, config.mask.file)

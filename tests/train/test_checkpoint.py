@@ -485,3 +485,20 @@ def test_a_file_that_is_no_checkpoint_and_one_with_refused_objects_are_told_apar
     torch.save({"model": {}, "path": Path("/data")}, refused)  # a pathlib object: not a weights-only type
     with pytest.raises(CheckpointError, match=r"refuses \(Unsupported global: GLOBAL pathlib"):
         load_checkpoint(refused)
+
+
+def test_a_run_rewinding_to_its_checkpoint_refuses_bytes_the_index_did_not_record(tmp_path):
+    from surgery.train.config import RunConfig
+    from surgery.train.masking import MaskPlan
+    from surgery.train.pipeline import start_from
+
+    model = seeded(SmallCNN)
+    store = CheckpointStore(tmp_path / "checkpoints")
+    path = store.save({"model": model.state_dict()}, epoch=1, step=10)
+    config = RunConfig.from_dict({"init": {"rewind": str(path)}})
+    start_from(config, seeded(SmallCNN), MaskPlan(masks=None))  # intact: rewinds
+
+    flip_byte(path, path.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="checksum mismatch") as err:
+        start_from(config, seeded(SmallCNN), MaskPlan(masks=None))
+    assert str(path) in str(err.value)
