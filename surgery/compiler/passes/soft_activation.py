@@ -23,6 +23,7 @@ from surgery.compiler.ghosts import SOFT_ACTIVATIONS, add_ghost
 from surgery.fx.graph import device_of, first_input, module_of
 from surgery.compiler.manifest import ActivationRecord, ensure_manifest
 from surgery.compiler.options import check_choice, check_number, check_patterns, check_subset
+from surgery.compiler.passes.registry import register
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class SoftActivationOptions:
         object.__setattr__(self, "exclude", check_patterns("soft_activation", "exclude", self.exclude))
 
 
+@register("soft_activation", SoftActivationOptions)
 def soft_activation(gm: fx.GraphModule, options: SoftActivationOptions = SoftActivationOptions()) -> fx.GraphModule:
     """Replace each targeted activation call site by a soft-activation ghost."""
     manifest = ensure_manifest(gm)
