@@ -119,8 +119,9 @@ def scored_masks(name: str, score: Scorer, iterative: bool = False) -> Finder:
     return find
 
 
-def checked_scores(name: str, scores: Any, weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """``scores`` once they are one tensor per weight to mask, shaped like it (a user's scorer may err)."""
+def checked_scores(name: str, scores: Any, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``scores`` in the weights' order (a global ranking breaks ties by position), once they are one tensor
+    per weight to mask, shaped like it (a user's scorer may err)."""
     if not isinstance(scores, Mapping):
         raise MaskError(f"mask method '{name}' returned {type(scores).__name__}; a scorer returns "
                         "{weight name: tensor of scores shaped like the weight} for the names it is given.")
@@ -133,7 +134,7 @@ def checked_scores(name: str, scores: Any, weights: Mapping[str, torch.Tensor]) 
                                      ("wrong shape", wrong)) if items]
         raise MaskError(f"mask method '{name}' must score exactly the weights it is given, each with a tensor "
                         f"shaped like the weight; {'; '.join(found)}.")
-    return scores
+    return {n: scores[n] for n in weights}
 
 
 def own_scorer(score: Scorer) -> Method:

@@ -53,8 +53,8 @@ from torch import nn
 from surgery.errors import MaskError
 from surgery.fx.graph import deepcopy_module
 from surgery.pruning.budget import Budget, layer_counts, weights_of
-from surgery.pruning.registry import register
 from surgery.pruning.input_shape import example_shape
+from surgery.pruning.registry import register
 from surgery.pruning.snip import Batches, logits_of, reject_options
 
 ROUNDS = 100  # the paper's default
