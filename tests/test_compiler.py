@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections import OrderedDict
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch import fx, nn
 
 import surgery
 from surgery.compiler.ghosts import ghosts
-from surgery.compiler.passes import REGISTRY
+from surgery.compiler.passes import REGISTRY, register
 from surgery.compiler.passes.ghost_skip import CONV_KINDS
 from surgery.pruning import random_masks
 
@@ -70,8 +71,35 @@ def test_a_pass_that_breaks_the_graph_is_stopped_by_the_lint(monkeypatch):
         return gm
 
     monkeypatch.setitem(REGISTRY, "broken", (use_before_define, NoOptions))
-    with pytest.raises(RuntimeError, match="used before it has been defined"):
+    with pytest.raises(RuntimeError, match="used before it has been defined") as caught:
         surgery.compile(seeded(SmallCNN), X, {"broken": {}})
+    assert caught.value.__notes__ == ["(in recipe pass 'broken', run after no other pass)"]
+
+
+def test_a_pass_file_adds_a_recipe_section_with_the_decorator():
+    @dataclasses.dataclass(frozen=True)
+    class TagOptions:
+        tag: str = "x"
+
+    with patch.dict(REGISTRY):
+        @register("tag_graph", TagOptions)
+        def tag_graph(gm, options):
+            gm.meta["tag"] = options.tag
+            return gm
+
+        assert surgery.compile(seeded(SmallCNN), X, {"tag_graph": {"tag": "mine"}}).meta["tag"] == "mine"
+        with pytest.raises(surgery.RecipeError, match="tag_graph has no option 'colour'"):
+            surgery.Recipe(tag_graph={"colour": 1})
+    with pytest.raises(surgery.RecipeError, match="unknown pass 'tag_graph'"):
+        surgery.Recipe(tag_graph={})
+
+
+def test_a_failing_pass_is_named_with_the_passes_before_it_and_keeps_its_error_class():
+    with pytest.raises(surgery.NoTargetsError) as caught:
+        surgery.compile(MLP(), torch.randn(2, 8), {"soft_activation": {}, "ghost_skip": {}})
+    message = str(caught.value)
+    assert "leave nothing to wrap in" in message  # the pass's own message, then where it failed
+    assert message.endswith("(in recipe pass 'ghost_skip', run after passes 'soft_activation')")
 
 
 def test_the_users_model_is_never_modified(small_cnn):

@@ -22,6 +22,7 @@ from surgery.fx.graph import as_tuple, deepcopy_module, module_of, propagate_sha
 from surgery.fx.layers import FORWARD_CONV_TYPES
 from surgery.compiler.manifest import MANIFEST_KEY, Manifest, Unreached
 from surgery.compiler.passes import REGISTRY
+from surgery.compiler.passes.registry import reported_in
 from surgery.compiler.passes.soft_activation import ACTIVATIONS
 from surgery.compiler.recipe import Recipe
 from surgery.compiler.submodules import (
@@ -130,10 +131,11 @@ def build(model: nn.Module, traced: fx.GraphModule, inputs: tuple, recipe: Recip
     gm.meta[MANIFEST_KEY] = manifest
     with editing(gm):  # a model with one program per mode: the passes edit both at once
         _propagate_shapes(gm, inputs)
-        for name, options in recipe.passes:
+        for done, (name, options) in enumerate(recipe.passes):
             run_pass, _ = REGISTRY[name]
-            gm = run_pass(gm, options)
-            gm.graph.lint()
+            with reported_in(name, before=[n for n, _ in recipe.passes[:done]]):
+                gm = run_pass(gm, options)
+                gm.graph.lint()
         gm.recompile()  # once: a pass edits the graph, none runs the code
     manifest.ghost_parameters = sum(p.numel() for p in ghost_parameters(gm))
     return gm

@@ -233,6 +233,19 @@ class Mish(SoftActivation):
         return F.mish(self.first_input(args, kwargs))
 
 
+class ModuleActivation(SoftActivation):
+    """A user's own soft activation (``soft_activation.kind``: an nn.Module class or a function that
+    builds one, as timm's ``get_act_layer`` takes): ``activation`` runs on the original's input."""
+
+    def __init__(self, original_op: str, original_target: Any, rewired: tuple[str, ...] = (), *,
+                 activation: nn.Module):
+        super().__init__(original_op, original_target, rewired)
+        self.activation = activation
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.activation(self.first_input(args, kwargs))
+
+
 SOFT_ACTIVATIONS: dict[str, type[SoftActivation]] = {"pswish": PSwish, "swish": Swish, "mish": Mish}
 
 

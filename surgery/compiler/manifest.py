@@ -30,7 +30,7 @@ class ActivationRecord:
     site: str  # module path, or node name for a functional / method activation
     original: str  # e.g. "nn.ReLU(inplace=True)", "F.relu", "Tensor.relu_"
     ghost: str
-    kind: str  # pswish | swish | mish
+    kind: str  # pswish | swish | mish, or the dotted name of a module class / factory given in Python
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Validation helpers for pass options: every bad value becomes a RecipeError naming pass and option."""
+"""Validation helpers for pass options: every bad value becomes a RecipeError naming pass and option.
+And ``dotted_name``: how an option given as a Python object is written down (YAML, records)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,12 @@ def check_number(pass_name: str, option: str, value: Any, minimum: float | None 
     if minimum is not None and value < minimum:
         raise RecipeError(f"{pass_name}.{option} = {value!r} must be >= {minimum}.")
     return float(value)
+
+
+def dotted_name(value: Any) -> Any:
+    """What a YAML file or a record holds for an option value: a class or function given in Python as its
+    dotted name (``torch.nn.modules.activation.SiLU``); a name, number or anything else as it is."""
+    if isinstance(value, str) or not callable(value):
+        return value
+    name = getattr(value, "__qualname__", None)
+    return f"{value.__module__}.{name}" if name and getattr(value, "__module__", None) else repr(value)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from surgery.errors import RecipeError, did_you_mean
+from surgery.compiler.options import dotted_name
 from surgery.compiler.passes import REGISTRY
 from surgery.compiler.passes.attach_masks import SOURCES_FROM_MODEL
 from surgery.compiler.presets import DEFAULT, PRESETS, preset
@@ -90,7 +91,8 @@ class Recipe:
         return next((o for n, o in self.passes if n == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """A YAML-able view (a mask dict appears as a count): what reports and configs record."""
+        """A YAML-able view (a mask dict appears as a count, a class as its dotted name): what reports and
+        configs record."""
         out: dict[str, Any] = {}
         if self.leaf_modules:
             out[TRACE_SECTION] = {"leaf_modules": [_name_of(x) for x in self.leaf_modules]}
@@ -98,7 +100,7 @@ class Recipe:
             fields = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
             if isinstance(fields.get("source"), Mapping):
                 fields["source"] = f"<{len(fields['source'])} masks given in Python>"
-            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+            out[name] = {k: list(v) if isinstance(v, tuple) else dotted_name(v) for k, v in fields.items()}
         return out
 
     def __repr__(self) -> str:

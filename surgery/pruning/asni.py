@@ -23,6 +23,7 @@ import torch
 
 from surgery.errors import ConfigError
 from surgery.hooks import TrainerView
+from surgery.init.centroid import centroids, centroids_to_metadata, signs, signs_to_metadata
 from surgery.pruning.budget import Budget
 from surgery.pruning.dynamic import MaskHook
 from surgery.pruning.registry import register
@@ -78,8 +79,6 @@ class ASNIHook(MaskHook):
         self.apply(trainer, self.magnitude_masks(self.target(trainer.epoch + 1, trainer.epochs)))
 
     def on_train_end(self, trainer: TrainerView) -> None:
-        from surgery.init.centroid import centroids, signs
-
         weights = self.effective()
         masks = {n: m.mask & (weights[n] != 0) for n, (m, _) in self.masks.items()}
         self.apply(trainer, masks)  # a kept weight of exactly 0 has no sign: it is pruned (it already acts so)
@@ -89,8 +88,6 @@ class ASNIHook(MaskHook):
 
     def mask_metadata(self) -> dict[str, str]:
         """The 2L centroids and the kept weights' signs: what ``init: {centroids: true}`` starts from."""
-        from surgery.init.centroid import centroids_to_metadata, signs_to_metadata
-
         if not self.centroids:
             return {}
         return {**centroids_to_metadata(self.centroids), **signs_to_metadata(self.signs, self.kept)}

@@ -1,7 +1,8 @@
 """How many weights each layer keeps, and which: scores in, bool masks out.
 
-Every finder computes a score per weight (higher = keep) and hands it to
-``masks_from_scores``, so budgets behave the same for every method:
+Every one-shot method scores each weight (higher = keep) and the registry hands the scores
+to ``masks_from_scores`` (``registry.scored_masks``); the methods that train rank with it at
+their own steps (GMP, RigL, ASNI, IMP, learned masks, OptG). So budgets behave the same for every method:
 
 - ``scope: global`` keeps the ``round((1 - s) * N)`` highest scores over all layers
   together (the layer-wise budget falls out of the ranking, as OptG and ASNI want);
@@ -29,9 +30,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from surgery.errors import MaskError, did_you_mean
-from surgery.compiler.masks import prunable_weights
+from surgery.compiler.masks import owner_of, prunable_weights
 
 SCOPES = ("global", "layer")
 DISTRIBUTIONS = ("uniform", "erk")
@@ -114,10 +116,6 @@ def excluded(names: list[str], patterns: Iterable[str]) -> list[str]:
 
 def weights_of(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """The stored tensors behind ``names`` (for a masked weight, the parametrization's original)."""
-    from torch.nn.utils import parametrize
-
-    from surgery.compiler.masks import owner_of
-
     out = {}
     for name in names:
         module, attr = owner_of(model, name)

@@ -30,8 +30,11 @@ from torch.utils._pytree import tree_flatten
 
 from surgery.errors import MaskError
 from surgery.hooks import TrainerView, TrainingHook
+from surgery.compiler.masks import mask_parametrizations
+from surgery.fx.graph import deepcopy_module
 from surgery.fx.layers import layer_of
 from surgery.pruning.budget import weights_of
+from surgery.pruning.input_shape import example_shape
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,  # BatchNorm1-3d, SyncBatchNorm, the lazy ones, timm's BatchNormAct2d
@@ -175,8 +178,6 @@ def cuts_every_path(model: nn.Module, masks: Mapping[str, torch.Tensor], example
 
 def _connectivity_copy(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tuple[nn.Module, list[str]]:
     """The check's copy (see ``cuts_every_path``) and the list its layers append to when their output is all 0."""
-    from surgery.fx.graph import deepcopy_module
-
     net = deepcopy_module(model).float().eval()
     with torch.no_grad():
         for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
@@ -225,8 +226,6 @@ def path_input(model: nn.Module, example: torch.Tensor | None = None, batches=No
     if example is not None:
         one = example[:1]
         return torch.ones_like(one, dtype=torch.float32 if one.is_floating_point() else one.dtype)
-    from surgery.pruning.synflow import example_shape
-
     try:
         return torch.ones((1, *example_shape(model, input_shape, None)))
     except MaskError:
@@ -248,8 +247,6 @@ class EmptyLayerCheck(TrainingHook):
         self.what, self.cause, self.allow, self.can_allow = what, cause, allow, can_allow
 
     def on_train_end(self, trainer: TrainerView) -> None:
-        from surgery.compiler.masks import mask_parametrizations
-
         found = mask_parametrizations(trainer.module)
         masks = {n: found[n][0].mask.detach().cpu() for n in self.names if n in found}
         check_masks(self.model, masks, what=self.what, cause=self.cause, allow=self.allow, can_allow=self.can_allow,

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError
-from surgery.pruning.budget import Budget, masks_from_scores
 from surgery.pruning.registry import register
 from surgery.pruning.snip import (
     Batches,
@@ -47,11 +46,11 @@ TEMPERATURE = 200.0  # the original code's T
 
 
 @register("grasp", data=True, scope="global", flow=True, about="GraSP (Wang et al. 2020): prune the highest -w * Hg")
-def find_grasp(
-    model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
+def score_grasp(
+    model: nn.Module, names: list[str], *, batches: Batches | None = None, seed: int = 0,
     temperature: float = TEMPERATURE, **options: Any,
 ) -> dict[str, torch.Tensor]:
-    """Masks keeping the weights of lowest GraSP score ``-w * Hg`` (keep score ``w * Hg``)."""
+    """The keep score ``w * Hg`` per weight: keeping the highest keeps the lowest GraSP score ``-w * Hg``."""
     reject_options("grasp", options, known=("temperature",))
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise MaskError(f"grasp temperature {temperature!r} must be a positive number (the paper's code uses 200).")
@@ -59,7 +58,7 @@ def find_grasp(
     weights = trainable_weights(net, names)
     with seeded(seed, batches):
         _, hg = hessian_gradient_product(net, weights, batches, temperature=float(temperature))
-    return masks_from_scores(grasp_keep_scores(weights, hg), budget)
+    return grasp_keep_scores(weights, hg)
 
 
 def grasp_keep_scores(weights: dict[str, torch.Tensor], hg: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

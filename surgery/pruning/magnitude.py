@@ -14,20 +14,19 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError
-from surgery.pruning.budget import Budget, masks_from_scores, weights_of
+from surgery.pruning.budget import weights_of
 from surgery.pruning.registry import METHODS, register
 
 
 @register("magnitude", scope="global", trained=True, about="one-shot magnitude pruning (OMP) of trained weights")
-def find_magnitude(
-    model: nn.Module, names: list[str], budget: Budget, *, batches: Any = None, seed: int = 0, **options: Any
+def score_magnitude(
+    model: nn.Module, names: list[str], *, batches: Any = None, seed: int = 0, **options: Any
 ) -> dict[str, torch.Tensor]:
-    """Masks keeping the largest-magnitude weights under ``budget`` (``batches`` and ``seed`` are unused)."""
+    """``|w|`` per weight (``batches`` and ``seed`` are unused)."""
     if options:
         raise MaskError(f"mask method 'magnitude' takes no options, got {sorted(options)}; drop them.")
     with torch.no_grad():
-        scores = {name: w.detach().abs() for name, w in weights_of(model, names).items()}
-    return masks_from_scores(scores, budget)
+        return {name: w.detach().abs() for name, w in weights_of(model, names).items()}
 
 
 METHODS["omp"] = METHODS["magnitude"]  # the papers' name for the same method

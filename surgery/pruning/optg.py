@@ -30,7 +30,7 @@ from torch import nn
 
 from surgery.errors import ConfigError
 from surgery.hooks import TrainerView
-from surgery.compiler.masks import Mask
+from surgery.compiler.masks import Mask, owner_of
 from surgery.pruning.budget import Budget, masks_from_scores
 from surgery.pruning.dynamic import MaskHook, clear_optimizer_state
 from surgery.pruning.registry import register
@@ -141,8 +141,6 @@ def threshold_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[st
 
 
 def _parametrization_list(model: nn.Module, name: str):
-    from surgery.compiler.masks import owner_of
-
     module, attr = owner_of(model, name)
     return module.parametrizations[attr]
 

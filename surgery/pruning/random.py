@@ -9,16 +9,15 @@ import torch
 from torch import nn
 
 from surgery.compiler.masks import prunable_weights
-from surgery.pruning.budget import Budget, masks_from_scores, weights_of
-from surgery.pruning.registry import register
+from surgery.pruning.budget import Budget, weights_of
+from surgery.pruning.registry import METHODS, register
 
 
 @register("random", scope="layer", about="uniformly random weights per layer (uniform or ERK layer budgets)")
-def find_random(model: nn.Module, names: list[str], budget: Budget, *, seed: int = 0, **_) -> dict[str, torch.Tensor]:
-    """Random scores ranked per layer: a uniformly random subset of exactly the budgeted size."""
+def score_random(model: nn.Module, names: list[str], *, seed: int = 0, **_) -> dict[str, torch.Tensor]:
+    """Uniform random scores under ``seed``: ranked per layer, a uniformly random subset of exactly the budgeted size."""
     generator = torch.Generator().manual_seed(seed)
-    scores = {name: torch.rand(w.shape, generator=generator) for name, w in weights_of(model, names).items()}
-    return masks_from_scores(scores, budget)
+    return {name: torch.rand(w.shape, generator=generator) for name, w in weights_of(model, names).items()}
 
 
 def random_masks(
@@ -35,5 +34,5 @@ def random_masks(
     """
     budget = Budget(sparsity, "layer", distribution)
     names = list(prunable_weights(model, prunable))  # no prunable weight: no masks (not an error here)
-    return find_random(model, names, budget, seed=seed) if names else {}
+    return METHODS["random"].find(model, names, budget, seed=seed) if names else {}
 

@@ -23,24 +23,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgery.errors import MaskError
-from surgery.pruning.budget import Budget, masks_from_scores, weights_of
+from surgery.fx.graph import deepcopy_module
+from surgery.pruning.budget import weights_of
 from surgery.pruning.registry import register
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 @register("snip", data=True, scope="global", flow=True, about="SNIP (Lee et al. 2019): |dL/dw * w| at initialization")
-def find_snip(
-    model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
-    **options: Any,
+def score_snip(
+    model: nn.Module, names: list[str], *, batches: Batches | None = None, seed: int = 0, **options: Any
 ) -> dict[str, torch.Tensor]:
-    """Masks keeping the weights of highest connection sensitivity ``|g * w|``, ``g`` summed over ``batches``."""
+    """Connection sensitivity ``|g * w|`` per weight, ``g`` summed over ``batches``."""
     reject_options("snip", options)
     net = scoring_copy(model, checked_batches("snip", batches))
     weights = trainable_weights(net, names)
     with seeded(seed, batches):
         grads = summed_gradients(net, weights, batches)
-    return masks_from_scores(snip_scores(weights, grads), budget)
+    return snip_scores(weights, grads)
 
 
 def snip_scores(weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,8 +94,6 @@ def logits_of(output: Any) -> torch.Tensor:
 
 def scoring_copy(model: nn.Module, batches: Batches) -> nn.Module:
     """A train-mode copy of ``model`` on the batches' device: scoring it leaves the user's model alone."""
-    from surgery.fx.graph import deepcopy_module
-
     return deepcopy_module(model).to(batches[0][0].device).train()
 
 

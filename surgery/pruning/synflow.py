@@ -14,7 +14,9 @@ flow, and at 99% and above SynFlow may prune it entirely, as the paper's algorit
 1,550 or more, so the network stays connected). Such a mask is refused unless ``allow_empty_layers``
 (``collapse.check_masks``).
 
-Iterated ``rounds`` times (default 100) on the paper's exponential schedule: after
+Iterated ``rounds`` times (default 100) on the paper's exponential schedule, so SynFlow is
+the one scoring method given the budget (``register(..., iterative=True)``): its scores are
+its verdict, 1 for the weights its last round keeps. After
 round ``k`` of ``n`` the model keeps exactly ``round((1 - s)^(k/n) N)`` weights, ranked
 globally by default (or per layer with the budget's distribution). Pruned weights are
 zeroed in the copy before the next round and never come back. That is exactly
@@ -49,24 +51,26 @@ import torch
 from torch import nn
 
 from surgery.errors import MaskError
-from surgery.fx.layers import layer_of
+from surgery.fx.graph import deepcopy_module
 from surgery.pruning.budget import Budget, layer_counts, weights_of
+from surgery.pruning.input_shape import example_shape
 from surgery.pruning.registry import register
 from surgery.pruning.snip import Batches, logits_of, reject_options
 
 ROUNDS = 100  # the paper's default
-SPATIAL = 32  # default input size per spatial dimension when no shape is known
 SAMPLE = 1 << 14  # scores sampled to bracket a round's threshold
 EXACT_BELOW = 1 << 18  # fewer scores than this: one plain topk is cheap enough
 
 
-@register("synflow", scope="global", input_shape=True, flow=True, about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
-def find_synflow(
-    model: nn.Module, names: list[str], budget: Budget, *, batches: Batches | None = None, seed: int = 0,
+@register("synflow", scope="global", input_shape=True, flow=True, iterative=True,
+          about="SynFlow (Tanaka et al. 2020): iterative data-free synaptic flow")
+def score_synflow(
+    model: nn.Module, names: list[str], *, budget: Budget, batches: Batches | None = None, seed: int = 0,
     rounds: int = ROUNDS, input_shape: Sequence[int] | None = None, dtype: torch.dtype | str = torch.float64,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
-    """Masks after ``rounds`` rounds of SynFlow (deterministic: ``seed`` is unused; ``batches`` only give the shape)."""
+    """What ``rounds`` rounds of SynFlow towards ``budget`` keep, as scores: 1 kept, 0 pruned (ranking them
+    under the same budget keeps exactly these). Deterministic: ``seed`` is unused; ``batches`` only give the shape."""
     reject_options("synflow", options, known=("rounds", "input_shape", "dtype"))
     keep: dict[str, torch.Tensor] = {}
     for keep in synflow_rounds(model, names, budget, rounds=rounds, input_shape=input_shape, dtype=dtype,
@@ -163,8 +167,6 @@ def exponential_density(sparsity: float, k: int, rounds: int) -> float:
 def linearized_copy(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """An eval-mode copy in ``dtype`` on ``device`` whose parameters and floating buffers are ``|.|``,
     with clamping activations (ReLU6, Hardtanh) made ReLUs."""
-    from surgery.fx.graph import deepcopy_module
-
     net = deepcopy_module(model).to(device=device, dtype=dtype).eval()
     with torch.no_grad():
         for tensor in [*net.parameters(), *net.buffers()]:
@@ -308,40 +310,6 @@ def _flow(output: Any) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ options
-
-
-def example_shape(model: nn.Module, input_shape: Sequence[int] | None, batches: Batches | None) -> tuple[int, ...]:
-    """One example's shape: ``input_shape`` (given with or without its batch of one), else the
-    batches' inputs', else the stem's: the first conv's channels at 32 per spatial dimension, or
-    the first linear's features."""
-    stem = _stem_shape(model)
-    if input_shape is not None:
-        shape = tuple(input_shape)
-        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise MaskError(
-                f"synflow input_shape {input_shape!r} must be one example's shape, positive integers, "
-                "e.g. (3, 224, 224) (or (1, 3, 224, 224) with the batch of one)."
-            )
-        if stem is not None and len(shape) == len(stem) + 1 and shape[0] == 1:
-            return shape[1:]  # (1, C, H, W): the batch of one is SynFlow's own
-        return shape
-    if batches:
-        return tuple(batches[0][0].shape[1:])
-    if stem is None:
-        raise MaskError(
-            f"cannot tell {type(model).__name__}'s input shape (no conv or linear layer); pass "
-            "input_shape=(C, H, W) to synflow."
-        )
-    return stem
-
-
-def _stem_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """The default example shape from the first conv or linear in registration order (the stem)."""
-    for module in model.modules():
-        layer = layer_of(module)
-        if layer is not None:
-            return (module.in_channels, *(SPATIAL,) * layer.dims) if layer.kind == "conv" else (module.in_features,)
-    return None
 
 
 def _checked_rounds(rounds: int) -> int:

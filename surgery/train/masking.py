@@ -36,7 +36,6 @@ from surgery.pruning import Budget, method, prunable_for
 from surgery.pruning.budget import weights_of
 from surgery.pruning.collapse import EmptyLayerCheck, check_masks, path_input
 from surgery.pruning.oneshot import oneshot_masks
-from surgery.pruning.random import find_random
 from surgery.compiler.recipe import Recipe
 from surgery.train.config import MaskConfig, RunConfig
 from surgery.train.distributed import Distributed
@@ -114,7 +113,7 @@ def training_batches(train_loader: Any, count: int) -> list[tuple[torch.Tensor, 
 def starting_masks(name: str, model: nn.Module, names: list[str], budget: Budget, seed: int) -> dict[str, torch.Tensor]:
     """Where a ``during`` method starts: RigL from a random mask at the target, the others dense."""
     if name == "rigl":
-        return find_random(model, names, budget, seed=seed)
+        return method("random").find(model, names, budget, seed=seed)
     return {n: torch.ones(w.shape, dtype=torch.bool) for n, w in weights_of(model, names).items()}
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from conftest import MLP, AllReLUs, SmallCNN, seeded
 from torch import nn
 
 import surgery
-from surgery.compiler.ghosts import Mish, PSwish, SoftActivation, Swish, ghosts
+from surgery.compiler.ghosts import Mish, ModuleActivation, PSwish, SoftActivation, Swish, ghosts
 from surgery.compiler.passes.soft_activation import ACTIVATIONS
 
 RELU_FUNCTIONS = set(ACTIVATIONS["relu"].functions)
@@ -99,6 +101,53 @@ def test_kind_chooses_the_soft_activation(kind, cls):
     expected = {"pswish": h * torch.sigmoid(h), "swish": F.silu(h), "mish": F.mish(h)}[kind]
     torch.testing.assert_close(ghosted(x), expected)
     assert surgery.manifest_of(ghosted).activations[0].kind == kind
+
+
+
+@pytest.mark.parametrize("kind", [nn.SiLU, functools.partial(nn.LeakyReLU, 0.2), lambda: nn.Softplus(beta=2.0)],
+                         ids=["class", "partial", "factory"])
+def test_kind_may_be_a_module_class_or_a_factory_and_deghosts_to_the_relu(kind):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2), nn.ReLU()).eval()
+    x = torch.randn(3, 4)
+    ghosted = surgery.compile(model, x, {"soft_activation": {"kind": kind}})
+    held = [ghost for _, ghost in ghosts(ghosted)]
+    assert len(held) == 2 and all(isinstance(g, ModuleActivation) for g in held)
+    assert held[0].activation is not held[1].activation  # one instance per site
+    h = kind()(model[0](x))
+    torch.testing.assert_close(ghosted(x), kind()(model[2](h)))
+    plain = surgery.deghost(ghosted)
+    assert not ghosts(plain) and sum(isinstance(m, nn.ReLU) for m in plain.modules()) == 2
+    torch.testing.assert_close(plain(x), model(x))
+
+
+def test_a_class_kind_is_recorded_by_its_dotted_name():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    recipe = surgery.Recipe(soft_activation={"kind": nn.SiLU})
+    ghosted = surgery.compile(model, torch.randn(2, 4), recipe)
+    assert recipe.to_dict()["soft_activation"]["kind"] == "torch.nn.modules.activation.SiLU"
+    assert surgery.manifest_of(ghosted).activations[0].kind == "torch.nn.modules.activation.SiLU"
+    yaml.safe_load(yaml.safe_dump(recipe.to_dict()))  # plain strings only
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        (3, r"soft_activation.kind = 3 is neither a name from \['pswish', 'swish', 'mish'\] nor callable"),
+        (nn.LeakyReLU(), r"kind = LeakyReLU.* is a module, not a class or factory; pass nn.LeakyReLU"),
+        (lambda: torch.relu, r"soft_activation.kind = .*<lambda> built a builtin_function_or_method, not an activation"),
+        (nn.Threshold, r"soft_activation.kind = torch.nn.modules.activation.Threshold cannot be called without"),
+        ("sigmoid", r"'sigmoid' is not one of .*from Python it may also be an nn.Module class"),
+    ],
+    ids=["number", "instance", "not-a-module", "needs-arguments", "unknown-name"],
+)
+def test_a_bad_kind_is_a_recipe_error_naming_the_accepted_forms(kind, message):
+    with pytest.raises(surgery.RecipeError, match=message):
+        surgery.Recipe(soft_activation={"kind": kind})
+
+
+def test_beta_applies_to_pswish_only_also_for_a_class_kind():
+    with pytest.raises(surgery.RecipeError, match=r"beta applies to kind 'pswish' only \(torch.nn.modules.activation.SiLU"):
+        surgery.Recipe(soft_activation={"kind": nn.SiLU, "beta": 2.0})
 
 
 def test_beta_option_is_the_starting_beta_and_a_buffer():

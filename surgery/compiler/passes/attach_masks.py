@@ -31,6 +31,7 @@ from surgery.compiler.masks import (
     validate_masks,
 )
 from surgery.compiler.options import check_subset
+from surgery.compiler.passes.registry import register
 from surgery.compiler.weight_files import SAFETENSORS_SUFFIX, TORCH_SUFFIXES, read_weights_file
 
 SOURCES_FROM_MODEL = ("from_prune", "from_zeros")
@@ -51,6 +52,7 @@ class MaskOptions:
         object.__setattr__(self, "prunable", check_subset("masks", "prunable", self.prunable, PRUNABLE_CHOICES))
 
 
+@register("masks", MaskOptions)
 def attach_masks(gm: fx.GraphModule, options: MaskOptions) -> fx.GraphModule:
     """Mask every weight the source names; pruned entries are zero now and after every step."""
     manifest = ensure_manifest(gm)

@@ -45,6 +45,7 @@ from surgery.fx.layers import layer_of
 from surgery.compiler.manifest import SkipRecord, ensure_manifest
 from surgery.fx.modes import EVAL, MODE_KEY, TRAIN
 from surgery.compiler.options import check_choice, check_number, check_patterns, check_subset
+from surgery.compiler.passes.registry import register
 
 PROJECTIONS = ("conv1x1", "parameter_free", "none")
 
@@ -104,6 +105,7 @@ class _Site:
         return self.kind in CONV_KINDS
 
 
+@register("ghost_skip", GhostSkipOptions)
 def ghost_skip(gm: fx.GraphModule, options: GhostSkipOptions = GhostSkipOptions()) -> fx.GraphModule:
     """Add a GhostSkip around every call site whose kind ``options.targets`` names."""
     manifest = ensure_manifest(gm)
