@@ -42,7 +42,6 @@ from surgery.compiler.manifest import Manifest, compiled_submodules, manifest_of
 from surgery.compiler.passes.deghost import deghost
 from surgery.compiler.preprocessing import Preprocessing
 from surgery.compiler.recipe import Recipe
-from surgery.apps.tost import ToST
 from surgery.fx.tracing import trace
 from surgery.compiler.verify import VerifyReport, verify
 
@@ -50,11 +49,16 @@ from surgery.version import __version__  # noqa: F401 (the public face's version
 
 
 def __getattr__(name: str):
-    """``export_onnx`` / ``ExportInfo`` load onnx on first use, so ``import surgery`` (and the CLI) stays quick."""
+    """Loaded on first use, so ``import surgery`` stays quick and the compiler stays usable without the rest:
+    ``export_onnx`` / ``ExportInfo`` load onnx; ``ToST`` loads the training runtime (its losses and presets)."""
     if name in ("ExportInfo", "export_onnx"):
         from surgery.compiler import export
 
         return getattr(export, name)
+    if name == "ToST":
+        from surgery.apps.tost import ToST
+
+        return ToST
     raise AttributeError(f"module 'surgery' has no attribute {name!r}")
 
 

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import surgery
-from surgery.fx.concrete import Specialization
-from surgery.fx.tracing import ConcreteValueNeeded, needs_concrete_values, trace_options_of
+from surgery.fx.specialization import Specialization
+from surgery.fx.tracer import ConcreteValueNeeded
+from surgery.fx.tracing import needs_concrete_values, trace_options_of
 
 
 class ShapeReading(nn.Module):

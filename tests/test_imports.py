@@ -123,3 +123,31 @@ def test_the_module_level_imports_have_no_cycle():
             if top:
                 graph.add_edge(_module_name(path), imported)
     assert list(nx.simple_cycles(graph)) == []
+
+
+# What a function may import on first use, and why: everything else is imported at the top of its module.
+LOADED_ON_FIRST_USE = {
+    "surgery.compiler.export": "onnx and onnxscript, seconds to load",
+    "surgery.zoo.hf": "transformers, an optional extra",
+    "surgery.apps.tost": "the training runtime, which `import surgery` does not load",
+}
+
+
+def test_a_function_imports_from_surgery_only_what_loads_a_heavy_or_optional_library():
+    inside_functions = [
+        f"{path.relative_to(ROOT)}:{line} imports {imported}"
+        for path in sorted((ROOT / "surgery").rglob("*.py"))
+        for imported, line, top in _imports(path)
+        if not top and imported not in LOADED_ON_FIRST_USE
+    ]
+    assert inside_functions == [], f"import these at the top of the module: {inside_functions}"
+
+
+def test_every_public_name_imports():
+    import surgery
+
+    for name in surgery.__all__:
+        assert getattr(surgery, name) is not None, name
+    namespace: dict = {}
+    exec("from surgery import *", namespace)
+    assert set(surgery.__all__) <= set(namespace)

@@ -44,6 +44,8 @@ from surgery.compiler.verify import VerifyReport
 from surgery.compiler.verify import verify as verify_against
 from surgery.errors import ToSTError
 from surgery.init.lrsi import LRsIResult, lrsi
+from surgery.train.config import RunConfig
+from surgery.train.losses import SmoothedCrossEntropy
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,6 @@ class ToST:
     def criterion(self) -> nn.Module:
         """Cross-entropy with the preset's label smoothing (``tost``: 0.1 spread as a / K; ``tost-official``:
         a / (K - 1) on the wrong classes; passes alone: none)."""
-        from surgery.train.losses import SmoothedCrossEntropy  # the training runtime: `import surgery` stays without it
-
         smoothing = self.settings.label_smoothing
         return SmoothedCrossEntropy(smoothing.start, smoothing.spread)
 
@@ -248,8 +248,6 @@ class ToST:
 def preset_settings(recipe: Any) -> Any:
     """The run config a recipe value implies (``surgery.compiler.presets`` through ``RunConfig``, the one place presets
     become fields): its passes, ghost schedules, LRsI and label smoothing."""
-    from surgery.train.config import RunConfig  # the training runtime: `import surgery` stays without it
-
     named = isinstance(recipe, str) and is_preset(recipe)
     if isinstance(recipe, str) and not named and not names_a_file(recipe):
         preset(recipe)  # raises: an unknown preset, with the closest names

@@ -36,7 +36,8 @@ from surgery.compiler.submodules import (
     traceable_parts,
 )
 from surgery.fx.modes import BRANCHES_KEY, ModeGraphModule, editing, trace_modes
-from surgery.fx.tracing import STRUCTURAL_LEAVES, check_leaf_names, trace_options_of
+from surgery.fx.tracer import STRUCTURAL_LEAVES
+from surgery.fx.tracing import check_leaf_names, trace_options_of
 
 ACTIVATION_TYPES = tuple(t for spelling in ACTIVATIONS.values() for t in spelling.modules)
 

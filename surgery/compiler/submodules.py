@@ -30,7 +30,7 @@ from surgery.compiler.passes.attach_masks import SOURCES_FROM_MODEL, resolve_sou
 from surgery.compiler.recipe import Recipe
 from surgery.fx.modes import editing, trace_modes
 from surgery.compiler.passes.ghost_skip import site_kinds
-from surgery.fx.tracing import STRUCTURAL_LEAVES
+from surgery.fx.tracer import STRUCTURAL_LEAVES
 
 SUGGESTED_CHILDREN = 3  # a failed whole-model trace names at most this many parts that trace
 _SITES = {True: ("site ghost_skip wraps", "sites ghost_skip wraps"), False: ("conv or Linear", "convs and Linears")}

@@ -1,7 +1,7 @@
 """Where a forward branches on ``self.training``: the module and the source line, for a union graph.
 
 The nodes only one mode runs were recorded with the frames of the model's code that made them
-(``surgery.fx.tracing.FRAMES_KEY``). Walking each one's frames
+(``surgery.fx.tracer.FRAMES_KEY``). Walking each one's frames
 from the outermost in, the first line inside an ``if`` or conditional expression whose test reads
 ``.training`` is the branch; a node with no such line (the difference comes from a call, not an
 ``if``) is reported at its innermost line in the model's code, unless it reads another node of
@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from surgery.fx.tracing import FRAMES_KEY
+from surgery.fx.tracer import FRAMES_KEY
 
 
 

@@ -31,8 +31,9 @@ from surgery.errors import ModeError, SurgeryError, TraceError
 from surgery.fx.graph import deepcopy_module
 from surgery.fx.python_state import first_few
 from surgery.fx.branches import branches
-from surgery.fx.concrete import Specialization
-from surgery.fx.tracing import FRAMES_KEY, TRACE_OPTIONS_KEY, mirror_module_tree, needs_concrete_values, trace
+from surgery.fx.specialization import Specialization
+from surgery.fx.tracer import FRAMES_KEY
+from surgery.fx.tracing import TRACE_OPTIONS_KEY, mirror_module_tree, needs_concrete_values, trace
 
 TRAIN, EVAL = "train", "eval"
 MODES = (TRAIN, EVAL)

@@ -26,7 +26,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,6 +363,7 @@ class RunConfig:
     def _checks(self):
         """Each check raises a ``SurgeryError`` for one problem; later checks assume nothing of earlier ones."""
         yield self._check_preset
+        yield self._check_recipe_is_yaml
         yield self._check_epochs
         yield lambda: _check_choice("optimizer", self.optimizer.name, OPTIMIZERS)
         yield lambda: _check_choice("train.select", self.train.select, SELECTIONS)
@@ -387,6 +388,15 @@ class RunConfig:
         found = contradictions(self.preset, lambda dotted: _get_dotted(data, dotted))
         if found:
             raise ConfigError(listed(found))
+
+    def _check_recipe_is_yaml(self) -> None:
+        """A run writes its config to config.yaml and reads it back on --resume: the recipe holds no Python objects."""
+        found = [f"recipe.{path} is {value!r}" for path, value in _python_objects(self.recipe)]
+        if found:
+            raise ConfigError(f"{'; '.join(found)}: a run's config is written to config.yaml and read back on --resume, "
+                              "so it holds names, numbers and paths only. Give the option by name (e.g. "
+                              "soft_activation.kind: pswish), or pass the Python object to surgery.compile / "
+                              "surgery.ToST in your own training loop.")
 
     def _check_epochs(self) -> None:
         if self.train.epochs < 1:
@@ -656,3 +666,15 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[name] = value
+
+
+def _python_objects(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted path, value)`` of each value inside ``value`` that YAML cannot hold (a class, a function, a tensor)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _python_objects(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _python_objects(item, f"{path}[{i}]")
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        yield path, value

@@ -162,3 +162,12 @@ def test_a_runs_own_config_yaml_acts_on_its_directory_and_no_other_file_does(tmp
     (run_dir / "result.json").write_text("{}")
     assert RunConfig.from_yaml(run_dir / "config.yaml").run_dir == run_dir
     assert RunConfig.from_yaml(run_dir / "other.yaml").run_dir == Path("/elsewhere/run")
+
+
+def test_a_python_class_in_a_run_configs_recipe_is_refused_by_name_as_config_yaml_cannot_hold_it():
+    from torch import nn
+
+    with pytest.raises(ConfigError, match=r"recipe.soft_activation.kind is <class 'torch.nn.modules.activation.SiLU'>.*"
+                                          r"soft_activation.kind: pswish"):
+        RunConfig.from_dict({"recipe": {"soft_activation": {"kind": nn.SiLU}}})
+    assert RunConfig.from_dict({"recipe": {"soft_activation": {"kind": "swish"}}}).to_yaml()
