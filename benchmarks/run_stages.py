@@ -1,6 +1,6 @@
 """Where a run's time goes: `surgery demo` stage by stage, before and after the cuts of issue 22, side by side.
 
-The same command, ``python -m surgery.apps.cli demo --no-progress`` (the 30-epoch demo: ResNet-20 on digits,
+The same command, ``surgery demo --no-progress`` run as ``python -m surgery_launch`` (every checkout has it; the 30-epoch demo: ResNet-20 on digits,
 ToST with LRsI, verification in both modes, sparse ONNX with onnxruntime parity, the report), runs as its own
 process from two checkouts, alternating which goes first so load drift hits both alike:
 
@@ -15,7 +15,7 @@ counted it. Medians over the rounds; both sides get the same environment: torch'
 each op from waiting on a preempted sibling). Measures, never asserts. Writes the "stages" section of
 docs/benchmarks.md.
 
-    python benchmarks/run_stages.py [--epochs 30] [--rounds 2] [--threads N] [--before REF] [--quick]
+    python benchmarks/run_stages.py [--epochs 30] [--rounds 2] [--threads N] [--before REF] [--quick] [--print-only]
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's own)")
     parser.add_argument("--before", default=BEFORE, help=f"git ref of the code before the cuts (default {BEFORE})")
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 round: a smoke run; prints, writes no doc")
+    parser.add_argument("--print-only", action="store_true",
+                        help="print the table, leave docs/benchmarks.md as it is (a check against another ref)")
     args = parser.parse_args()
     epochs, rounds = (1, 1) if args.quick else (args.epochs, args.rounds)
 
@@ -159,7 +161,7 @@ def main() -> None:
     print(table(before, after))
     print(f"outside training: {before['outside training']:.1f} s -> {after['outside training']:.1f} s "
           f"({ratio:.2f}x; target <= {TARGET:.2f}x)")
-    if args.quick:
+    if args.quick or args.print_only:
         return
     loads = [run["load"] for side in runs.values() for run in side]
     write_section("stages", "Where a run's time goes (`surgery demo`)",
@@ -185,7 +187,7 @@ def section(before: dict[str, float | None], after: dict[str, float | None], che
     cores = len(os.sched_getaffinity(0))
     shared = max(loads) > cores / 2  # other work on the cores: everything slower than on an idle machine
     return (
-        f"`python -m surgery.apps.cli demo --no-progress` ({epochs} epochs: cifar:resnet20 on digits, the `tost` recipe "
+        f"`surgery demo --no-progress` (run as `python -m surgery_launch`; {epochs} epochs: cifar:resnet20 on digits, the `tost` recipe "
         "with LRsI, verification in eval and train mode, sparse ONNX export with onnxruntime parity, the report) "
         f"from two checkouts, each its own process, alternating which starts, median of {rounds} rounds: "
         f"**before** is `{ref}` (stages timed, nothing cut), **after** this tree; "
@@ -216,7 +218,7 @@ def section(before: dict[str, float | None], after: dict[str, float | None], che
         "optimizer (the exporter would import it anyway). **report** is matplotlib: its import and three figures "
         "at 150 dpi. **exit** is what is left of the interpreter's shutdown. "
         + reach(before, after) + "\n\n"
-        "Run: `python benchmarks/run_stages.py` (`--epochs`, `--rounds`, `--threads N`, `--before REF`, `--quick`)."
+        "Run: `python benchmarks/run_stages.py` (`--epochs`, `--rounds`, `--threads N`, `--before REF`, `--quick`, `--print-only`)."
     )
 
 
