@@ -50,7 +50,8 @@ def reported_in(name: str, before: Sequence[str]) -> Iterator[None]:
             error.args = (f"{error.args[0]}\n{context}", *error.args[1:])
         raise
     except Exception as error:
-        error.add_note(context)
+        if hasattr(error, "add_note"):  # Python 3.11+; on 3.10 the traceback alone says where
+            error.add_note(context)
         raise
 
 
