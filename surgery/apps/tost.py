@@ -36,8 +36,8 @@ from surgery.compiler.driver import compile
 from surgery.compiler.ghosts import ghosts
 from surgery.compiler.masks import bake_masks
 from surgery.compiler.passes.deghost import deghost
-from surgery.compiler.presets import is_preset, preset
-from surgery.compiler.recipe import Recipe, names_a_file
+from surgery.compiler.presets import is_preset
+from surgery.compiler.recipe import Recipe, refuse_unknown_preset
 from surgery.compiler.schedules import NEVER, GhostPlan, LRSchedule, Schedule, scaled_milestones
 from surgery.compiler.timeline import GhostTimeline
 from surgery.compiler.verify import VerifyReport
@@ -248,10 +248,8 @@ class ToST:
 def preset_settings(recipe: Any) -> Any:
     """The run config a recipe value implies (``surgery.compiler.presets`` through ``RunConfig``, the one place presets
     become fields): its passes, ghost schedules, LRsI and label smoothing."""
-    named = isinstance(recipe, str) and is_preset(recipe)
-    if isinstance(recipe, str) and not named and not names_a_file(recipe):
-        preset(recipe)  # raises: an unknown preset, with the closest names
-    return RunConfig.from_dict({"recipe": recipe if named else {}})
+    refuse_unknown_preset(recipe)
+    return RunConfig.from_dict({"recipe": recipe if is_preset(recipe) else {}})
 
 
 def ghost_plan(alpha: Any, beta: Any, per: str, removal: str) -> GhostPlan:

@@ -117,14 +117,20 @@ def recipe_passes(value: Mapping[str, Any] | str | os.PathLike,
         return dict(value)
     if isinstance(value, str) and value in RECIPE_PRESETS:
         return copy.deepcopy(RECIPE_PRESETS[value])
-    if isinstance(value, str) and not names_a_file(value):
-        preset(value)  # raises: an unknown preset, with the closest names
+    refuse_unknown_preset(value)
     if isinstance(value, (str, os.PathLike)):
         return Recipe.from_yaml(Path(base or "") / value).to_dict()
     raise RecipeError(
         f"recipe {value!r} is not a recipe; give one of {list(RECIPE_PRESETS)}, a recipe YAML file, "
         "or a mapping of passes such as {ghost_skip: {projection: conv1x1}}."
     )
+
+
+def refuse_unknown_preset(value: Any) -> None:
+    """A string that names neither a preset nor a recipe file is a mistyped preset: a ``ConfigError`` naming the
+    closest presets. Every reader of recipe values (configs, ``surgery.ToST``, a sweep's grid) asks here."""
+    if isinstance(value, str) and value not in RECIPE_PRESETS and not names_a_file(value):
+        preset(value)
 
 
 def names_a_file(text: str) -> bool:

@@ -76,7 +76,7 @@ def test_bad_seeds_are_refused(value):
     ({"mask.sparsity": [1.5]}, "outside \\[0, 1\\)"),
     ({"train.seed": [1, 2]}, "--seeds"),
     ({"output": ["a", "b"]}, "names each run"),
-    ({"recipe": ["tsot"]}, "not a recipe.*Did you mean 'tost'"),
+    ({"recipe": ["tsot"]}, "unknown recipe preset .tsot.*Did you mean .tost."),
     ({"mask.sparsity": [0.9, 0.9]}, "repeats a value"),
 ])
 def test_every_bad_grid_is_a_clear_error(base, grid, message):

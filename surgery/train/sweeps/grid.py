@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from surgery.errors import ConfigError, SweepError, did_you_mean
-from surgery.compiler.presets import PRESETS, is_preset
-from surgery.compiler.recipe import names_a_file
+from surgery.compiler.presets import PRESETS
+from surgery.compiler.recipe import refuse_unknown_preset
 from surgery.train.config import RunConfig, listed
 from surgery.train.sweeps import capacity
 
@@ -166,10 +166,12 @@ def _field_problems(base: RunConfig, known: list[str], field: str, values: Any, 
             problem = capacity.target_problem(value)
             problems += [f"--grid {field}={_text(value)}: {problem}"] if problem else []
             continue
-        if field == "recipe" and isinstance(value, str) and not is_preset(value) and not names_a_file(value):
-            problems.append(f"--grid recipe={value}: not a recipe; give one of {list(RECIPES)}" + did_you_mean(value, RECIPES)
-                            + ", a recipe YAML file or a mapping of passes.")
-            continue
+        if field == "recipe":
+            try:
+                refuse_unknown_preset(value)
+            except ConfigError as error:
+                problems.append(f"--grid recipe={value}: {error}")
+                continue
         error = _refused_everywhere(base, field, value, grid, known)
         if error is not None:
             problems.append(f"--grid {field}={_text(value)}: {error}")
