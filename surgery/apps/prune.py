@@ -11,7 +11,6 @@ model, seed, software version (and, for ASNI, the centroids).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -196,13 +195,11 @@ def _shape(shape) -> str:
 
 
 def metadata_summary(metadata: dict[str, str]) -> str:
-    keys = ("method", "target_sparsity", "sparsity", "scope", "distribution", "model", "seed", "version")
-    return ", ".join(f"{k} {_plain(metadata[k])}" for k in keys if k in metadata)
+    """One line of what a mask file records, read through its typed record."""
+    record = MaskMetadata.read(metadata)
+    shown = ("method", "target_sparsity", "sparsity", "scope", "distribution", "model", "seed", "version")
+    return ", ".join(f"{name} {_plain(value)}" for name in shown if (value := getattr(record, name)) is not None)
 
 
-def _plain(value: str) -> str:
-    try:
-        decoded = json.loads(value)
-    except (TypeError, ValueError):
-        return value
-    return f"{decoded:g}" if isinstance(decoded, float) else str(decoded)
+def _plain(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
