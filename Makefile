@@ -52,7 +52,7 @@ STUDY_OUT ?= sweeps/study-cifar
 study-cifar: $(RUNTIME)  ## the CIFAR-10 study of docs/results.md: 84 paired runs (over 8 h on 2 cores; resumes)
 	@test -f $(CIFAR) || { echo "the study reads CIFAR-10 from $(CIFAR) (all of it as JPEGs); give its path: make study-cifar CIFAR=PATH" >&2; exit 1; }
 	@test -d $(STUDY_TREE) || git worktree add --detach $(STUDY_TREE) $(STUDY_COMMIT)
-	cd $(STUDY_TREE) && PYTHONPATH=$$PWD $(abspath $(BIN))/python -m surgery sweep examples/configs/study-cifar.yaml \
+	cd $(STUDY_TREE) && PYTHONPATH=$$PWD $(abspath $(BIN))/python -m surgery_launch sweep examples/configs/study-cifar.yaml \
 		--jobs 2 --out $(abspath $(STUDY_OUT)) --set data.dataset=cifar10-jpeg:$(abspath $(CIFAR))
 
 install: $(DEV)  ## .venv with the package (editable) and its test tools
