@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from surgery.compiler.ghosts import GHOSTS_ROOT
+from surgery.compiler.weight_files import read_safetensors
 from surgery.errors import MaskError, did_you_mean
 from surgery.fx.graph import deepcopy_module
 from surgery.fx.layers import PRUNABLE_KINDS
@@ -391,15 +392,11 @@ def load_masks(
     is one the file says it leaves dense. With ``spec`` (the model's spec), warn when the file was made
     for another model spec.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"mask file '{path}' does not exist; write one with surgery.compiler.masks.save_masks(...).")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            masks = {name: f.get_tensor(name) for name in f.keys()}
+        masks, metadata = read_safetensors(path)
     except Exception as error:
         raise MaskError(f"'{path}' is not a readable safetensors mask file: {error}") from error
     record = MaskMetadata.read(metadata, path)

@@ -5,7 +5,7 @@ CPU with ``torch.load(weights_only=True)``, which unpickles tensors and plain co
 state_dict is the file's own, a trainer checkpoint's ``"model"`` entry (``surgery.train.checkpoint``), or
 a ``{"state_dict": ...}`` wrapper's. Every problem is a ``CheckpointError`` naming the file and what to
 give instead. The trainer's checkpoint index (sizes and SHA-256s) is verified on top of ``load_torch_file``
-in ``surgery.train.checkpoint``; a mask file (``surgery.compiler.masks``) has its own reader.
+in ``surgery.train.checkpoint``; mask and centroid files are read through ``read_safetensors`` by their modules.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from surgery.errors import CheckpointError
@@ -58,6 +58,13 @@ def read_weights_file(path: str | os.PathLike) -> Any:
             raise CheckpointError(f"weights file '{path}' {reason}. {WHAT_TO_GIVE}") from reason
     raise CheckpointError(f"weights file '{path}' is neither {SAFETENSORS_SUFFIX} nor one of {list(TORCH_SUFFIXES)}. "
                           f"{WHAT_TO_GIVE}")
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and its metadata strings (mask files keep their record there). safetensors'
+    own errors pass through: the caller knows what the file was meant to be and says so."""
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})
 
 
 def load_torch_file(path: Path) -> Any:

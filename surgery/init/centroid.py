@@ -60,6 +60,7 @@ from surgery.init.rewind import plain_state_dict
 from surgery.init.zero import NORM_TYPES
 from surgery.fx.layers import LAYER_TYPES
 from surgery.compiler.masks import Mask, load_masks, masked_parameters, owner_of
+from surgery.compiler.weight_files import read_safetensors
 
 Centroids = dict[str, tuple[float, float]]  # parameter name -> (c_plus, c_minus)
 METADATA_KEY = "asni.centroids"
@@ -362,12 +363,8 @@ def load_centroids(path: str | os.PathLike) -> tuple[Centroids, dict[str, Tensor
         except (ValueError, KeyError, TypeError) as error:
             raise MaskError(f"'{path}' is not a centroid JSON file ({error}).") from error
         return centroids_from_metadata({METADATA_KEY: json.dumps(table)}), {}
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        tensors, metadata = read_safetensors(path)
     except Exception as error:
         raise MaskError(f"'{path}' is not a readable safetensors centroid file: {error}") from error
     found_signs = {name.removesuffix(SIGN_SUFFIX): t for name, t in tensors.items() if name.endswith(SIGN_SUFFIX)}
